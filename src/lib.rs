@@ -1,10 +1,23 @@
 //! planelink: one binary that connects the planes of an OpenChoreo-style platform.
 //!
 //! Layout (dependencies point one way: roles -> planes/tunnel/trust, planes -> trust):
-//! - `cli`      clap definitions for every role, used for parsing, help, man pages and completions
-//! - `logging`  tracing setup shared by the roles
-//! - `trust`    certificates: PEM, inspection, chain verification, host matching, issuance
+//! - `cli`        clap definitions for every role: parsing, help, man pages, completions
+//! - `config`     start-up validation shared by the roles (exit 64 before binding)
+//! - `logging`    tracing setup shared by the roles
+//! - `trust`      certificates: PEM, inspection, chain verification, host matching, issuance
 //! - `gateway`, `agent`, `controller`, `register`   one module per role
+//! - `manpages`   man pages rendered from the clap definitions
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod gateway;
+pub mod logging;
+pub mod manpages;
+pub mod register;
 pub mod trust;
+
+/// The git commit this binary was built from, when the build could tell.
+pub const GIT_COMMIT: Option<&str> = option_env!("PLANELINK_GIT_COMMIT");

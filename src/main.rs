@@ -1,1 +1,76 @@
-fn main() {}
+//! Dispatch only: the role comes from argv[0] or the subcommand; each role's module
+//! does the work.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::CommandFactory as _;
+use planelink::cli::{self, Command, EXIT_USAGE, Invocation};
+use planelink::config::ConfigError;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv0 = args.first().cloned().unwrap_or_default();
+    if let Err(name) = cli::role_for_program(std::path::Path::new(&argv0)) {
+        let known: Vec<&str> = cli::NAMES.iter().map(|(n, _)| *n).collect();
+        eprintln!(
+            "planelink: unknown program name {name:?}; link or copy the binary under one of: {}",
+            known.join(", ")
+        );
+        return ExitCode::from(1);
+    }
+    let invocation = match cli::parse(args) {
+        Ok(inv) => inv,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match invocation {
+        Invocation::List => {
+            for (name, _) in cli::NAMES {
+                println!("{name}");
+            }
+            ExitCode::SUCCESS
+        }
+        Invocation::Run { log, command } => {
+            planelink::logging::init(&log);
+            run(*command)
+        }
+    }
+}
+
+fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Gateway(args) => not_yet("gateway", planelink::gateway::validate(&args)),
+        Command::Agent(args) => not_yet("agent", planelink::agent::validate(&args)),
+        Command::Controller(args) => not_yet("controller", planelink::controller::validate(&args)),
+        Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),
+        Command::Version => {
+            println!("planelink {}", env!("CARGO_PKG_VERSION"));
+            println!("commit: {}", planelink::GIT_COMMIT.unwrap_or("unknown"));
+            println!(
+                "rustls crypto provider: {}",
+                planelink::trust::CRYPTO_PROVIDER_NAME
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "planelink", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The roles whose runtime comes in a later build: validate, then say so (exit 64).
+fn not_yet(role: &str, validated: Result<(), ConfigError>) -> ExitCode {
+    match validated {
+        Err(e) => eprintln!("planelink {role}: {e}"),
+        Ok(()) => eprintln!(
+            "planelink {role}: configuration is valid, but the {role} role is not implemented in this build"
+        ),
+    }
+    ExitCode::from(EXIT_USAGE)
+}

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod issue;
 pub mod pem;
 pub mod purpose;
+pub mod tls;
 pub mod verify;
 
 pub use error::TrustError;

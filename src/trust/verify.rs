@@ -100,7 +100,7 @@ pub fn verify_chain(
         Usage::ServerAuth => KeyUsage::server_auth(),
         Usage::ClientAuth => KeyUsage::client_auth(),
     };
-    let intermediates: Vec<CertificateDer<'_>> = chain[1..].iter().map(|c| c.clone()).collect();
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..].to_vec();
     let verified = end_entity.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
         &anchors,

@@ -1,0 +1,142 @@
+//! Start-up validation shared by the roles: every problem names the flag and the fix,
+//! and is found before any port is bound.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::trust::{self, Purpose, Severity};
+
+/// A configuration problem: which flag, what is wrong, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag}: {problem}")]
+pub struct ConfigError {
+    pub flag: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(flag: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            flag: flag.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Checks that `path` holds a certificate file fit for `purpose`; `mount_hint` says
+/// where it normally comes from.
+pub fn check_cert_file(
+    flag: &str,
+    path: &Path,
+    purpose: Purpose,
+    mount_hint: &str,
+) -> Result<(), ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::new(
+            flag,
+            format!("cannot read {}: {e}; {mount_hint}", path.display()),
+        )
+    })?;
+    let contents = trust::pem::parse(&bytes)
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+    let report = trust::assess(&contents, Some(purpose), SystemTime::now())
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+    if let Some(problem) = report
+        .findings
+        .iter()
+        .find(|f| f.severity == Severity::Error)
+    {
+        return Err(ConfigError::new(
+            flag,
+            format!("{}: {}", path.display(), problem.message),
+        ));
+    }
+    for warning in report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+    {
+        tracing::warn!(flag, path = %path.display(), "{}", warning.message);
+    }
+    Ok(())
+}
+
+/// Checks that a certificate and key file belong together.
+pub fn check_key_pair(
+    cert_flag: &str,
+    cert: &Path,
+    key_flag: &str,
+    key: &Path,
+) -> Result<(), ConfigError> {
+    let key_value =
+        trust::load_private_key(key).map_err(|e| ConfigError::new(key_flag, e.to_string()))?;
+    let certs =
+        trust::load_certificates(cert).map_err(|e| ConfigError::new(cert_flag, e.to_string()))?;
+    match trust::key_matches(&certs[0], &key_value) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ConfigError::new(
+            key_flag,
+            format!(
+                "{} is not the private key of {} ({cert_flag}); give the tls.key issued together with that tls.crt",
+                key.display(),
+                cert.display()
+            ),
+        )),
+        Err(e) => Err(ConfigError::new(
+            key_flag,
+            format!("{}: {e}", key.display()),
+        )),
+    }
+}
+
+pub fn check_heartbeat(interval: Duration, timeout: Duration) -> Result<(), ConfigError> {
+    if interval.is_zero() {
+        return Err(ConfigError::new(
+            "--heartbeat-interval",
+            "must be above zero, e.g. 30s",
+        ));
+    }
+    if timeout <= interval {
+        return Err(ConfigError::new(
+            "--heartbeat-timeout",
+            format!(
+                "{} is not longer than --heartbeat-interval {}; a peer would be declared dead between two \
+                 heartbeats. Use about three intervals",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_existing_file(flag: &str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ConfigError::new(
+            flag,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(ConfigError::new(
+            flag,
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}
+
+pub fn check_existing_dir(flag: &str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(ConfigError::new(
+            flag,
+            format!("{} is not a directory", path.display()),
+        )),
+        Err(e) => Err(ConfigError::new(
+            flag,
+            format!(
+                "cannot open {}: {e}; create it (mkdir -p) or point the flag elsewhere",
+                path.display()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,37 @@
+//! The register role: the operator's tools for the trust exchange between planes.
+
+mod certs;
+mod check;
+mod inspect;
+
+use crate::cli::{CertsCommand, RegisterArgs, RegisterCommand};
+
+/// Outcome of a register command, mapped to the process exit code by main.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, or the verdict is good.
+    Ok,
+    /// The verdict is bad (exit 1); the reason and the fix were printed.
+    Failed,
+    /// The command line cannot be carried out (exit 64); the fix was printed.
+    Usage,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Failed => 1,
+            Outcome::Usage => crate::cli::EXIT_USAGE,
+        }
+    }
+}
+
+pub fn run(args: RegisterArgs) -> Outcome {
+    match args.command {
+        RegisterCommand::Certs(CertsCommand::Gateway(a)) => certs::gateway(&a),
+        RegisterCommand::Certs(CertsCommand::Agent(a)) => certs::agent(&a),
+        RegisterCommand::Inspect(a) => inspect::run(&a),
+        RegisterCommand::Check(a) => check::run(&a),
+    }
+}
