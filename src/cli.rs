@@ -610,12 +610,23 @@ pub fn role_command(role: Role, bin_name: &str) -> clap::Command {
         .version(env!("CARGO_PKG_VERSION"))
         .disable_help_subcommand(true);
     let cmd = LogArgs::augment_args(cmd);
-    match role {
+    go_style(match role {
         Role::Gateway => GatewayArgs::augment_args(cmd),
         Role::Agent => AgentArgs::augment_args(cmd),
         Role::Controller => ControllerArgs::augment_args(cmd),
         Role::Register => RegisterArgs::augment_args(cmd),
-    }
+    })
+}
+
+/// The top-level command with every subcommand.
+pub fn command() -> clap::Command {
+    go_style(Cli::command())
+}
+
+/// Go's flag package lets a later flag override an earlier one, and charts append
+/// flags relying on that; so does every planelink command.
+fn go_style(cmd: clap::Command) -> clap::Command {
+    cmd.args_override_self(true).mut_subcommands(go_style)
 }
 
 /// Parses the full command line, choosing the role by argv[0] or by subcommand.
@@ -626,7 +637,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
         .flatten();
     match role {
         None => {
-            let cli = Cli::try_parse_from(args)?;
+            let cli = Cli::from_arg_matches(&command().try_get_matches_from(args)?)?;
             if cli.list {
                 return Ok(Invocation::List);
             }
@@ -635,13 +646,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
                     log: cli.log,
                     command: Box::new(command),
                 }),
-                None => {
-                    let mut cmd = Cli::command();
-                    Err(cmd.error(
-                        clap::error::ErrorKind::MissingSubcommand,
-                        "name a role: planelink gateway|agent|controller|register (or see --help)",
-                    ))
-                }
+                None => Err(command().error(
+                    clap::error::ErrorKind::MissingSubcommand,
+                    "name a role: planelink gateway|agent|controller|register (or see --help)",
+                )),
             }
         }
         Some(role) => {

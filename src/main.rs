@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use clap::CommandFactory as _;
 use planelink::cli::{self, Command, EXIT_USAGE, Invocation};
 use planelink::config::ConfigError;
 
@@ -57,7 +56,7 @@ fn run(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Completions { shell } => {
-            let mut cmd = cli::Cli::command();
+            let mut cmd = cli::command();
             clap_complete::generate(shell, &mut cmd, "planelink", &mut std::io::stdout());
             ExitCode::SUCCESS
         }

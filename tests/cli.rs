@@ -1,0 +1,330 @@
+//! The real binary under each of its names: dispatch, listing, version, completions,
+//! the stub roles' validation (exit 64 naming the flag) and logging formats.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn list_prints_every_name() {
+    let out = planelink(&["--list"]);
+    assert_eq!(code(&out), 0);
+    let names: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    for expected in [
+        "planelink",
+        "planelink-gateway",
+        "planelink-agent",
+        "planelink-controller",
+        "planelink-register",
+        "cluster-gateway",
+        "cluster-agent",
+    ] {
+        assert!(
+            names.contains(&expected.to_string()),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[test]
+fn each_name_selects_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("planelink-gateway", "--internal-port"),
+        ("cluster-gateway", "--internal-port"),
+        ("planelink-agent", "--server-url"),
+        ("cluster-agent", "--server-url"),
+        ("planelink-controller", "--leader-elect"),
+        ("planelink-register", "inspect"),
+    ];
+    for (name, marker) in cases {
+        let out = run(&linked(dir.path(), name), &["--help"]);
+        assert_eq!(code(&out), 0, "{name} --help: {}", stderr(&out));
+        let help = stdout(&out);
+        assert!(help.contains(&format!("Usage: {name}")), "{name}: {help}");
+        assert!(help.contains(marker), "{name} help lacks {marker}");
+    }
+}
+
+#[test]
+fn unknown_program_name_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&linked(dir.path(), "cluster-frobnicator"), &[]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("unknown program name \"cluster-frobnicator\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("cluster-agent"));
+}
+
+#[test]
+fn version_names_commit_and_provider() {
+    let out = planelink(&["version"]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("planelink {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("commit: "));
+    assert!(text.contains("rustls crypto provider: ring"));
+}
+
+#[test]
+fn completions_for_bash_and_zsh() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = planelink(&["completions", shell]);
+        assert_eq!(code(&out), 0, "{shell}");
+        assert!(
+            stdout(&out).contains("server-url"),
+            "{shell} completion lacks agent flags"
+        );
+    }
+    let out = planelink(&["completions", "tcsh"]);
+    assert_eq!(code(&out), 64);
+}
+
+#[test]
+fn bare_planelink_asks_for_a_role() {
+    let out = planelink(&[]);
+    assert_eq!(code(&out), 64);
+    assert!(stderr(&out).contains("name a role"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_flag_values_exit_64() {
+    let out = planelink(&["gateway", "--heartbeat-interval", "soon"]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("--heartbeat-interval"),
+        "{}",
+        stderr(&out)
+    );
+    let out = planelink(&["agent", "--plane-type", "edgeplane"]);
+    assert_eq!(code(&out), 64);
+    assert!(stderr(&out).contains("dataplane"), "{}", stderr(&out));
+}
+
+/// Writes a valid agent setup and returns the flags that use it.
+fn agent_flags(dir: &std::path::Path) -> Vec<String> {
+    let (gw_ca, _) = gateway_pki(&["gw.example.com"], &[]);
+    let (_, leaf) = agent_pki("p1");
+    write(&dir.join("server-ca.crt"), &gw_ca.cert_pem);
+    write(&dir.join("tls.crt"), &leaf.cert_pem);
+    write_key(&dir.join("tls.key"), &leaf);
+    vec![
+        "--server-url=wss://gw.example.com/ws".into(),
+        "--plane-id=p1".into(),
+        format!("--server-ca={}", dir.join("server-ca.crt").display()),
+        format!("--client-cert={}", dir.join("tls.crt").display()),
+        format!("--client-key={}", dir.join("tls.key").display()),
+    ]
+}
+
+#[test]
+fn agent_validates_then_reports_not_implemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = agent_flags(dir.path());
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let out = run(&linked(dir.path(), "cluster-agent"), &args);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("not implemented in this build"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn agent_config_errors_name_flag_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = agent_flags(dir.path());
+    let with = |extra: &[&str]| {
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let out = planelink(&[&["agent"], &args[..]].concat());
+        (code(&out), stderr(&out))
+    };
+    // The leaf given as the server CA.
+    let (c, e) = with(&[&format!(
+        "--server-ca={}",
+        dir.path().join("tls.crt").display()
+    )]);
+    assert_eq!(c, 64);
+    assert!(
+        e.contains("invalid --server-ca") && e.contains("cluster-gateway-ca"),
+        "{e}"
+    );
+    // Plain-text URL with TLS on.
+    let (c, e) = with(&["--server-url=ws://gw.example.com/ws"]);
+    assert_eq!(c, 64);
+    assert!(
+        e.contains("invalid --server-url") && e.contains("wss://"),
+        "{e}"
+    );
+    // A missing key file.
+    let (c, e) = with(&["--client-key=/nonexistent/tls.key"]);
+    assert_eq!(c, 64);
+    assert!(e.contains("invalid --client-key"), "{e}");
+    // Heartbeat timeout shorter than the interval.
+    let (c, e) = with(&["--heartbeat-interval=30s", "--heartbeat-timeout=10s"]);
+    assert_eq!(c, 64);
+    assert!(e.contains("invalid --heartbeat-timeout"), "{e}");
+    // Somebody else's key.
+    let (_, other) = agent_pki("other");
+    write_key(&dir.path().join("other.key"), &other);
+    let (c, e) = with(&[&format!(
+        "--client-key={}",
+        dir.path().join("other.key").display()
+    )]);
+    assert_eq!(c, 64);
+    assert!(e.contains("is not the private key of"), "{e}");
+}
+
+#[test]
+fn agent_env_vars_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("agent")
+        .env("PLANE_ID", "p1")
+        .env("SERVER_URL", "wss://gw.example.com/ws")
+        .env("SERVER_CA_PATH", dir.path().join("missing-ca.crt"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("invalid --server-ca"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("missing-ca.crt"), "{}", stderr(&out));
+}
+
+#[test]
+fn gateway_requires_internal_ca_with_internal_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, leaf) = gateway_pki(&["gw.example.com"], &["127.0.0.1"]);
+    write(&dir.path().join("tls.crt"), &leaf.cert_pem);
+    write_key(&dir.path().join("tls.key"), &leaf);
+    let cert = format!("--server-cert={}", dir.path().join("tls.crt").display());
+    let key = format!("--server-key={}", dir.path().join("tls.key").display());
+    let out = planelink(&["gateway", &cert, &key]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("invalid --internal-client-ca-cert"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("--internal-mtls=false"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = planelink(&[
+        "gateway",
+        &cert,
+        &key,
+        "--internal-mtls=false",
+        "--port=9000",
+        "--health-port=9000",
+    ]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("invalid --health-port"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(
+        &linked(dir.path(), "cluster-gateway"),
+        &[&cert, &key, "--internal-mtls=false"],
+    );
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("not implemented in this build"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn gateway_rejects_a_client_certificate_as_server_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, leaf) = agent_pki("p1");
+    write(&dir.path().join("tls.crt"), &leaf.cert_pem);
+    write_key(&dir.path().join("tls.key"), &leaf);
+    let out = planelink(&[
+        "gateway",
+        &format!("--server-cert={}", dir.path().join("tls.crt").display()),
+        &format!("--server-key={}", dir.path().join("tls.key").display()),
+        "--internal-mtls=false",
+    ]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("lacks the serverAuth"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, leaf) = gateway_pki(&["gw.example.com"], &[]);
+    write(&dir.path().join("tls.crt"), &leaf.cert_pem);
+    write_key(&dir.path().join("tls.key"), &leaf);
+    let out = planelink(&[
+        "--log-format=json",
+        "gateway",
+        &format!("--server-cert={}", dir.path().join("tls.crt").display()),
+        &format!("--server-key={}", dir.path().join("tls.key").display()),
+        "--internal-mtls=false",
+        "--skip-client-cert-verify",
+    ]);
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.contains("skip-client-cert-verify"))
+        .unwrap_or_else(|| panic!("no deprecation warning in {err}"));
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
+
+    // --log-level=error silences the warning.
+    let out = planelink(&[
+        "gateway",
+        "--log-level=error",
+        &format!("--server-cert={}", dir.path().join("tls.crt").display()),
+        &format!("--server-key={}", dir.path().join("tls.key").display()),
+        "--internal-mtls=false",
+        "--skip-client-cert-verify",
+    ]);
+    assert!(!stderr(&out).contains("deprecated"), "{}", stderr(&out));
+}
+
+#[test]
+fn controller_validates_remote_gateway_flags() {
+    let out = planelink(&["controller", "--gateway-url=http://gw:8444"]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("invalid --gateway-url"),
+        "{}",
+        stderr(&out)
+    );
+    let out = planelink(&["controller", "--gateway-client-cert=/x.crt"]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("invalid --gateway-client-key"),
+        "{}",
+        stderr(&out)
+    );
+    let out = planelink(&["controller"]);
+    assert_eq!(code(&out), 64);
+    assert!(
+        stderr(&out).contains("not implemented in this build"),
+        "{}",
+        stderr(&out)
+    );
+}

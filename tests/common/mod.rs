@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: the real binary under its names, and
+//! certificate fixtures issued per run with planelink's own trust module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use planelink::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions, Window};
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_planelink"))
+}
+
+/// The binary linked under `name` inside `dir`, as a package or image would install it.
+pub fn linked(dir: &Path, name: &str) -> PathBuf {
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(binary(), &link).expect("symlink the binary");
+    }
+    link
+}
+
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("run planelink")
+}
+
+pub fn planelink(args: &[&str]) -> Output {
+    run(&binary(), args)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().expect("exit code, not a signal")
+}
+
+pub fn write(path: &Path, text: &str) {
+    issue::write_file(path, text, FileKind::Public).expect("write fixture");
+}
+
+pub fn write_key(path: &Path, issued: &Issued) {
+    issue::write_file(path, issued.key_pem(), FileKind::Secret).expect("write key");
+}
+
+pub fn agent_pki(plane: &str) -> (Issued, Issued) {
+    let ca = issue::new_ca(&CaOptions::agent(plane)).expect("agent CA");
+    let leaf = issue::issue_leaf(&ca, &LeafOptions::client(&format!("agent {plane}")))
+        .expect("agent leaf");
+    (ca, leaf)
+}
+
+pub fn gateway_pki(dns: &[&str], ips: &[&str]) -> (Issued, Issued) {
+    let ca = issue::new_ca(&CaOptions::gateway()).expect("gateway CA");
+    let leaf = server_leaf(&ca, dns, ips, Window::days(30));
+    (ca, leaf)
+}
+
+pub fn server_leaf(ca: &Issued, dns: &[&str], ips: &[&str], window: Window) -> Issued {
+    let opts = LeafOptions::server(
+        "cluster-gateway",
+        dns.iter().map(|s| s.to_string()).collect(),
+        ips.iter().map(|s| s.parse().expect("ip")).collect(),
+    )
+    .window(window);
+    issue::issue_leaf(ca, &opts).expect("server leaf")
+}
+
+/// A window that ended an hour ago.
+pub fn expired_window() -> Window {
+    let now = SystemTime::now();
+    Window {
+        not_before: now - Duration::from_secs(7200),
+        not_after: now - Duration::from_secs(3600),
+    }
+}
+
+/// A window that starts in an hour.
+pub fn future_window() -> Window {
+    let now = SystemTime::now();
+    Window {
+        not_before: now + Duration::from_secs(3600),
+        not_after: now + Duration::from_secs(7200),
+    }
+}
+
+/// Fails the test with the reason when a required tool is missing: never skip silently.
+pub fn require_tool(tool: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{tool} is not installed; .ci/run installs it (apt-get install {tool})")
+    })
+}
