@@ -15,7 +15,10 @@ fn openssl_verify(dir: &Path, purpose: &str) -> (bool, String) {
         .arg(dir.join("tls.crt"))
         .output()
         .expect("run openssl");
-    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
 }
 
 fn mode(path: &Path) -> u32 {
@@ -50,7 +53,10 @@ fn gateway_certs_verify_with_openssl_for_server_use_only() {
     let (ok, text) = openssl_verify(&out_dir, "sslserver");
     assert!(ok, "openssl verify sslserver: {text}");
     let (ok, text) = openssl_verify(&out_dir, "sslclient");
-    assert!(!ok, "a serving certificate must not pass as a client certificate: {text}");
+    assert!(
+        !ok,
+        "a serving certificate must not pass as a client certificate: {text}"
+    );
 
     let text = Command::new(require_tool("openssl"))
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
@@ -58,7 +64,10 @@ fn gateway_certs_verify_with_openssl_for_server_use_only() {
         .output()
         .unwrap();
     let sans = stdout(&text);
-    assert!(sans.contains("DNS:cluster-gateway.openchoreo-control-plane.svc"), "{sans}");
+    assert!(
+        sans.contains("DNS:cluster-gateway.openchoreo-control-plane.svc"),
+        "{sans}"
+    );
     assert!(sans.contains("IP Address:127.0.0.1"), "{sans}");
 }
 
@@ -67,7 +76,13 @@ fn gateway_certs_reuse_the_ca_and_move_ips_out_of_dns_sans() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path();
     let issue = |extra: &[&str]| {
-        let mut args = vec!["register", "certs", "gateway", "--out", out_dir.to_str().unwrap()];
+        let mut args = vec![
+            "register",
+            "certs",
+            "gateway",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         planelink(&args)
     };
@@ -77,19 +92,43 @@ fn gateway_certs_reuse_the_ca_and_move_ips_out_of_dns_sans() {
     let second = issue(&["--dns-name", "gw.example.com", "--dns-name", "10.0.0.5"]);
     assert_eq!(code(&second), 0, "{}", stderr(&second));
     assert!(stdout(&second).contains("reused"), "{}", stdout(&second));
-    assert!(stderr(&second).contains("IP address"), "{}", stderr(&second));
-    assert_eq!(std::fs::read(out_dir.join("ca.crt")).unwrap(), ca_before, "the CA must be reused");
+    assert!(
+        stderr(&second).contains("IP address"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("ca.crt")).unwrap(),
+        ca_before,
+        "the CA must be reused"
+    );
     let (ok, text) = openssl_verify(out_dir, "sslserver");
     assert!(ok, "{text}");
-    let inspect = planelink(&["register", "inspect", out_dir.join("tls.crt").to_str().unwrap()]);
-    assert!(stdout(&inspect).contains("IP SANs      10.0.0.5"), "{}", stdout(&inspect));
+    let inspect = planelink(&[
+        "register",
+        "inspect",
+        out_dir.join("tls.crt").to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&inspect).contains("IP SANs      10.0.0.5"),
+        "{}",
+        stdout(&inspect)
+    );
 }
 
 #[test]
 fn gateway_certs_from_a_separate_ca_dir() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    let first = planelink(&["register", "certs", "gateway", "--out", ca_dir.to_str().unwrap(), "--dns-name", "a"]);
+    let first = planelink(&[
+        "register",
+        "certs",
+        "gateway",
+        "--out",
+        ca_dir.to_str().unwrap(),
+        "--dns-name",
+        "a",
+    ]);
     assert_eq!(code(&first), 0);
     let leaf_dir = dir.path().join("leaf");
     let out = planelink(&[
@@ -104,13 +143,24 @@ fn gateway_certs_from_a_separate_ca_dir() {
         "b",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!leaf_dir.join("ca.key").exists(), "the CA key stays in --ca-dir");
+    assert!(
+        !leaf_dir.join("ca.key").exists(),
+        "the CA key stays in --ca-dir"
+    );
     let (ok, text) = openssl_verify(&leaf_dir, "sslserver");
     assert!(ok, "{text}");
 
     let empty = dir.path().join("empty");
     let out = planelink(&[
-        "register", "certs", "gateway", "--out", "x", "--ca-dir", empty.to_str().unwrap(), "--dns-name", "b",
+        "register",
+        "certs",
+        "gateway",
+        "--out",
+        "x",
+        "--ca-dir",
+        empty.to_str().unwrap(),
+        "--dns-name",
+        "b",
     ]);
     assert_eq!(code(&out), 64);
     assert!(stderr(&out).contains("holds no CA"), "{}", stderr(&out));
@@ -119,7 +169,13 @@ fn gateway_certs_from_a_separate_ca_dir() {
 #[test]
 fn gateway_certs_need_a_name() {
     let dir = tempfile::tempdir().unwrap();
-    let out = planelink(&["register", "certs", "gateway", "--out", dir.path().to_str().unwrap()]);
+    let out = planelink(&[
+        "register",
+        "certs",
+        "gateway",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(code(&out), 64);
     assert!(stderr(&out).contains("--dns-name"), "{}", stderr(&out));
 }
@@ -137,14 +193,30 @@ fn agent_certs_verify_with_openssl_for_client_use() {
         "production-us-east",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("register ca.crt (not tls.crt)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("register ca.crt (not tls.crt)"),
+        "{}",
+        stdout(&out)
+    );
     let (ok, text) = openssl_verify(dir.path(), "sslclient");
     assert!(ok, "openssl verify sslclient: {text}");
     assert_eq!(mode(&dir.path().join("tls.key")), 0o600);
 
     // The agent's CA is what a plane CR registers; the leaf is not.
-    let ok = planelink(&["register", "inspect", dir.path().join("ca.crt").to_str().unwrap(), "--for", "client-ca"]);
+    let ok = planelink(&[
+        "register",
+        "inspect",
+        dir.path().join("ca.crt").to_str().unwrap(),
+        "--for",
+        "client-ca",
+    ]);
     assert_eq!(code(&ok), 0, "{}", stdout(&ok));
-    let key_as_cert = planelink(&["register", "inspect", dir.path().join("tls.key").to_str().unwrap(), "--for", "client-cert"]);
+    let key_as_cert = planelink(&[
+        "register",
+        "inspect",
+        dir.path().join("tls.key").to_str().unwrap(),
+        "--for",
+        "client-cert",
+    ]);
     assert_eq!(code(&key_as_cert), 1);
 }

@@ -4,8 +4,8 @@ mod common;
 
 use base64::Engine as _;
 use common::*;
-use planelink::trust::issue::{self, LeafOptions};
 use planelink::trust::Usage;
+use planelink::trust::issue::{self, LeafOptions};
 
 fn inspect(dir: &std::path::Path, name: &str, text: &str, purpose: Option<&str>) -> (i32, String) {
     let path = dir.join(name);
@@ -24,7 +24,10 @@ fn the_agent_ca_is_a_good_client_ca() {
     let (ca, _) = agent_pki("p1");
     let (c, text) = inspect(dir.path(), "ca.crt", &ca.cert_pem, Some("client-ca"));
     assert_eq!(c, 0, "{text}");
-    assert!(text.contains("CA (pathlen 0), self-signed") && text.contains("verdict: OK"), "{text}");
+    assert!(
+        text.contains("CA (pathlen 0), self-signed") && text.contains("verdict: OK"),
+        "{text}"
+    );
     assert!(text.contains("sha256"), "{text}");
 }
 
@@ -34,7 +37,10 @@ fn tls_crt_registered_as_client_ca() {
     let (_, leaf) = agent_pki("p1");
     let (c, text) = inspect(dir.path(), "tls.crt", &leaf.cert_pem, Some("client-ca"));
     assert_eq!(c, 1, "{text}");
-    assert!(text.contains("this is tls.crt, the leaf; register ca.crt, the CA that issued it"), "{text}");
+    assert!(
+        text.contains("this is tls.crt, the leaf; register ca.crt, the CA that issued it"),
+        "{text}"
+    );
     assert!(text.contains("cluster-agent-tls"), "{text}");
 }
 
@@ -42,7 +48,12 @@ fn tls_crt_registered_as_client_ca() {
 fn gateway_leaf_given_as_server_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (_, leaf) = gateway_pki(&["gw"], &[]);
-    let (c, text) = inspect(dir.path(), "server-ca.crt", &leaf.cert_pem, Some("server-ca"));
+    let (c, text) = inspect(
+        dir.path(),
+        "server-ca.crt",
+        &leaf.cert_pem,
+        Some("server-ca"),
+    );
     assert_eq!(c, 1, "{text}");
     assert!(text.contains("cluster-gateway-ca"), "{text}");
 }
@@ -54,15 +65,26 @@ fn expired_and_not_yet_valid() {
     let old = server_leaf(&ca, &["gw"], &[], expired_window());
     let (c, text) = inspect(dir.path(), "old.crt", &old.cert_pem, Some("server-cert"));
     assert_eq!(c, 1, "{text}");
-    assert!(text.contains("EXPIRED") && text.contains("re-issue"), "{text}");
+    assert!(
+        text.contains("EXPIRED") && text.contains("re-issue"),
+        "{text}"
+    );
     // Even without --for, an expired certificate is not usable.
     let (c, _) = inspect(dir.path(), "old2.crt", &old.cert_pem, None);
     assert_eq!(c, 1);
 
     let future = server_leaf(&ca, &["gw"], &[], future_window());
-    let (c, text) = inspect(dir.path(), "future.crt", &future.cert_pem, Some("server-cert"));
+    let (c, text) = inspect(
+        dir.path(),
+        "future.crt",
+        &future.cert_pem,
+        Some("server-cert"),
+    );
     assert_eq!(c, 1, "{text}");
-    assert!(text.contains("is not valid before") && text.contains("clock"), "{text}");
+    assert!(
+        text.contains("is not valid before") && text.contains("clock"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -70,12 +92,29 @@ fn missing_extended_key_usage() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, _) = gateway_pki(&["gw"], &[]);
     let server_only = server_leaf(&ca, &["gw"], &[], issue::Window::days(10));
-    let (c, text) = inspect(dir.path(), "server.crt", &server_only.cert_pem, Some("client-cert"));
+    let (c, text) = inspect(
+        dir.path(),
+        "server.crt",
+        &server_only.cert_pem,
+        Some("client-cert"),
+    );
     assert_eq!(c, 1, "{text}");
-    assert!(text.contains("lacks the clientAuth extended key usage"), "{text}");
+    assert!(
+        text.contains("lacks the clientAuth extended key usage"),
+        "{text}"
+    );
 
-    let client_only = issue::issue_leaf(&ca, &LeafOptions::client("a").usages(vec![Usage::ClientAuth])).unwrap();
-    let (c, text) = inspect(dir.path(), "client.crt", &client_only.cert_pem, Some("server-cert"));
+    let client_only = issue::issue_leaf(
+        &ca,
+        &LeafOptions::client("a").usages(vec![Usage::ClientAuth]),
+    )
+    .unwrap();
+    let (c, text) = inspect(
+        dir.path(),
+        "client.crt",
+        &client_only.cert_pem,
+        Some("server-cert"),
+    );
     assert_eq!(c, 1, "{text}");
     assert!(text.contains("lacks the serverAuth"), "{text}");
 }
@@ -92,9 +131,17 @@ fn ip_in_dns_sans_is_flagged_on_a_server_cert() {
 #[test]
 fn configmap_placeholder_as_server_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (c, text) = inspect(dir.path(), "ca.crt", "placeholder: CA not yet available\n", Some("server-ca"));
+    let (c, text) = inspect(
+        dir.path(),
+        "ca.crt",
+        "placeholder: CA not yet available\n",
+        Some("server-ca"),
+    );
     assert_eq!(c, 1, "{text}");
-    assert!(text.contains("ConfigMap cluster-gateway-ca") && text.contains("Secret cluster-gateway-ca"), "{text}");
+    assert!(
+        text.contains("ConfigMap cluster-gateway-ca") && text.contains("Secret cluster-gateway-ca"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -106,7 +153,11 @@ fn pasted_forms_are_accepted() {
     let (c, text) = inspect(dir.path(), "b64.txt", &b64, Some("client-ca"));
     assert_eq!(c, 0, "{text}");
     // Indented, from a YAML block scalar, with CRLF.
-    let indented: String = ca.cert_pem.lines().map(|l| format!("    {l}\r\n")).collect();
+    let indented: String = ca
+        .cert_pem
+        .lines()
+        .map(|l| format!("    {l}\r\n"))
+        .collect();
     let (c, text) = inspect(dir.path(), "indented.txt", &indented, Some("client-ca"));
     assert_eq!(c, 0, "{text}");
 }
@@ -117,12 +168,18 @@ fn ca_given_as_client_cert_and_key_mismatch() {
     let (ca, leaf) = agent_pki("p1");
     let (c, text) = inspect(dir.path(), "ca.crt", &ca.cert_pem, Some("client-cert"));
     assert_eq!(c, 1);
-    assert!(text.contains("this is ca.crt, a CA; give tls.crt"), "{text}");
+    assert!(
+        text.contains("this is ca.crt, a CA; give tls.crt"),
+        "{text}"
+    );
     let (_, other) = agent_pki("p2");
     let mixed = format!("{}{}", leaf.cert_pem, other.key_pem());
     let (c, text) = inspect(dir.path(), "mixed.pem", &mixed, Some("client-cert"));
     assert_eq!(c, 1);
-    assert!(text.contains("does not belong to the certificate"), "{text}");
+    assert!(
+        text.contains("does not belong to the certificate"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -140,7 +197,12 @@ fn garbage_and_stdin() {
         .spawn()
         .unwrap();
     use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(ca.cert_pem.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ca.cert_pem.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stdout(&out));
 }
