@@ -54,11 +54,17 @@ fn env_examples_parse_as_flags() {
     // Each example env file, with its paths missing, must fail validation on a path,
     // not on an unknown variable or a bad value.
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd");
-    for (file, role) in [("gateway.env.example", "gateway"), ("agent.env.example", "agent")] {
+    for (file, role) in [
+        ("gateway.env.example", "gateway"),
+        ("agent.env.example", "agent"),
+    ] {
         let text = std::fs::read_to_string(source.join(file)).unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg(role).env_clear();
-        for line in text.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+        {
             let (k, v) = line.split_once('=').unwrap();
             cmd.env(k, v);
         }
