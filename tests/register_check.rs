@@ -116,6 +116,14 @@ fn check(dir: &Path, url: &str, server_ca: &str, client: Option<&Issued>) -> (i3
     (code(&out), format!("{}{}", stdout(&out), stderr(&out)))
 }
 
+/// Serves `leaf` (no client auth) and checks it by IP with `server_ca` as the trusted CA.
+fn check_by_ip(leaf: &Issued, server_ca: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(leaf, None);
+    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
+    check(dir.path(), &url, server_ca, None)
+}
+
 #[test]
 fn good_gateway_by_ip_and_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,12 +149,9 @@ fn good_gateway_by_ip_and_by_name() {
 
 #[test]
 fn wrong_ca_file() {
-    let dir = tempfile::tempdir().unwrap();
     let (_, leaf) = gateway_pki(&["localhost"], &["127.0.0.1"]);
     let (other_ca, _) = gateway_pki(&["x"], &[]);
-    let server = serve(&leaf, None);
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
-    let (c, text) = check(dir.path(), &url, &other_ca.cert_pem, None);
+    let (c, text) = check_by_ip(&leaf, &other_ca.cert_pem);
     assert_eq!(c, 1, "{text}");
     assert!(
         text.contains("not the trusted CA") && text.contains("Secret cluster-gateway-ca"),
@@ -156,16 +161,8 @@ fn wrong_ca_file() {
 
 #[test]
 fn placeholder_configmap_instead_of_secret() {
-    let dir = tempfile::tempdir().unwrap();
     let (_, leaf) = gateway_pki(&["localhost"], &["127.0.0.1"]);
-    let server = serve(&leaf, None);
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
-    let (c, text) = check(
-        dir.path(),
-        &url,
-        "# placeholder, replaced once the CA is ready\n",
-        None,
-    );
+    let (c, text) = check_by_ip(&leaf, "# placeholder, replaced once the CA is ready\n");
     assert_eq!(c, 1, "{text}");
     assert!(
         text.contains("placeholder") && text.contains("Secret cluster-gateway-ca"),
@@ -175,11 +172,8 @@ fn placeholder_configmap_instead_of_secret() {
 
 #[test]
 fn gateway_leaf_given_as_server_ca() {
-    let dir = tempfile::tempdir().unwrap();
     let (_, leaf) = gateway_pki(&["localhost"], &["127.0.0.1"]);
-    let server = serve(&leaf, None);
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
-    let (c, text) = check(dir.path(), &url, &leaf.cert_pem, None);
+    let (c, text) = check_by_ip(&leaf, &leaf.cert_pem);
     assert_eq!(c, 1, "{text}");
     assert!(
         text.contains("tls.crt") && text.contains("ca.crt"),
@@ -189,11 +183,8 @@ fn gateway_leaf_given_as_server_ca() {
 
 #[test]
 fn ip_missing_from_sans() {
-    let dir = tempfile::tempdir().unwrap();
     let (ca, leaf) = gateway_pki(&["cluster-gateway.openchoreo-control-plane.svc"], &[]);
-    let server = serve(&leaf, None);
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
-    let (c, text) = check(dir.path(), &url, &ca.cert_pem, None);
+    let (c, text) = check_by_ip(&leaf, &ca.cert_pem);
     assert_eq!(c, 1, "{text}");
     assert!(
         text.contains(
@@ -205,12 +196,9 @@ fn ip_missing_from_sans() {
 
 #[test]
 fn ip_only_in_dns_sans() {
-    let dir = tempfile::tempdir().unwrap();
     let (ca, _) = gateway_pki(&["x"], &[]);
     let leaf = server_leaf(&ca, &["127.0.0.1"], &[], Window::days(10));
-    let server = serve(&leaf, None);
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
-    let (c, text) = check(dir.path(), &url, &ca.cert_pem, None);
+    let (c, text) = check_by_ip(&leaf, &ca.cert_pem);
     assert_eq!(c, 1, "{text}");
     assert!(text.contains("listed as a DNS name"), "{text}");
     assert!(text.contains("ipAddresses"), "{text}");
@@ -233,12 +221,9 @@ fn host_not_in_sans() {
 
 #[test]
 fn expired_server_certificate() {
-    let dir = tempfile::tempdir().unwrap();
     let (ca, _) = gateway_pki(&["x"], &[]);
     let leaf = server_leaf(&ca, &["localhost"], &["127.0.0.1"], expired_window());
-    let server = serve(&leaf, None);
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
-    let (c, text) = check(dir.path(), &url, &ca.cert_pem, None);
+    let (c, text) = check_by_ip(&leaf, &ca.cert_pem);
     assert_eq!(c, 1, "{text}");
     assert!(text.contains("expired at"), "{text}");
 }

@@ -47,21 +47,12 @@ pub fn gateway(args: &GatewayCertsArgs) -> Outcome {
     };
     let opts = LeafOptions::server("cluster-gateway", dns_names, ip_addresses)
         .window(Window::days(args.days));
-    let result = issue::issue_leaf(&ca.issued, &opts).and_then(|leaf| {
-        issue::write_bundle(&args.out, &ca.issued, ca.write_key, &leaf).map(|w| (leaf, w))
-    });
-    match result {
-        Ok((leaf, written)) => {
-            report(&ca, &leaf, &written);
-            println!(
-                "\nnext: serve tls.crt/tls.key with `planelink gateway --server-cert {0}/tls.crt --server-key {0}/tls.key`;\n\
-                 agents trust ca.crt (`--server-ca {0}/ca.crt`). Keep ca.key private: it signs new gateway certificates.",
-                args.out.display()
-            );
-            Outcome::Ok
-        }
-        Err(e) => fail(e),
-    }
+    let next = format!(
+        "serve tls.crt/tls.key with `planelink gateway --server-cert {0}/tls.crt --server-key {0}/tls.key`;\n\
+         agents trust ca.crt (`--server-ca {0}/ca.crt`). Keep ca.key private: it signs new gateway certificates.",
+        args.out.display()
+    );
+    issue_and_write(&args.out, &ca, &opts, &next)
 }
 
 pub fn agent(args: &AgentCertsArgs) -> Outcome {
@@ -77,18 +68,24 @@ pub fn agent(args: &AgentCertsArgs) -> Outcome {
     };
     let opts = LeafOptions::client(&format!("cluster-agent {}", args.plane_id))
         .window(Window::days(args.days));
-    let result = issue::issue_leaf(&ca.issued, &opts).and_then(|leaf| {
-        issue::write_bundle(&args.out, &ca.issued, ca.write_key, &leaf).map(|w| (leaf, w))
+    let next = format!(
+        "register ca.crt (not tls.crt) as the plane's clientCA in the control plane;\n\
+         the agent presents tls.crt/tls.key (`--client-cert {0}/tls.crt --client-key {0}/tls.key --plane-id {1}`).",
+        args.out.display(),
+        args.plane_id
+    );
+    issue_and_write(&args.out, &ca, &opts, &next)
+}
+
+/// Issues the leaf, writes the bundle into `out`, and prints what was done and what comes next.
+fn issue_and_write(out: &Path, ca: &CaSource, opts: &LeafOptions, next: &str) -> Outcome {
+    let result = issue::issue_leaf(&ca.issued, opts).and_then(|leaf| {
+        issue::write_bundle(out, &ca.issued, ca.write_key, &leaf).map(|w| (leaf, w))
     });
     match result {
         Ok((leaf, written)) => {
-            report(&ca, &leaf, &written);
-            println!(
-                "\nnext: register ca.crt (not tls.crt) as the plane's clientCA in the control plane;\n\
-                 the agent presents tls.crt/tls.key (`--client-cert {0}/tls.crt --client-key {0}/tls.key --plane-id {1}`).",
-                args.out.display(),
-                args.plane_id
-            );
+            report(ca, &leaf, &written);
+            println!("\nnext: {next}");
             Outcome::Ok
         }
         Err(e) => fail(e),
