@@ -22,7 +22,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 openssl s_server -quiet -www -accept "127.0.0.1:$port" -cert "$work/gw/tls.crt" -key "$work/gw/tls.key" \
   </dev/null >/dev/null 2>&1 &
 pids+=($!)
-python3 packaging/tiny-dns.py 127.0.0.53:53 gw.dns.test 127.0.0.1 &
+python3 packaging/tiny-dns.py 127.83.0.53:53 gw.dns.test 127.0.0.1 &
 pids+=($!)
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
@@ -31,7 +31,7 @@ mkdir -p "$root/etc"
 cp "$bin" "$root/planelink"
 cp "$work/gw/ca.crt" "$root/ca.crt"
 echo "127.0.0.1 gw.hosts.test" > "$root/etc/hosts"
-echo "nameserver 127.0.0.53" > "$root/etc/resolv.conf"
+echo "nameserver 127.83.0.53" > "$root/etc/resolv.conf"
 echo "empty root holds: $(cd "$root" && find . -type f | sort | tr '\n' ' ')"
 
 for host in gw.hosts.test gw.dns.test; do
