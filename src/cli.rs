@@ -550,6 +550,11 @@ pub struct InspectArgs {
     /// The use the file is meant for; a wrong fit exits 1 with the fix.
     #[arg(long = "for", value_enum)]
     pub purpose: Option<InspectPurpose>,
+
+    /// The control plane's gateway CA (ca.crt of Secret cluster-gateway-ca): with
+    /// --for client-ca, catches that CA registered as an agent's client CA by mistake.
+    #[arg(long)]
+    pub gateway_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

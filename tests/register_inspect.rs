@@ -206,3 +206,33 @@ fn garbage_and_stdin() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stdout(&out));
 }
+
+#[test]
+fn gateway_ca_registered_as_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw_ca, _) = gateway_pki(&["gw"], &[]);
+    let (agent_ca, _) = agent_pki("p1");
+    write(&dir.path().join("gateway-ca.crt"), &gw_ca.cert_pem);
+    let inspect_against_gateway = |registered: &str| {
+        let path = dir.path().join("registered.crt");
+        write(&path, registered);
+        planelink(&[
+            "register",
+            "inspect",
+            path.to_str().unwrap(),
+            "--for",
+            "client-ca",
+            "--gateway-ca",
+            dir.path().join("gateway-ca.crt").to_str().unwrap(),
+        ])
+    };
+    let out = inspect_against_gateway(&gw_ca.cert_pem);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("this is the gateway's server CA"),
+        "{}",
+        stdout(&out)
+    );
+    let out = inspect_against_gateway(&agent_ca.cert_pem);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+}

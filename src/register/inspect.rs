@@ -33,8 +33,26 @@ pub fn run(args: &InspectArgs) -> Outcome {
             }
         }
     };
-    let report =
-        trust::pem::parse(&bytes).and_then(|c| trust::assess(&c, purpose, SystemTime::now()));
+    let gateway_ca = match &args.gateway_ca {
+        Some(path) => match trust::load_certificates(path) {
+            Ok(certs) => certs,
+            Err(e) => {
+                eprintln!("error: --gateway-ca: {e}");
+                return Outcome::Usage;
+            }
+        },
+        None => Vec::new(),
+    };
+    let report = trust::pem::parse(&bytes).and_then(|c| {
+        let mut report = trust::assess(&c, purpose, SystemTime::now())?;
+        if purpose == Some(Purpose::ClientCa)
+            && let Some(finding) = trust::purpose::gateway_ca_finding(&c.certificates, &gateway_ca)
+        {
+            report.findings.retain(|f| f.severity != Severity::Info);
+            report.findings.push(finding);
+        }
+        Ok(report)
+    });
     match report {
         Ok(report) => {
             print_report(&name, &report, purpose);

@@ -283,6 +283,23 @@ fn leaf_findings(
     }
 }
 
+/// The finding for a client CA that is in fact the gateway's own server CA, a
+/// mistake the reference guide warns about: both are CAs, so nothing else tells.
+pub fn gateway_ca_finding(
+    client_ca: &[CertificateDer<'_>],
+    gateway_ca: &[CertificateDer<'_>],
+) -> Option<Finding> {
+    let same = client_ca
+        .iter()
+        .any(|c| gateway_ca.iter().any(|g| g.as_ref() == c.as_ref()));
+    same.then(|| Finding {
+        severity: Severity::Error,
+        message: "this is the gateway's server CA (Secret cluster-gateway-ca), not the agent's client CA; \
+                  register ca.crt from Secret cluster-agent-tls in the remote plane"
+            .into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +354,15 @@ mod tests {
             errors(&r)
         );
         assert!(report(&leaf.cert_pem, Purpose::ClientCert).is_ok());
+    }
+
+    #[test]
+    fn gateway_ca_as_client_ca() {
+        let gw = issue::new_ca(&CaOptions::gateway()).unwrap();
+        let agent = issue::new_ca(&CaOptions::agent("p")).unwrap();
+        let gw_der = vec![gw.cert_der().unwrap()];
+        assert!(gateway_ca_finding(&gw_der, &gw_der).is_some());
+        assert!(gateway_ca_finding(&[agent.cert_der().unwrap()], &gw_der).is_none());
     }
 
     #[test]
