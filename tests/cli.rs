@@ -89,22 +89,15 @@ fn completions_for_bash_and_zsh() {
 #[test]
 fn bare_planelink_asks_for_a_role() {
     let out = planelink(&[]);
-    assert_eq!(code(&out), 64);
-    assert!(stderr(&out).contains("name a role"), "{}", stderr(&out));
+    expect_stderr(&out, 64, "name a role");
 }
 
 #[test]
 fn bad_flag_values_exit_64() {
     let out = planelink(&["gateway", "--heartbeat-interval", "soon"]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("--heartbeat-interval"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "--heartbeat-interval");
     let out = planelink(&["agent", "--plane-type", "edgeplane"]);
-    assert_eq!(code(&out), 64);
-    assert!(stderr(&out).contains("dataplane"), "{}", stderr(&out));
+    expect_stderr(&out, 64, "dataplane");
 }
 
 /// Writes a valid agent setup and returns the flags that use it.
@@ -129,12 +122,7 @@ fn agent_validates_then_reports_not_implemented() {
     let flags = agent_flags(dir.path());
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let out = run(&linked(dir.path(), "cluster-agent"), &args);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("not implemented in this build"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "not implemented in this build");
 }
 
 #[test]
@@ -193,12 +181,7 @@ fn agent_env_vars_are_read() {
         .env("SERVER_CA_PATH", dir.path().join("missing-ca.crt"))
         .output()
         .unwrap();
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("invalid --server-ca"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "invalid --server-ca");
     assert!(stderr(&out).contains("missing-ca.crt"), "{}", stderr(&out));
 }
 
@@ -211,12 +194,7 @@ fn gateway_requires_internal_ca_with_internal_mtls() {
     let cert = format!("--server-cert={}", dir.path().join("tls.crt").display());
     let key = format!("--server-key={}", dir.path().join("tls.key").display());
     let out = planelink(&["gateway", &cert, &key]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("invalid --internal-client-ca-cert"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "invalid --internal-client-ca-cert");
     assert!(
         stderr(&out).contains("--internal-mtls=false"),
         "{}",
@@ -231,23 +209,13 @@ fn gateway_requires_internal_ca_with_internal_mtls() {
         "--port=9000",
         "--health-port=9000",
     ]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("invalid --health-port"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "invalid --health-port");
 
     let out = run(
         &linked(dir.path(), "cluster-gateway"),
         &[&cert, &key, "--internal-mtls=false"],
     );
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("not implemented in this build"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "not implemented in this build");
 }
 
 #[test]
@@ -262,12 +230,7 @@ fn gateway_rejects_a_client_certificate_as_server_cert() {
         &format!("--server-key={}", dir.path().join("tls.key").display()),
         "--internal-mtls=false",
     ]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("lacks the serverAuth"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "lacks the serverAuth");
 }
 
 #[test]
@@ -307,24 +270,9 @@ fn json_logs_are_one_object_per_line() {
 #[test]
 fn controller_validates_remote_gateway_flags() {
     let out = planelink(&["controller", "--gateway-url=http://gw:8444"]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("invalid --gateway-url"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "invalid --gateway-url");
     let out = planelink(&["controller", "--gateway-client-cert=/x.crt"]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("invalid --gateway-client-key"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "invalid --gateway-client-key");
     let out = planelink(&["controller"]);
-    assert_eq!(code(&out), 64);
-    assert!(
-        stderr(&out).contains("not implemented in this build"),
-        "{}",
-        stderr(&out)
-    );
+    expect_stderr(&out, 64, "not implemented in this build");
 }

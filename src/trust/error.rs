@@ -137,30 +137,4 @@ impl TrustError {
             other => other,
         }
     }
-
-    /// A short stable label, for metrics and condition reasons.
-    pub fn label(&self) -> &'static str {
-        match self.root() {
-            TrustError::Read { .. } => "read",
-            TrustError::Write { .. } => "write",
-            TrustError::Empty | TrustError::NoCertificate | TrustError::NoPrivateKey => "missing",
-            TrustError::NotPem
-            | TrustError::BadPem(_)
-            | TrustError::WrongContent { .. }
-            | TrustError::SeveralPrivateKeys(_)
-            | TrustError::EncryptedKey
-            | TrustError::BadCertificate(_) => "unparseable",
-            TrustError::KeyMismatch { .. } => "key_mismatch",
-            TrustError::NotYetValid { .. } => "not_yet_valid",
-            TrustError::Expired { .. } => "expired",
-            TrustError::LeafAsCa { .. } => "leaf_as_ca",
-            TrustError::UntrustedIssuer { .. } => "untrusted",
-            TrustError::CaAsLeaf { .. } => "ca_as_leaf",
-            TrustError::MissingEku { .. } => "missing_eku",
-            TrustError::HostNotInSans { .. } | TrustError::NoIpSans { .. } => "host_mismatch",
-            TrustError::Chain(_) => "chain",
-            TrustError::Issue(_) => "issue",
-            TrustError::InFile { .. } => "file",
-        }
-    }
 }

@@ -219,21 +219,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Encodes DER certificates as PEM text.
-pub fn certificates_to_pem(certs: &[CertificateDer<'_>]) -> String {
-    let mut out = String::new();
-    for cert in certs {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(chunk));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,3 +106,10 @@ pub fn require_tool(tool: &str) -> PathBuf {
         panic!("{tool} is not installed; .ci/run installs it (apt-get install {tool})")
     })
 }
+
+/// Asserts the exit code and that stderr names `needle`, showing stderr on failure.
+pub fn expect_stderr(out: &Output, exit: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(code(out), exit, "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
