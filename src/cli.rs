@@ -96,6 +96,8 @@ pub enum Command {
     Controller(ControllerArgs),
     #[command(about = Role::Register.about())]
     Register(RegisterArgs),
+    /// Run a complete single-host topology: certificates, a registered DataPlane, a gateway and a connected agent.
+    Up(UpArgs),
     /// Print the version, the git commit it was built from, and the TLS crypto provider.
     Version,
     /// Print a shell completion script to standard output.
@@ -130,26 +132,7 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// The kinds of remote plane. `workflowplane` is the newer name of the build plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PlaneType {
-    #[value(name = "dataplane")]
-    DataPlane,
-    #[value(name = "buildplane", alias = "workflowplane")]
-    BuildPlane,
-    #[value(name = "observabilityplane")]
-    ObservabilityPlane,
-}
-
-impl PlaneType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlaneType::DataPlane => "dataplane",
-            PlaneType::BuildPlane => "buildplane",
-            PlaneType::ObservabilityPlane => "observabilityplane",
-        }
-    }
-}
+pub use crate::planes::PlaneType;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -290,6 +273,15 @@ pub struct GatewayArgs {
     /// On SIGTERM, open streams may finish for this long before the gateway closes them.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration, help_heading = "Timeouts")]
     pub shutdown_timeout: Duration,
+
+    /// Proxy targets callers may name (comma-separated); agents serve k8s, agent and their --routes.
+    #[arg(long, env = "ALLOWED_TARGETS", value_delimiter = ',', default_value = crate::gateway::DEFAULT_TARGETS, help_heading = "Proxy")]
+    pub allowed_targets: Vec<String>,
+
+    /// Path prefixes (below the target) the proxy refuses (comma-separated). Minting
+    /// service-account tokens is always refused.
+    #[arg(long, env = "BLOCKED_PATHS", value_delimiter = ',', default_value = crate::gateway::DEFAULT_BLOCKED_PATHS, help_heading = "Proxy")]
+    pub blocked_paths: Vec<String>,
 
     /// Largest request or response body carried through the proxy (0 = no limit); e.g. 64Mi.
     #[arg(long, env = "MAX_BODY_SIZE", default_value = "0", value_parser = byte_size, help_heading = "Proxy")]
@@ -456,6 +448,38 @@ pub struct ControllerArgs {
 
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Where certificates, the planes directory and the kubeconfig are kept (reused on the next run).
+    /// Default: $XDG_STATE_HOME/planelink or ~/.local/state/planelink.
+    #[arg(long, env = "PLANELINK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The plane ID (and DataPlane name) of the local agent.
+    #[arg(long, default_value = "local")]
+    pub plane_id: String,
+
+    /// Address the listeners bind to; loopback unless you want other hosts to reach them.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_address: IpAddr,
+
+    /// The gateway's public (agent) port.
+    #[arg(long, default_value_t = 8443)]
+    pub port: u16,
+
+    /// The gateway's internal (caller) port.
+    #[arg(long, default_value_t = 8444)]
+    pub internal_port: u16,
+
+    /// The gateway's health and metrics port.
+    #[arg(long, default_value_t = 8080)]
+    pub health_port: u16,
+
+    /// Kubeconfig for the agent's k8s target; by default the current kubeconfig (KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,8 +42,13 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> ExitCode {
     match command {
-        Command::Gateway(args) => not_yet("gateway", planelink::gateway::validate(&args)),
-        Command::Agent(args) => not_yet("agent", planelink::agent::validate(&args)),
+        Command::Gateway(args) => serve("gateway", planelink::gateway::validate(&args), || {
+            planelink::gateway::run(args)
+        }),
+        Command::Agent(args) => serve("agent", planelink::agent::validate(&args), || {
+            planelink::agent::run(args)
+        }),
+        Command::Up(args) => serve("up", Ok(()), || planelink::up::run(args)),
         Command::Controller(args) => not_yet("controller", planelink::controller::validate(&args)),
         Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),
         Command::Version => {
@@ -59,6 +64,41 @@ fn run(command: Command) -> ExitCode {
             let mut cmd = cli::command();
             clap_complete::generate(shell, &mut cmd, "planelink", &mut std::io::stdout());
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Runs a long-lived role: configuration problems exit 64 before anything is bound;
+/// failures at run time exit 1.
+fn serve<F, Fut>(role: &str, validated: Result<(), ConfigError>, run: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Err(e) = validated {
+        eprintln!("planelink {role}: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // kube builds its TLS configs with the process-wide provider; make it ours.
+    let _ = rustls::crypto::CryptoProvider::install_default(std::sync::Arc::unwrap_or_clone(
+        planelink::trust::crypto_provider(),
+    ));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("planelink {role}: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("planelink {role}: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -1,9 +1,27 @@
-//! The agent role: dials the gateway and serves its requests from local upstreams.
-//! This build validates its configuration only; the tunnel comes next.
+//! The agent role: dials the gateway, keeps the tunnel up (backoff with jitter,
+//! heartbeats), and serves the gateway's requests from local upstreams.
+
+mod dial;
+mod forward;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::AgentArgs;
 use crate::config::{self, ConfigError};
+use crate::health::{self, Health};
 use crate::trust::Purpose;
+use crate::tunnel::body::{self, Body};
+use crate::tunnel::protocol::{self, Heartbeat};
+use upstream::Upstream;
 
 /// Validates the agent's flags the way the running agent will rely on them.
 pub fn validate(args: &AgentArgs) -> Result<(), ConfigError> {
@@ -89,4 +107,222 @@ pub fn validate(args: &AgentArgs) -> Result<(), ConfigError> {
         config::check_existing_file("--kubeconfig", kubeconfig)?;
     }
     Ok(())
+}
+
+/// What the tunnel's request handler needs.
+pub(crate) struct State {
+    args: AgentArgs,
+    targets: BTreeMap<String, Upstream>,
+    request_timeout: Duration,
+    started: Instant,
+    connected: AtomicBool,
+}
+
+impl State {
+    fn target_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.targets.keys().cloned().collect();
+        names.push("agent".into());
+        names
+    }
+
+    /// The built-in `agent` target: who this agent is, for debugging through the tunnel.
+    fn info_response(&self) -> Response<Body> {
+        let routes: Vec<serde_json::Value> = self
+            .targets
+            .values()
+            .map(|u| serde_json::json!({ "name": u.name, "url": u.base.to_string(), "auth": u.has_auth }))
+            .collect();
+        let info = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "commit": crate::GIT_COMMIT.unwrap_or("unknown"),
+            "planeType": self.args.plane_type.as_str(),
+            "planeID": self.args.plane_id,
+            "serverURL": self.args.server_url,
+            "targets": self.target_names(),
+            "routes": routes,
+            "uptimeSeconds": self.started.elapsed().as_secs(),
+        });
+        let mut response = Response::new(body::full(info.to_string() + "\n"));
+        *response.status_mut() = StatusCode::OK;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// Builds the targets: `k8s` unless no Kubernetes configuration exists at all (then
+/// the agent still serves its routes and says so), and the `--routes`.
+async fn targets(args: &AgentArgs) -> anyhow::Result<BTreeMap<String, Upstream>> {
+    let mut targets = match &args.routes {
+        Some(path) => upstream::load_routes(path)?,
+        None => BTreeMap::new(),
+    };
+    match upstream::kubernetes(args.kubeconfig.as_deref()).await {
+        Ok(k8s) => {
+            tracing::info!(server = %k8s.base, "target k8s ready");
+            targets.insert("k8s".into(), k8s);
+        }
+        // An explicit kubeconfig that does not work is a configuration error.
+        Err(e) if args.kubeconfig.is_some() => return Err(e),
+        Err(e) => tracing::warn!("no k8s target: {e:#}"),
+    }
+    Ok(targets)
+}
+
+/// A running agent (its tunnel loop and health listener).
+pub struct Agent {
+    state: Arc<State>,
+    pub health_addr: Option<std::net::SocketAddr>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    pub fn is_connected(&self) -> bool {
+        self.state.connected.load(Ordering::Relaxed)
+    }
+
+    /// The Kubernetes API the `k8s` target reaches, when there is one.
+    pub fn k8s_server(&self) -> Option<String> {
+        self.state.targets.get("k8s").map(|u| u.base.to_string())
+    }
+
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts the agent; it runs until `shutdown` is cancelled.
+pub async fn start(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<Agent> {
+    let state = Arc::new(State {
+        targets: targets(&args).await?,
+        request_timeout: args.request_timeout,
+        started: Instant::now(),
+        connected: AtomicBool::new(false),
+        args,
+    });
+    let health_addr = if state.args.health_port == 0 {
+        None
+    } else {
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], state.args.health_port));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--health-port): {e}"))?;
+        let ready_state = state.clone();
+        let health = Health {
+            ready: Arc::new(move || {
+                if ready_state.connected.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("not connected to the gateway".into())
+                }
+            }),
+            metrics: Arc::new(prometheus_client::registry::Registry::default()),
+        };
+        let local = listener.local_addr()?;
+        tokio::spawn(health::serve(listener, health, shutdown.clone()));
+        Some(local)
+    };
+    let done = tokio::spawn(connect_loop(state.clone(), shutdown));
+    Ok(Agent {
+        state,
+        health_addr,
+        done,
+    })
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from
+/// `base`, capped, with jitter so that a fleet of agents does not reconnect in step.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let jitter: f64 = rand::random_range(0.5..=1.0);
+    exp.mul_f64(jitter)
+}
+
+async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
+    let args = &state.args;
+    let heartbeat = Heartbeat {
+        interval: args.heartbeat_interval,
+        timeout: args.heartbeat_timeout,
+    };
+    let mut attempt = 0u32;
+    loop {
+        let dialled = tokio::select! {
+            d = dial::dial(args) => d,
+            _ = shutdown.cancelled() => return,
+        };
+        match dialled {
+            Ok(dialled) => {
+                tracing::info!(server = %args.server_url, plane_type = %args.plane_type,
+                    plane_id = args.plane_id.as_deref().unwrap_or_default(), gateway_version = %dialled.gateway.version,
+                    "connected to control plane");
+                state.connected.store(true, Ordering::Relaxed);
+                let connected_at = Instant::now();
+                let handler_state = state.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let state = handler_state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(forward::handle(state, req).await) }
+                });
+                let connection = protocol::server_builder(heartbeat)
+                    .serve_connection(TokioIo::new(dialled.io), service);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        // GOAWAY: the gateway sends nothing new; open streams finish.
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
+                        state.connected.store(false, Ordering::Relaxed);
+                        tracing::info!("agent stopped");
+                        return;
+                    }
+                };
+                state.connected.store(false, Ordering::Relaxed);
+                match result {
+                    Ok(()) => tracing::warn!("the gateway closed the tunnel; reconnecting"),
+                    Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),
+                }
+                // A tunnel that lived a while resets the backoff.
+                if connected_at.elapsed() > args.max_reconnect_delay.max(Duration::from_secs(30)) {
+                    attempt = 0;
+                }
+            }
+            Err(e) => {
+                tracing::error!(server = %args.server_url, "cannot connect to control plane: {e:#}")
+            }
+        }
+        let delay = backoff(args.reconnect_delay, args.max_reconnect_delay, attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// `planelink agent`: runs until SIGTERM or SIGINT.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let agent = start(args, shutdown.clone()).await?;
+    crate::signals::cancel_on_terminate(shutdown).await;
+    agent.wait().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jitters_and_caps() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        for attempt in 0..30 {
+            let d = backoff(base, max, attempt);
+            let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(max);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
+    }
 }

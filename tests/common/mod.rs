@@ -30,6 +30,39 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
         .expect("run planelink")
 }
 
+/// Runs a long-lived role for `duration`, then sends SIGTERM and collects its exit
+/// and output (bounded: a role that ignores SIGTERM is killed after 20 s more).
+pub fn run_for(program: &Path, args: &[&str], duration: Duration) -> Output {
+    let child = Command::new(program)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start planelink");
+    std::thread::sleep(duration);
+    terminate(&child);
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().expect("wait for planelink");
+    drop(watchdog);
+    out
+}
+
+/// Sends SIGTERM, as Kubernetes and systemd do.
+pub fn terminate(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM failed");
+}
+
 pub fn planelink(args: &[&str]) -> Output {
     run(&binary(), args)
 }

@@ -1,0 +1,323 @@
+//! The connected agents: who they are, which plane CRs they are authorised for, and
+//! how to reach them. Re-verification against each new registry snapshot happens
+//! here, so trust changes apply to agents already connected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use hyper::client::conn::http2::SendRequest;
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{Metrics, PlaneLabels};
+use crate::planes::{CrRef, PlaneKey, Snapshot};
+use crate::tunnel::{Body, Hello};
+
+pub struct AgentConn {
+    pub id: u64,
+    pub key: PlaneKey,
+    pub remote: SocketAddr,
+    pub subject: String,
+    pub hello: Hello,
+    chain: Vec<CertificateDer<'static>>,
+    granted: RwLock<Vec<CrRef>>,
+    sender: SendRequest<Body>,
+    open_streams: AtomicUsize,
+    /// Cancelled to disconnect the agent (trust revoked, reconnect asked, shutdown).
+    pub close: CancellationToken,
+}
+
+impl AgentConn {
+    pub fn granted(&self) -> Vec<CrRef> {
+        self.granted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn serves(&self, cr: &CrRef) -> bool {
+        self.granted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(cr)
+    }
+
+    pub fn sender(&self) -> SendRequest<Body> {
+        self.sender.clone()
+    }
+
+    pub fn is_usable(&self) -> bool {
+        !self.close.is_cancelled() && !self.sender.is_closed()
+    }
+
+    /// Counts a stream in flight until the guard drops.
+    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard {
+            agent: self.clone(),
+        }
+    }
+}
+
+pub struct StreamGuard {
+    agent: Arc<AgentConn>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.agent.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An agent's identity as the public listener established it, before registration.
+pub struct NewAgent {
+    pub key: PlaneKey,
+    pub remote: SocketAddr,
+    pub subject: String,
+    pub hello: Hello,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub granted: Vec<CrRef>,
+}
+
+/// The status of one plane (or one CR of it), as the plane API reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaneStatus {
+    pub plane_type: String,
+    #[serde(rename = "planeID")]
+    pub plane_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub connected: bool,
+    pub connected_agents: usize,
+    /// RFC 3339; when an agent was last connected (now, while one is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+/// What a re-verification changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reverified {
+    pub disconnected_agents: usize,
+    pub authorizations_granted: usize,
+    pub authorizations_revoked: usize,
+}
+
+pub struct Hub {
+    agents: RwLock<Vec<Arc<AgentConn>>>,
+    next_id: AtomicU64,
+    rotation: AtomicUsize,
+    last_seen: Mutex<HashMap<(PlaneKey, Option<CrRef>), SystemTime>>,
+    metrics: Arc<Metrics>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::from(t));
+    crate::trust::inspect::format_time(t)
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            agents: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            rotation: AtomicUsize::new(0),
+            last_seen: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn labels(key: &PlaneKey) -> PlaneLabels {
+        PlaneLabels {
+            plane_type: key.plane_type.as_str().to_string(),
+            plane_id: key.plane_id.clone(),
+        }
+    }
+
+    fn touch(&self, agent: &AgentConn) {
+        let now = SystemTime::now();
+        let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert((agent.key.clone(), None), now);
+        for cr in agent.granted() {
+            seen.insert((agent.key.clone(), Some(cr)), now);
+        }
+    }
+
+    pub fn register(&self, new: NewAgent, sender: SendRequest<Body>) -> Arc<AgentConn> {
+        let agent = Arc::new(AgentConn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            key: new.key,
+            remote: new.remote,
+            subject: new.subject,
+            hello: new.hello,
+            chain: new.chain,
+            granted: RwLock::new(new.granted),
+            sender,
+            open_streams: AtomicUsize::new(0),
+            close: CancellationToken::new(),
+        });
+        self.touch(&agent);
+        self.metrics
+            .agents_connected
+            .get_or_create(&Self::labels(&agent.key))
+            .inc();
+        self.agents
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(agent.clone());
+        agent
+    }
+
+    pub fn unregister(&self, agent: &Arc<AgentConn>) {
+        let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        let before = agents.len();
+        agents.retain(|a| a.id != agent.id);
+        if agents.len() < before {
+            self.metrics
+                .agents_connected
+                .get_or_create(&Self::labels(&agent.key))
+                .dec();
+            self.touch(agent);
+        }
+    }
+
+    pub fn agents(&self) -> Vec<Arc<AgentConn>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The agent to carry a request for `cr`: among those authorised for it, the one
+    /// with the fewest streams in flight, rotating among equals.
+    pub fn pick(&self, key: &PlaneKey, cr: &CrRef) -> Option<Arc<AgentConn>> {
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let candidates: Vec<&Arc<AgentConn>> = agents
+            .iter()
+            .filter(|a| &a.key == key && a.is_usable() && a.serves(cr))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        let chosen = (0..candidates.len())
+            .map(|i| candidates[(start + i) % candidates.len()])
+            .min_by_key(|a| a.open_streams.load(Ordering::Relaxed))?;
+        Some(chosen.clone())
+    }
+
+    /// Whether any agent is connected for the plane at all (to tell 403 from 502).
+    pub fn any_connected(&self, key: &PlaneKey) -> bool {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|a| &a.key == key && a.is_usable())
+    }
+
+    /// Re-verifies the agents of `only` (or all) against `snapshot`: revoked CRs are
+    /// dropped, newly trusting CRs granted, and agents left with none disconnected.
+    pub fn reverify(&self, snapshot: &Snapshot, only: Option<&PlaneKey>) -> Reverified {
+        let mut result = Reverified::default();
+        let now = SystemTime::now();
+        for agent in self.agents() {
+            if only.is_some_and(|k| k != &agent.key) || agent.close.is_cancelled() {
+                continue;
+            }
+            let decision = snapshot.authorise(&agent.key, &agent.chain, now);
+            let mut granted = agent.granted.write().unwrap_or_else(|p| p.into_inner());
+            let added = decision
+                .granted
+                .iter()
+                .filter(|cr| !granted.contains(cr))
+                .count();
+            let removed = granted
+                .iter()
+                .filter(|cr| !decision.granted.contains(cr))
+                .count();
+            if added == 0 && removed == 0 {
+                continue;
+            }
+            result.authorizations_granted += added;
+            result.authorizations_revoked += removed;
+            if decision.granted.is_empty() {
+                tracing::warn!(agent = agent.id, plane = %agent.key, remote = %agent.remote,
+                    reason = %decision.refusal_summary(&agent.key),
+                    "trust revoked; disconnecting agent");
+                result.disconnected_agents += 1;
+                agent.close.cancel();
+            } else {
+                let crs: Vec<String> = decision.granted.iter().map(ToString::to_string).collect();
+                tracing::info!(agent = agent.id, plane = %agent.key, added, removed,
+                    authorised_for = %crs.join(","), "agent re-verified");
+            }
+            *granted = decision.granted;
+        }
+        result
+    }
+
+    /// Disconnects every agent of a plane (the plane API's reconnect).
+    pub fn disconnect(&self, key: &PlaneKey) -> usize {
+        let mut n = 0;
+        for agent in self.agents() {
+            if &agent.key == key && !agent.close.is_cancelled() {
+                agent.close.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn status(&self, key: &PlaneKey, cr: Option<&CrRef>) -> PlaneStatus {
+        let connected_agents = self
+            .agents()
+            .iter()
+            .filter(|a| &a.key == key && a.is_usable() && cr.is_none_or(|cr| a.serves(cr)))
+            .count();
+        let last_seen = if connected_agents > 0 {
+            Some(SystemTime::now())
+        } else {
+            self.last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(key.clone(), cr.cloned()))
+                .copied()
+        };
+        PlaneStatus {
+            plane_type: key.plane_type.as_str().to_string(),
+            plane_id: key.plane_id.clone(),
+            namespace: cr.map(|c| c.namespace_or_cluster().to_string()),
+            name: cr.map(|c| c.name.clone()),
+            connected: connected_agents > 0,
+            connected_agents,
+            last_seen: last_seen.map(rfc3339),
+        }
+    }
+
+    /// Every plane that is registered or has been seen, sorted.
+    pub fn all_statuses(&self, snapshot: Option<&Snapshot>) -> Vec<PlaneStatus> {
+        let mut keys: Vec<PlaneKey> = snapshot
+            .map(|s| s.entries.iter().map(|e| e.key.clone()).collect())
+            .unwrap_or_default();
+        keys.extend(self.agents().iter().map(|a| a.key.clone()));
+        keys.extend(
+            self.last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .map(|(k, _)| k.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        keys.iter().map(|k| self.status(k, None)).collect()
+    }
+}

@@ -1,0 +1,313 @@
+//! The public listener: agents' mutual-TLS WebSocket endpoint `/ws`.
+//!
+//! TLS accepts any client certificate whose handshake signature verifies; the chain
+//! is judged once the `/ws` request names its plane, against each registered CR of
+//! that plane separately. A refused agent gets 401/403 with the reason in the body,
+//! which the agent logs.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+use super::Core;
+use super::hub::NewAgent;
+use crate::planes::{PlaneKey, PlaneType};
+use crate::trust::CertInfo;
+use crate::tunnel::body::{self, Body};
+use crate::tunnel::protocol::{self, HELLO_HEADER, SUBPROTOCOL};
+use crate::tunnel::{Hello, WsIo, ws};
+
+/// Time a client gets to finish the TLS handshake and send its `/ws` request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(
+    core: Arc<Core>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an agent connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let core = core.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move { handle_connection(core, tcp, remote, acceptor).await });
+    }
+}
+
+async fn handle_connection(
+    core: Arc<Core>,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let (reason, hint) = if text.contains("PeerSentNoCertificates")
+                || text.contains("no certificates")
+            {
+                (
+                    "no_client_certificate",
+                    "agents must present their client certificate (--client-cert, Secret cluster-agent-tls)",
+                )
+            } else {
+                (
+                    "tls_handshake",
+                    "see the agent's log for its side of the handshake",
+                )
+            };
+            core.metrics.reject(reason);
+            tracing::warn!(%remote, error = %text, "agent TLS handshake failed; {hint}");
+            return;
+        }
+        Err(_) => {
+            core.metrics.reject("tls_timeout");
+            tracing::warn!(%remote, "agent TLS handshake timed out");
+            return;
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let chain = Arc::new(chain);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let response = upgrade_request(core.clone(), chain.clone(), remote, req);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades()
+        .await;
+}
+
+fn plain(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(body::full(message + "\n"));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn header_str(req: &Request<Incoming>, name: impl header::AsHeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn subject_of(chain: &[CertificateDer<'_>]) -> String {
+    chain
+        .first()
+        .and_then(|c| CertInfo::from_der(c).ok())
+        .map(|info| info.subject)
+        .unwrap_or_else(|| "(no certificate)".into())
+}
+
+/// Answers an agent's `/ws` request: 101 and a tunnel, or the reason it is refused.
+fn upgrade_request(
+    core: Arc<Core>,
+    chain: Arc<Vec<CertificateDer<'static>>>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if req.uri().path() != "/ws" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "planelink gateway: agents connect to /ws".into(),
+        );
+    }
+    let refuse = |status: StatusCode, reason: &str, message: String| {
+        core.metrics.reject(reason);
+        tracing::warn!(%remote, subject = %subject_of(&chain), %status, "agent refused: {message}");
+        plain(status, message)
+    };
+    let (Some(plane_type), Some(plane_id)) = (
+        query_param(&req, "planeType"),
+        query_param(&req, "planeID").filter(|id| !id.is_empty()),
+    ) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the /ws request must name planeType and planeID as query parameters".into(),
+        );
+    };
+    let Some(plane_type) = PlaneType::parse(&plane_type) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "unknown planeType {plane_type:?}; use dataplane, buildplane (or workflowplane) or observabilityplane"
+            ),
+        );
+    };
+    let websocket =
+        header_str(&req, header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let Some(ws_key) = header_str(&req, header::SEC_WEBSOCKET_KEY).map(str::to_owned) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a WebSocket upgrade (no Sec-WebSocket-Key)".into(),
+        );
+    };
+    if !websocket || header_str(&req, header::SEC_WEBSOCKET_VERSION) != Some("13") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "not a WebSocket version 13 upgrade".into(),
+        );
+    }
+    let offers_planelink = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offers_planelink {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "legacy_protocol",
+            format!(
+                "the agent offers no {SUBPROTOCOL} subprotocol; this gateway carries planelink agents only \
+                 (run planelink agent in the remote plane)"
+            ),
+        );
+    }
+    let hello = match header_str(&req, HELLO_HEADER).map(Hello::parse) {
+        Some(Ok(hello)) => hello,
+        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e),
+        None => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the agent sent no {HELLO_HEADER} header"),
+            );
+        }
+    };
+    if let Err(e) = hello.compatible() {
+        return refuse(StatusCode::BAD_REQUEST, "incompatible_version", e);
+    }
+    let key = PlaneKey {
+        plane_type,
+        plane_id,
+    };
+    let Some(snapshot) = core.registry.current() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_not_loaded",
+            "the gateway has not loaded its plane registry yet; retry shortly".into(),
+        );
+    };
+    let decision = snapshot.authorise(&key, &chain, SystemTime::now());
+    if decision.granted.is_empty() {
+        let (status, reason) = if decision.refused.is_empty() {
+            (StatusCode::FORBIDDEN, "unknown_plane")
+        } else {
+            (StatusCode::UNAUTHORIZED, "untrusted_certificate")
+        };
+        return refuse(status, reason, decision.refusal_summary(&key));
+    }
+
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(ws_key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    if let Ok(ours) = HeaderValue::from_str(&Hello::ours("gateway").to_header()) {
+        headers.insert(HELLO_HEADER, ours);
+    }
+    let new_agent = NewAgent {
+        key,
+        remote,
+        subject: subject_of(&chain),
+        hello,
+        chain: chain.as_ref().clone(),
+        granted: decision.granted,
+    };
+    tokio::spawn(run_agent(core, req, new_agent));
+    response
+}
+
+/// Runs one agent's tunnel from the upgrade until it closes or is disconnected.
+async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent) {
+    let remote = new_agent.remote;
+    let upgraded = match hyper::upgrade::on(req).await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "agent WebSocket upgrade failed");
+            return;
+        }
+    };
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::config()))
+            .await;
+    let (sender, connection) = match protocol::client_builder(core.heartbeat)
+        .handshake(TokioIo::new(WsIo::new(ws)))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "HTTP/2 handshake with agent failed");
+            return;
+        }
+    };
+    let agent = core.hub.register(new_agent, sender);
+    // A snapshot may have arrived between the authorisation and the registration.
+    if let Some(snapshot) = core.registry.current() {
+        core.hub.reverify(&snapshot, Some(&agent.key));
+    }
+    let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
+    tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,
+        version = %agent.hello.version, authorised_for = %crs.join(","), "agent connected");
+    let reason = tokio::select! {
+        result = connection => match result {
+            Ok(()) => "the agent closed the tunnel".to_string(),
+            Err(e) => format!("tunnel error: {e}"),
+        },
+        _ = agent.close.cancelled() => "disconnected by the gateway".to_string(),
+    };
+    core.hub.unregister(&agent);
+    tracing::info!(agent = agent.id, plane = %agent.key, %remote, reason, "agent disconnected");
+}

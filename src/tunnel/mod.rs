@@ -1,0 +1,13 @@
+//! The wire between gateway and agent: a WebSocket over TLS carrying an HTTP/2
+//! connection (gateway = h2 client, agent = h2 server). HTTP/2 gives the tunnel real
+//! multiplexing with per-stream flow control, cancellation (RST_STREAM), bounded
+//! headers and keep-alive pings; upgrades ride as full-duplex streams.
+
+pub mod body;
+pub mod headers;
+pub mod protocol;
+pub mod ws;
+
+pub use body::{Body, BoxError};
+pub use protocol::Hello;
+pub use ws::WsIo;

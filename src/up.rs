@@ -1,0 +1,224 @@
+//! `planelink up`: the whole topology on one host, in one process. It issues what
+//! the state directory lacks (gateway CA and serving certificate, an agent CA and
+//! client certificate, a caller certificate for the internal listener), registers the
+//! agent's CA in a DataPlane manifest, starts a gateway and an agent connected over
+//! mutual TLS, and prints the commands that reach the plane through the tunnel.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, FromArgMatches};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{AgentArgs, GatewayArgs, UpArgs};
+use crate::planes::{Registry, directory::DirectorySource};
+use crate::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions};
+
+/// The state directory when `--state-dir` is not given.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("planelink");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/planelink"),
+        None => PathBuf::from("planelink-state"),
+    }
+}
+
+/// Parses flags the way the role's own command line would, so `up` gets the same
+/// defaults and checks as `planelink gateway` and `planelink agent`.
+fn role_args<T: Args + FromArgMatches>(argv: Vec<String>) -> anyhow::Result<T> {
+    let command = T::augment_args(clap::Command::new("planelink-up"));
+    let matches = command.try_get_matches_from(argv)?;
+    Ok(T::from_arg_matches(&matches)?)
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Loads the CA in `dir` or creates one, then issues a fresh leaf when `tls.crt` is
+/// missing.
+fn ensure_bundle(
+    dir: &Path,
+    ca: impl FnOnce() -> CaOptions,
+    leaf: LeafOptions,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = if dir.join("ca.crt").exists() {
+        Issued::load_ca(dir)?
+    } else {
+        issue::new_ca(&ca())?
+    };
+    if !dir.join("tls.crt").exists() || !dir.join("ca.key").exists() {
+        let issued = issue::issue_leaf(&ca, &leaf)?;
+        issue::write_bundle(dir, &ca, true, &issued)?;
+        tracing::info!(dir = %dir.display(), "issued certificates");
+    }
+    Ok(())
+}
+
+fn dataplane_manifest(name: &str, agent_ca_pem: &str) -> String {
+    let indented: String = agent_ca_pem
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    format!(
+        "# Written by `planelink up`: the local agent's CA, registered for dataplane {name}.\n\
+         apiVersion: openchoreo.dev/v1alpha1\n\
+         kind: DataPlane\n\
+         metadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  planeID: {name}\n  clusterAgent:\n    clientCA:\n      value: |\n{indented}"
+    )
+}
+
+fn kubeconfig(server: &str, state: &Path) -> String {
+    format!(
+        "# Written by `planelink up`: kubectl through the tunnel.\n\
+         apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: planelink\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: planelink-caller\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n\
+         contexts:\n- name: planelink\n  context:\n    cluster: planelink\n    user: planelink-caller\n\
+         current-context: planelink\n",
+        ca = state.join("gateway/ca.crt").display(),
+        cert = state.join("caller/tls.crt").display(),
+        key = state.join("caller/tls.key").display(),
+    )
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let state = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => default_state_dir(),
+    };
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create {}", state.display()))?;
+    let state = state.canonicalize()?;
+    let plane = &args.plane_id;
+    let host = args.bind_address;
+    let host_name = if host.is_loopback() {
+        "localhost".to_string()
+    } else {
+        host.to_string()
+    };
+
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if !host.is_unspecified() && !ips.contains(&host) {
+        ips.push(host);
+    }
+    ensure_bundle(
+        &state.join("gateway"),
+        CaOptions::gateway,
+        LeafOptions::server("planelink-gateway", vec!["localhost".into()], ips),
+    )?;
+    ensure_bundle(
+        &state.join("agent"),
+        || CaOptions::agent(plane),
+        LeafOptions::client(&format!("planelink-agent-{plane}")),
+    )?;
+    let caller = state.join("caller");
+    if !caller.join("tls.crt").exists() {
+        std::fs::create_dir_all(&caller)?;
+        let gateway_ca = Issued::load_ca(&state.join("gateway"))?;
+        let leaf = issue::issue_leaf(&gateway_ca, &LeafOptions::client("planelink-up-caller"))?;
+        issue::write_file(&caller.join("tls.crt"), &leaf.cert_pem, FileKind::Public)?;
+        issue::write_file(&caller.join("tls.key"), leaf.key_pem(), FileKind::Secret)?;
+    }
+    let planes = state.join("planes");
+    std::fs::create_dir_all(&planes)?;
+    let agent_ca = std::fs::read_to_string(state.join("agent/ca.crt"))?;
+    issue::write_file(
+        &planes.join(format!("dataplane-{plane}.yaml")),
+        &dataplane_manifest(plane, &agent_ca),
+        FileKind::Public,
+    )?;
+
+    let gateway_args: GatewayArgs = role_args(vec![
+        "gateway".into(),
+        format!("--port={}", args.port),
+        format!("--internal-port={}", args.internal_port),
+        format!("--health-port={}", args.health_port),
+        format!("--bind-address={host}"),
+        format!("--server-cert={}", path_arg(&state.join("gateway/tls.crt"))),
+        format!("--server-key={}", path_arg(&state.join("gateway/tls.key"))),
+        format!(
+            "--internal-client-ca-cert={}",
+            path_arg(&state.join("gateway/ca.crt"))
+        ),
+        format!("--planes-dir={}", path_arg(&planes)),
+        "--shutdown-timeout=5s".into(),
+    ])?;
+    crate::gateway::validate(&gateway_args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown = CancellationToken::new();
+    let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
+    let gateway = crate::gateway::start(&gateway_args, registry, shutdown.clone()).await?;
+
+    let mut agent_argv = vec![
+        "agent".into(),
+        format!(
+            "--server-url=wss://{host_name}:{}/ws",
+            gateway.public_addr.port()
+        ),
+        "--plane-type=dataplane".into(),
+        format!("--plane-id={plane}"),
+        format!("--client-cert={}", path_arg(&state.join("agent/tls.crt"))),
+        format!("--client-key={}", path_arg(&state.join("agent/tls.key"))),
+        format!("--server-ca={}", path_arg(&state.join("gateway/ca.crt"))),
+        "--reconnect-delay=1s".into(),
+        "--health-port=0".into(),
+    ];
+    if let Some(kubeconfig) = &args.kubeconfig {
+        agent_argv.push(format!("--kubeconfig={}", path_arg(kubeconfig)));
+    }
+    let agent_args: AgentArgs = role_args(agent_argv)?;
+    crate::agent::validate(&agent_args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = crate::agent::start(agent_args, shutdown.clone()).await?;
+    for _ in 0..100 {
+        if agent.is_connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !agent.is_connected() {
+        anyhow::bail!("the agent did not connect to the gateway within 10 s; see the log above");
+    }
+
+    let internal = format!("https://{host_name}:{}", gateway.internal_addr.port());
+    let proxy = format!("{internal}/api/proxy/dataplane/{plane}/default/{plane}");
+    let kubeconfig_path = state.join("kubeconfig");
+    issue::write_file(
+        &kubeconfig_path,
+        &kubeconfig(&format!("{proxy}/k8s"), &state),
+        FileKind::Public,
+    )?;
+    let tls_flags = format!(
+        "--cacert {} --cert {} --key {}",
+        state.join("gateway/ca.crt").display(),
+        caller.join("tls.crt").display(),
+        caller.join("tls.key").display()
+    );
+    println!(
+        "planelink up: gateway and agent are running; dataplane {plane:?} is connected through the tunnel.\n\
+         \n  state directory  {state}\n  agents dial      wss://{host_name}:{public}/ws\n  callers use      {internal}  (mutual TLS: certificate in {caller})\n  health, metrics  http://{host_name}:{health}/ready  /metrics\n\
+         \nReach the plane through the tunnel:\n\
+         \n  curl {tls_flags} \\\n    {proxy}/agent/\n\
+         \n  kubectl --kubeconfig {kubeconfig} get --raw /version\n\
+         \nThe agent's k8s target is {k8s}. Stop with Ctrl-C.",
+        state = state.display(),
+        public = gateway.public_addr.port(),
+        caller = caller.display(),
+        health = gateway.health_addr.port(),
+        kubeconfig = kubeconfig_path.display(),
+        k8s = agent
+            .k8s_server()
+            .map(|s| format!("the cluster at {s}"))
+            .unwrap_or_else(|| "off: no kubeconfig or in-cluster service account was found".into()),
+    );
+
+    crate::signals::cancel_on_terminate(shutdown).await;
+    agent.wait().await;
+    gateway.wait().await;
+    Ok(())
+}
