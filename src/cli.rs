@@ -612,6 +612,14 @@ pub struct CheckArgs {
     pub timeout: Duration,
 }
 
+/// Parses one role's flags from `argv` (argv[0] first) with the role's own defaults,
+/// env vars and checks: how `up` and tests configure roles they run in-process.
+pub fn args_from<T: Args + FromArgMatches>(argv: Vec<String>) -> Result<T, clap::Error> {
+    let command = go_style(T::augment_args(clap::Command::new("planelink")));
+    let matches = command.try_get_matches_from(argv)?;
+    T::from_arg_matches(&matches)
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Invocation {

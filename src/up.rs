@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, FromArgMatches};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AgentArgs, GatewayArgs, UpArgs};
@@ -25,14 +24,6 @@ pub fn default_state_dir() -> PathBuf {
         Some(home) => PathBuf::from(home).join(".local/state/planelink"),
         None => PathBuf::from("planelink-state"),
     }
-}
-
-/// Parses flags the way the role's own command line would, so `up` gets the same
-/// defaults and checks as `planelink gateway` and `planelink agent`.
-fn role_args<T: Args + FromArgMatches>(argv: Vec<String>) -> anyhow::Result<T> {
-    let command = T::augment_args(clap::Command::new("planelink-up"));
-    let matches = command.try_get_matches_from(argv)?;
-    Ok(T::from_arg_matches(&matches)?)
 }
 
 fn path_arg(p: &Path) -> String {
@@ -135,7 +126,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         FileKind::Public,
     )?;
 
-    let gateway_args: GatewayArgs = role_args(vec![
+    let gateway_args: GatewayArgs = crate::cli::args_from(vec![
         "gateway".into(),
         format!("--port={}", args.port),
         format!("--internal-port={}", args.internal_port),
@@ -172,7 +163,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(kubeconfig) = &args.kubeconfig {
         agent_argv.push(format!("--kubeconfig={}", path_arg(kubeconfig)));
     }
-    let agent_args: AgentArgs = role_args(agent_argv)?;
+    let agent_args: AgentArgs = crate::cli::args_from(agent_argv)?;
     crate::agent::validate(&agent_args).map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent = crate::agent::start(agent_args, shutdown.clone()).await?;
     for _ in 0..100 {
@@ -204,7 +195,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
          \n  state directory  {state}\n  agents dial      wss://{host_name}:{public}/ws\n  callers use      {internal}  (mutual TLS: certificate in {caller})\n  health, metrics  http://{host_name}:{health}/ready  /metrics\n\
          \nReach the plane through the tunnel:\n\
          \n  curl {tls_flags} \\\n    {proxy}/agent/\n\
-         \n  kubectl --kubeconfig {kubeconfig} get --raw /version\n\
+         \n  kubectl --kubeconfig {kubeconfig} version\n\
          \nThe agent's k8s target is {k8s}. Stop with Ctrl-C.",
         state = state.display(),
         public = gateway.public_addr.port(),

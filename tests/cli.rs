@@ -127,7 +127,11 @@ fn agent_runs_retries_and_stops_on_sigterm() {
     flags.push("--server-url=wss://127.0.0.1:9/ws".into());
     flags.push("--reconnect-delay=200ms".into());
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let out = run_for(&linked(dir.path(), "cluster-agent"), &args, Duration::from_secs(2));
+    let out = run_for(
+        &linked(dir.path(), "cluster-agent"),
+        &args,
+        Duration::from_secs(2),
+    );
     expect_stderr(&out, 0, "cannot connect to control plane");
     assert!(stderr(&out).contains("reconnecting"), "{}", stderr(&out));
 }

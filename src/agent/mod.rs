@@ -115,7 +115,11 @@ pub(crate) struct State {
     targets: BTreeMap<String, Upstream>,
     request_timeout: Duration,
     started: Instant,
+    /// Tells HA replicas apart in the `agent` target's answer.
+    instance: String,
     connected: AtomicBool,
+    /// Why the last dial failed, for `up` and tests to report.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl State {
@@ -141,6 +145,7 @@ impl State {
             "targets": self.target_names(),
             "routes": routes,
             "uptimeSeconds": self.started.elapsed().as_secs(),
+            "instance": self.instance,
         });
         let mut response = Response::new(body::full(info.to_string() + "\n"));
         *response.status_mut() = StatusCode::OK;
@@ -183,6 +188,15 @@ impl Agent {
         self.state.connected.load(Ordering::Relaxed)
     }
 
+    /// Why the last attempt to connect failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.state
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The Kubernetes API the `k8s` target reaches, when there is one.
     pub fn k8s_server(&self) -> Option<String> {
         self.state.targets.get("k8s").map(|u| u.base.to_string())
@@ -199,7 +213,9 @@ pub async fn start(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Resu
         targets: targets(&args).await?,
         request_timeout: args.request_timeout,
         started: Instant::now(),
+        instance: format!("{:016x}", rand::random::<u64>()),
         connected: AtomicBool::new(false),
+        last_error: std::sync::Mutex::new(None),
         args,
     });
     let health_addr = if state.args.health_port == 0 {
@@ -289,7 +305,9 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::error!(server = %args.server_url, "cannot connect to control plane: {e:#}")
+                tracing::error!(server = %args.server_url, "cannot connect to control plane: {e:#}");
+                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{e:#}"));
             }
         }
         let delay = backoff(args.reconnect_delay, args.max_reconnect_delay, attempt);

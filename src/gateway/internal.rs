@@ -61,7 +61,10 @@ pub async fn handle(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
     body::error_response(
         StatusCode::NOT_FOUND,
         SOURCE,
-        "not found: use /api/proxy/{planeType}/{planeID}/{crNamespace}/{crName}/{target}/{path} or /api/v1/planes/...",
+        &format!(
+            "{path} not found: use /api/proxy/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}/{{target}}/{{path}} \
+             or /api/v1/planes/..."
+        ),
     )
 }
 

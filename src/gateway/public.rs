@@ -113,10 +113,14 @@ async fn handle_connection(
 fn plain(status: StatusCode, message: String) -> Response<Body> {
     let mut response = Response::new(body::full(message + "\n"));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // A refused agent has nothing more to say on this connection; closing it also
+    // ends the body for WebSocket clients that read until EOF.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -356,7 +356,11 @@ where
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: cGxhbmVsaW5rIGNoZWNrIQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: cGxhbmVsaW5rIGNoZWNrIQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: {protocol}\r\n{hello_header}: {hello}\r\n\r\n",
+        protocol = crate::tunnel::protocol::SUBPROTOCOL,
+        hello_header = crate::tunnel::protocol::HELLO_HEADER,
+        hello = crate::tunnel::Hello::ours("agent").to_header(),
     );
     let exchange = async {
         tls.write_all(request.as_bytes()).await?;
@@ -368,6 +372,14 @@ where
             if n == 0 {
                 break;
             }
+            head.extend_from_slice(&buf[..n]);
+        }
+        // A refusal carries its reason in a short body; read it if it is on its way.
+        if !head.starts_with(b"HTTP/1.1 101")
+            && let Ok(Ok(n)) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), tls.read(&mut buf))
+                    .await
+        {
             head.extend_from_slice(&buf[..n]);
         }
         Ok::<_, std::io::Error>(head)
@@ -383,9 +395,15 @@ where
         }
     };
     let text = String::from_utf8_lossy(&head);
+    let reason = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim())
+        .filter(|body| !body.is_empty())
+        .map(|body| format!(" ({})", body.lines().next().unwrap_or_default()))
+        .unwrap_or_default();
     text.lines()
         .next()
         .filter(|l| l.starts_with("HTTP/"))
-        .map(str::to_string)
+        .map(|status| format!("{status}{reason}"))
         .ok_or_else(|| "the gateway closed the connection without an HTTP answer (client certificate rejected?)".into())
 }

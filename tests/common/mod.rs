@@ -46,7 +46,10 @@ pub fn run_for(program: &Path, args: &[&str], duration: Duration) -> Output {
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(20));
-        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
     });
     let out = child.wait_with_output().expect("wait for planelink");
     drop(watchdog);

@@ -1,0 +1,470 @@
+//! A real topology per test: an HTTPS upstream, a gateway on a planes directory, and
+//! agents dialling it over mutual TLS, all on loopback with certificates issued per
+//! run. The upstream is a small in-test HTTPS server standing in for the remote
+//! plane's Kubernetes API and services: no real kube-apiserver runs in this issue's
+//! tests, so `/version` answers what the API server would, and requires the bearer
+//! token of the agent's kubeconfig.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use planelink::cli::{AgentArgs, GatewayArgs, args_from};
+use planelink::planes::Registry;
+use planelink::planes::directory::DirectorySource;
+use planelink::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions};
+use planelink::tunnel::body::{self as tbody, Body};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const TOKEN: &str = "agent-token-from-kubeconfig";
+
+/// Deterministic content of `/bytes/N`: byte i is `i % 251`.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn write(path: &Path, text: &str) {
+    issue::write_file(path, text, FileKind::Public).unwrap();
+}
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub gateway_ca: Issued,
+}
+
+impl Pki {
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// Gateway CA and serving cert (127.0.0.1, localhost), a caller client cert, and an
+/// upstream CA and serving cert.
+pub fn pki(dir: &Path) -> Pki {
+    let gateway_ca = issue::new_ca(&CaOptions::gateway()).unwrap();
+    let serving = issue::issue_leaf(
+        &gateway_ca,
+        &LeafOptions::server(
+            "gw",
+            vec!["localhost".into()],
+            vec!["127.0.0.1".parse().unwrap()],
+        ),
+    )
+    .unwrap();
+    let gw = dir.join("gateway");
+    std::fs::create_dir_all(&gw).unwrap();
+    issue::write_bundle(&gw, &gateway_ca, true, &serving).unwrap();
+    let caller = issue::issue_leaf(&gateway_ca, &LeafOptions::client("caller")).unwrap();
+    write(&dir.join("caller.crt"), &caller.cert_pem);
+    issue::write_file(&dir.join("caller.key"), caller.key_pem(), FileKind::Secret).unwrap();
+    let up_ca = issue::new_ca(&CaOptions::gateway()).unwrap();
+    let up = issue::issue_leaf(
+        &up_ca,
+        &LeafOptions::server("upstream", vec![], vec!["127.0.0.1".parse().unwrap()]),
+    )
+    .unwrap();
+    let up_dir = dir.join("upstream");
+    std::fs::create_dir_all(&up_dir).unwrap();
+    issue::write_bundle(&up_dir, &up_ca, false, &up).unwrap();
+    Pki {
+        dir: dir.to_path_buf(),
+        gateway_ca,
+    }
+}
+
+/// An agent identity: its own CA (registered in a plane CR) and client cert.
+pub fn agent_identity(dir: &Path, name: &str) -> (PathBuf, String) {
+    let ca = issue::new_ca(&CaOptions::agent(name)).unwrap();
+    let leaf = issue::issue_leaf(&ca, &LeafOptions::client(name)).unwrap();
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    issue::write_bundle(&d, &ca, true, &leaf).unwrap();
+    (d, ca.cert_pem)
+}
+
+pub fn dataplane(name: &str, plane_id: &str, ca_pem: &str) -> String {
+    let indented: String = ca_pem.lines().map(|l| format!("        {l}\n")).collect();
+    format!(
+        "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata:\n  name: {name}\n  namespace: org\n\
+         spec:\n  planeID: {plane_id}\n  clusterAgent:\n    clientCA:\n      value: |\n{indented}"
+    )
+}
+
+// ---------------------------------------------------------------- upstream
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Releases the second half of `/stream`.
+    pub release: Arc<Notify>,
+}
+
+fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(tbody::full(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+/// A body of `len` pattern bytes produced in 64 KiB chunks, `pause` between chunks.
+fn pattern_body(len: usize, pause: Duration) -> Body {
+    let (mut tx, body) = tbody::channel();
+    tokio::spawn(async move {
+        let data = Bytes::from(pattern(len));
+        let mut at = 0;
+        while at < len {
+            let end = (at + 65536).min(len);
+            if tx.send_data(data.slice(at..end)).await.is_err() {
+                return;
+            }
+            at = end;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    });
+    body
+}
+
+async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let mut r = Response::new(pattern_body(n, Duration::ZERO));
+        r.headers_mut().insert("content-length", n.into());
+        return r;
+    }
+    if let Some(n) = path.strip_prefix("/slow-bytes/") {
+        return Response::new(pattern_body(
+            n.parse().unwrap_or(0),
+            Duration::from_millis(100),
+        ));
+    }
+    match path.as_str() {
+        "/sha256" => {
+            let mut hasher = Sha256::new();
+            let mut total = 0usize;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return respond(StatusCode::BAD_REQUEST, "body error");
+                };
+                if let Some(data) = frame.data_ref() {
+                    hasher.update(data);
+                    total += data.len();
+                }
+            }
+            let hex: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            respond(StatusCode::OK, format!("{total} {hex}"))
+        }
+        "/stream" => {
+            let stream = async_stream(release);
+            Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)))
+        }
+        "/slow-head" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            respond(StatusCode::OK, "late")
+        }
+        "/version" => {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if auth != Some(&format!("Bearer {TOKEN}")) {
+                return respond(
+                    StatusCode::UNAUTHORIZED,
+                    "{\"kind\":\"Status\",\"message\":\"Unauthorized\"}",
+                );
+            }
+            let mut r = respond(
+                StatusCode::OK,
+                r#"{"major":"1","minor":"32","gitVersion":"v1.32.0-upstream-under-test"}"#,
+            );
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+        "/headers" => {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let injected = req
+                .headers()
+                .keys()
+                .any(|k| k.as_str().starts_with("planelink-"));
+            respond(
+                StatusCode::OK,
+                format!("x-request-id={id} planelink-headers={injected}"),
+            )
+        }
+        "/ws" => {
+            let key = req.headers().get("sec-websocket-key").cloned();
+            let Some(key) = key else {
+                return respond(StatusCode::BAD_REQUEST, "not a websocket");
+            };
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                use futures_util::{SinkExt, StreamExt};
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+            });
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let mut r = Response::new(tbody::empty());
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().unwrap());
+            r
+        }
+        _ => respond(StatusCode::NOT_FOUND, "no such upstream path"),
+    }
+}
+
+type Chunk = Result<Frame<Bytes>, planelink::tunnel::BoxError>;
+
+fn async_stream(release: Arc<Notify>) -> impl futures_util::Stream<Item = Chunk> + Send {
+    futures_util::stream::unfold(0u8, move |step| {
+        let release = release.clone();
+        async move {
+            match step {
+                0 => Some((Ok(Frame::data(Bytes::from_static(b"first\n"))), 1)),
+                1 => {
+                    release.notified().await;
+                    Some((Ok(Frame::data(Bytes::from_static(b"last\n"))), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+pub async fn start_upstream(pki: &Pki) -> Upstream {
+    let cert = planelink::tls::ReloadingCert::load(
+        &pki.dir.join("upstream/tls.crt"),
+        &pki.dir.join("upstream/tls.key"),
+    )
+    .unwrap();
+    let config = planelink::tls::server_config(cert, None, &[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let release = Arc::new(Notify::new());
+    let rel = release.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let release = rel.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let release = release.clone();
+                    async move { Ok::<_, Infallible>(upstream_handle(release, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, release }
+}
+
+/// A kubeconfig that points the agent's `k8s` target at the upstream with a token.
+pub fn kubeconfig(pki: &Pki, upstream: SocketAddr) -> PathBuf {
+    let path = pki.dir.join("kubeconfig");
+    write(
+        &path,
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: up\n  cluster:\n    server: https://{upstream}\n    \
+             certificate-authority: {}\nusers:\n- name: agent\n  user:\n    token: {TOKEN}\ncontexts:\n- name: c\n  \
+             context:\n    cluster: up\n    user: agent\ncurrent-context: c\n",
+            pki.dir.join("upstream/ca.crt").display()
+        ),
+    );
+    path
+}
+
+// ---------------------------------------------------------------- topology
+
+pub struct Topology {
+    pub _dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub planes: PathBuf,
+    pub upstream: Upstream,
+    pub gateway: planelink::gateway::Gateway,
+    pub shutdown: CancellationToken,
+}
+
+impl Topology {
+    /// A gateway whose planes directory registers `dataplane/p1` (CR org/dp1) for agent identity `a1`.
+    pub async fn start(internal_mtls: bool) -> Topology {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki(dir.path());
+        let upstream = start_upstream(&pki).await;
+        let planes = dir.path().join("planes");
+        std::fs::create_dir_all(&planes).unwrap();
+        let (_, ca) = agent_identity(dir.path(), "a1");
+        write(&planes.join("dp1.yaml"), &dataplane("dp1", "p1", &ca));
+        let mut argv = vec![
+            "gateway".to_string(),
+            "--port=0".into(),
+            "--internal-port=0".into(),
+            "--health-port=0".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--server-cert={}", pki.path("gateway/tls.crt")),
+            format!("--server-key={}", pki.path("gateway/tls.key")),
+            format!("--planes-dir={}", planes.display()),
+            "--request-timeout=5s".into(),
+            "--shutdown-timeout=2s".into(),
+            "--allowed-targets=k8s,agent,svc".into(),
+        ];
+        if internal_mtls {
+            argv.push(format!(
+                "--internal-client-ca-cert={}",
+                pki.path("gateway/ca.crt")
+            ));
+        } else {
+            argv.push("--internal-mtls=false".into());
+        }
+        let args: GatewayArgs = args_from(argv).unwrap();
+        let shutdown = CancellationToken::new();
+        let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
+        let gateway = planelink::gateway::start(&args, registry, shutdown.clone())
+            .await
+            .unwrap();
+        Topology {
+            _dir: dir,
+            pki,
+            planes,
+            upstream,
+            gateway,
+            shutdown,
+        }
+    }
+
+    pub fn agent_argv(&self, identity: &str, plane_id: &str) -> Vec<String> {
+        let id = self.pki.dir.join(identity);
+        vec![
+            "agent".to_string(),
+            format!(
+                "--server-url=wss://127.0.0.1:{}/ws",
+                self.gateway.public_addr.port()
+            ),
+            format!("--plane-id={plane_id}"),
+            format!("--client-cert={}", id.join("tls.crt").display()),
+            format!("--client-key={}", id.join("tls.key").display()),
+            format!("--server-ca={}", self.pki.path("gateway/ca.crt")),
+            format!(
+                "--kubeconfig={}",
+                kubeconfig(&self.pki, self.upstream.addr).display()
+            ),
+            "--health-port=0".into(),
+            "--reconnect-delay=100ms".into(),
+            "--max-reconnect-delay=500ms".into(),
+        ]
+    }
+
+    /// Starts an in-process agent and waits (bounded) until it is connected.
+    pub async fn agent(&self, identity: &str, plane_id: &str) -> planelink::agent::Agent {
+        let args: AgentArgs = args_from(self.agent_argv(identity, plane_id)).unwrap();
+        let agent = planelink::agent::start(args, self.shutdown.child_token())
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            if agent.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            agent.is_connected(),
+            "agent {identity} did not connect within 5 s"
+        );
+        agent
+    }
+
+    pub fn proxy_url(&self, target: &str, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/p1/org/dp1/{target}{path}",
+            self.gateway.internal_addr.port()
+        )
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}{path}",
+            self.gateway.internal_addr.port()
+        )
+    }
+
+    /// curl's common flags: trust the gateway CA, present the caller certificate.
+    pub fn curl(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "60",
+            "--cacert",
+            &self.pki.path("gateway/ca.crt"),
+        ])
+        .args([
+            "--cert",
+            &self.pki.path("caller.crt"),
+            "--key",
+            &self.pki.path("caller.key"),
+        ]);
+        cmd
+    }
+}
+
+/// Runs curl in a blocking thread so the runtime keeps serving.
+pub async fn curl(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("curl is installed"))
+        .await
+        .unwrap()
+}

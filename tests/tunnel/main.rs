@@ -1,0 +1,470 @@
+//! The tunnel end to end: real gateway, real agents, real HTTPS upstream, real clients
+//! (curl, kubectl, a WebSocket client), all over loopback.
+
+mod harness;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// GET and POST bodies of 0 B, 1 KiB and 64 MiB through gateway and agent; every
+/// checksum matches the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_every_size_arrive_intact() {
+    let topo = Topology::start(true).await;
+    let _agent = topo.agent("a1", "p1").await;
+    for size in [0usize, 1024, 64 << 20] {
+        let file = topo.pki.dir.join(format!("download-{size}"));
+        let mut cmd = topo.curl();
+        cmd.args(["-f", "-o"])
+            .arg(&file)
+            .arg(topo.proxy_url("k8s", &format!("/bytes/{size}")));
+        let out = curl(cmd).await;
+        assert!(out.status.success(), "GET {size}: {}", err(&out));
+        let got = std::fs::read(&file).unwrap();
+        assert_eq!(got.len(), size);
+        assert_eq!(
+            sha256_hex(&got),
+            sha256_hex(&pattern(size)),
+            "GET {size} checksum"
+        );
+
+        let upload = topo.pki.dir.join(format!("upload-{size}"));
+        std::fs::write(&upload, pattern(size)).unwrap();
+        let mut cmd = topo.curl();
+        cmd.args(["-f", "-X", "POST", "--data-binary"])
+            .arg(format!("@{}", upload.display()))
+            .arg(topo.proxy_url("k8s", "/sha256"));
+        let out = curl(cmd).await;
+        assert!(out.status.success(), "POST {size}: {}", err(&out));
+        assert_eq!(
+            text(&out),
+            format!("{size} {}", sha256_hex(&pattern(size))),
+            "POST {size}"
+        );
+    }
+}
+
+/// The first chunk of a streaming response reaches the caller while the upstream is
+/// still holding the rest back: nothing is buffered whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_response_is_not_buffered() {
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let mut cmd = topo.curl();
+    cmd.args(["-N", "-f"]).arg(topo.proxy_url("k8s", "/stream"));
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        (line, reader)
+    });
+    let (line, reader) = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the first chunk did not arrive while the upstream held the rest")
+        .unwrap();
+    assert_eq!(line, "first\n");
+    topo.upstream.release.notify_one();
+    let rest = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut rest = String::new();
+        let mut reader = reader;
+        reader.read_to_string(&mut rest).unwrap();
+        let _ = child.wait();
+        rest
+    })
+    .await
+    .unwrap();
+    assert_eq!(rest, "last\n");
+}
+
+/// A WebSocket upgrade through the proxy: the upstream's 101, then messages echoed
+/// both ways over the raw stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_carried_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(topo.pki.gateway_ca.cert_der().unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(planelink::trust::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(topo.gateway.internal_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = topo.proxy_url("k8s", "/ws").replace("https://", "wss://");
+    let (mut ws, response) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("upgrade through the tunnel");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().contains_key("x-request-id"));
+    for i in 0..20 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    let big = vec![7u8; 3 << 20];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_data().as_ref(), big.as_slice());
+    ws.close(None).await.unwrap();
+}
+
+/// kubectl reaches the plane's API through the gateway; the agent authenticates with
+/// its own kubeconfig token, which the upstream requires. `--server` carries the proxy
+/// prefix for discovery (`kubectl version`); `get --raw` takes an absolute path, so it
+/// names the whole proxy path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_through_the_gateway() {
+    let topo = Topology::start(true).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let server = topo.proxy_url("k8s", "");
+    let (ca, cert, key) = (
+        topo.pki.path("gateway/ca.crt"),
+        topo.pki.path("caller.crt"),
+        topo.pki.path("caller.key"),
+    );
+    for command in [
+        vec!["version", "-o", "json"],
+        vec![
+            "get",
+            "--raw",
+            "/api/proxy/dataplane/p1/org/dp1/k8s/version",
+        ],
+    ] {
+        let (server, ca, cert, key) = (server.clone(), ca.clone(), cert.clone(), key.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("kubectl")
+                .env("KUBECONFIG", "/dev/null")
+                .args(["--server", &server, "--certificate-authority", &ca])
+                .args(["--client-certificate", &cert, "--client-key", &key])
+                .arg("--request-timeout=20s")
+                .args(&command)
+                .output()
+                .expect("kubectl is installed")
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "kubectl: {}", err(&out));
+        assert!(
+            text(&out).contains("v1.32.0-upstream-under-test"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+/// The request ID travels to the upstream; callers cannot inject planelink's
+/// control headers; bad requests are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_checks_and_errors() {
+    let topo = Topology::start(true).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let mut cmd = topo.curl();
+    cmd.args([
+        "-i",
+        "-H",
+        "X-Request-ID: trace-me-42",
+        "-H",
+        "planelink-target: agent",
+    ])
+    .arg(topo.proxy_url("k8s", "/headers"));
+    let out = curl(cmd).await;
+    let body = text(&out);
+    assert!(
+        body.contains("x-request-id=trace-me-42 planelink-headers=false"),
+        "{body}"
+    );
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-request-id: trace-me-42"),
+        "{body}"
+    );
+
+    for (path, status, words) in [
+        (
+            "/api/proxy/dataplane/p1/org/dp1/k8s/api/v1/secrets",
+            "403",
+            "blocked",
+        ),
+        (
+            "/api/proxy/dataplane/p1/org/dp1/db/x",
+            "403",
+            "target not allowed",
+        ),
+        (
+            "/api/proxy/dataplane/p1/org/dp1/k8s/a/%2e%2e/b",
+            "400",
+            "traversal",
+        ),
+        (
+            "/api/proxy/dataplane/nope/org/dp1/k8s/version",
+            "502",
+            "no agent connected",
+        ),
+        (
+            "/api/proxy/dataplane/p1/org/other/k8s/version",
+            "502",
+            "is authorised for DataPlane org/other",
+        ),
+        ("/api/proxy/dataplane/p1/org/dp1/svc/x", "404", "no target"),
+    ] {
+        let mut cmd = topo.curl();
+        cmd.args(["-w", "\n%{http_code}"]).arg(topo.api_url(path));
+        let out = curl(cmd).await;
+        let body = text(&out);
+        assert!(body.ends_with(status), "{path}: {body}");
+        assert!(body.contains(words), "{path}: {body}");
+    }
+
+    // Without a client certificate the internal listener (mTLS on) refuses the caller.
+    let out = curl({
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--cacert", &topo.pki.path("gateway/ca.crt")])
+            .arg(topo.proxy_url("agent", "/"));
+        cmd
+    })
+    .await;
+    assert!(
+        !out.status.success(),
+        "a caller without a certificate got through"
+    );
+}
+
+/// An agent whose CA is not registered is refused with 401 and the reason; an agent
+/// naming an unknown plane gets 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_agent_is_refused() {
+    let topo = Topology::start(false).await;
+    agent_identity(&topo.pki.dir, "stranger");
+    for (identity, plane, status, words) in [
+        ("stranger", "p1", 401, "not trusted"),
+        ("a1", "unknown-plane", 403, "no DataPlane with planeID"),
+    ] {
+        let out = std::process::Command::new(harness_binary())
+            .args(["register", "check"])
+            .arg(format!(
+                "--server-url=wss://127.0.0.1:{}/ws",
+                topo.gateway.public_addr.port()
+            ))
+            .arg(format!("--server-ca={}", topo.pki.path("gateway/ca.crt")))
+            .arg(format!(
+                "--client-cert={}",
+                topo.pki.dir.join(identity).join("tls.crt").display()
+            ))
+            .arg(format!(
+                "--client-key={}",
+                topo.pki.dir.join(identity).join("tls.key").display()
+            ))
+            .arg(format!("--plane-id={plane}"))
+            .output()
+            .unwrap();
+        let all = format!("{}{}", text(&out), err(&out));
+        assert!(all.contains(&status.to_string()), "{identity}: {all}");
+        // The gateway says why, in the body the agent logs.
+        let args: planelink::cli::AgentArgs =
+            planelink::cli::args_from(topo.agent_argv(identity, plane)).unwrap();
+        let refusal = match dial_once(args).await {
+            Ok(()) => panic!("{identity} was accepted"),
+            Err(e) => e,
+        };
+        assert!(
+            refusal.contains(words) && refusal.contains(&status.to_string()),
+            "{identity}: {refusal}"
+        );
+    }
+}
+
+fn harness_binary() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_planelink"))
+}
+
+/// One dial by the real agent code, reporting the gateway's refusal.
+async fn dial_once(args: planelink::cli::AgentArgs) -> Result<(), String> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent = planelink::agent::start(args, shutdown.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    for _ in 0..100 {
+        if agent.is_connected() || agent.last_error().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connected = agent.is_connected();
+    let reason = agent.last_error();
+    shutdown.cancel();
+    agent.wait().await;
+    if connected {
+        Ok(())
+    } else {
+        Err(reason.unwrap_or_default())
+    }
+}
+
+/// Replacing the registered CA disconnects the connected agent within 2 s, and
+/// restoring it lets the agent back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_ca_disconnects_the_agent_live() {
+    let topo = Topology::start(false).await;
+    let agent = topo.agent("a1", "p1").await;
+    let original = std::fs::read_to_string(topo.planes.join("dp1.yaml")).unwrap();
+    let (_, other_ca) = agent_identity(&topo.pki.dir, "other");
+    write(
+        &topo.planes.join("dp1.yaml"),
+        &dataplane("dp1", "p1", &other_ca),
+    );
+    let changed = Instant::now();
+    while agent.is_connected() && changed.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = changed.elapsed();
+    assert!(
+        !agent.is_connected(),
+        "agent still connected 5 s after its CA was replaced"
+    );
+    assert!(took < Duration::from_secs(3), "disconnect took {took:?}");
+    let status = topo.gateway.status(
+        &planelink::planes::PlaneKey {
+            plane_type: planelink::planes::PlaneType::DataPlane,
+            plane_id: "p1".into(),
+        },
+        None,
+    );
+    assert!(!status.connected);
+
+    write(&topo.planes.join("dp1.yaml"), &original);
+    let restored = Instant::now();
+    while !agent.is_connected() && restored.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        agent.is_connected(),
+        "agent not back 10 s after its CA was restored"
+    );
+}
+
+/// Killing the agent process mid-request ends the caller's request at once: 502 when
+/// no response had started, a broken transfer when the body was streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_ends_requests_promptly() {
+    let topo = Topology::start(false).await;
+    for (path, expect_502) in [("/slow-head", true), ("/slow-bytes/67108864", false)] {
+        let mut child = std::process::Command::new(harness_binary())
+            .args(topo.agent_argv("a1", "p1"))
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let key = planelink::planes::PlaneKey {
+            plane_type: planelink::planes::PlaneType::DataPlane,
+            plane_id: "p1".into(),
+        };
+        let started = Instant::now();
+        while !topo.gateway.status(&key, None).connected
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            topo.gateway.status(&key, None).connected,
+            "agent process did not connect"
+        );
+        let mut cmd = topo.curl();
+        cmd.args(["-w", "\n%{http_code}", "-o", "/dev/stdout"])
+            .arg(topo.proxy_url("k8s", path));
+        let request = curl(cmd);
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            Instant::now()
+        };
+        let (out, killed_at) = tokio::join!(request, killer);
+        let ended = killed_at.elapsed();
+        assert!(
+            ended < Duration::from_secs(3),
+            "{path}: the caller waited {ended:?} after the kill"
+        );
+        let body = text(&out);
+        if expect_502 {
+            assert!(
+                body.ends_with("502") && body.contains("dropped the request"),
+                "{path}: {body}"
+            );
+        } else {
+            assert!(
+                !out.status.success(),
+                "{path}: a cut transfer looked complete"
+            );
+        }
+    }
+}
+
+/// Two agents for one plane (HA replicas) both carry requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_for_one_plane_both_serve() {
+    let topo = Topology::start(false).await;
+    let _a = topo.agent("a1", "p1").await;
+    let _b = topo.agent("a1", "p1").await;
+    let mut instances = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let mut cmd = topo.curl();
+        cmd.arg("-f").arg(topo.proxy_url("agent", "/"));
+        let out = curl(cmd).await;
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        instances.insert(info["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(instances.len(), 2, "requests went to {instances:?}");
+
+    let mut cmd = topo.curl();
+    cmd.arg(topo.api_url("/api/v1/planes/dataplane/p1/status?namespace=org&name=dp1"));
+    let status: serde_json::Value = serde_json::from_slice(&curl(cmd).await.stdout).unwrap();
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["connectedAgents"], 2);
+    let mut cmd = topo.curl();
+    cmd.arg(topo.api_url("/api/v1/planes/status"));
+    let all: serde_json::Value = serde_json::from_slice(&curl(cmd).await.stdout).unwrap();
+    assert_eq!(all["total"], 1);
+    let mut cmd = topo.curl();
+    cmd.args(["-X", "POST", "-d", r#"{"planeType":"dataplane","planeID":"p1","event":"updated","namespace":"org","name":"dp1"}"#])
+        .arg(topo.api_url("/api/v1/planes/notify"));
+    let notified: serde_json::Value = serde_json::from_slice(&curl(cmd).await.stdout).unwrap();
+    assert_eq!(notified["success"], true);
+    assert_eq!(notified["disconnectedAgents"], 0);
+    let mut cmd = topo.curl();
+    cmd.args(["-X", "POST"])
+        .arg(topo.api_url("/api/v1/planes/dataplane/p1/reconnect"));
+    let reconnect: serde_json::Value = serde_json::from_slice(&curl(cmd).await.stdout).unwrap();
+    assert_eq!(reconnect["disconnectedAgents"], 2);
+}
