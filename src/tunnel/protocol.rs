@@ -29,9 +29,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// of request line and headers; real requests stay far below this).
 pub const MAX_HEADER_LIST_SIZE: u32 = 256 * 1024;
 /// Per-stream flow-control window: how far one stream may run ahead of its reader.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection-wide window, shared by all streams of one agent.
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Largest HTTP/2 DATA frame we accept; larger frames mean fewer headers per byte.
 pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// Concurrent streams an agent accepts from the gateway.
@@ -143,7 +143,7 @@ pub fn client_builder(heartbeat: Heartbeat) -> hyper::client::conn::http2::Build
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
-        .max_send_buf_size(1024 * 1024)
+        .max_send_buf_size(256 * 1024)
         .keep_alive_interval(heartbeat.interval)
         .keep_alive_timeout(heartbeat.ack_timeout())
         .keep_alive_while_idle(true);
@@ -159,7 +159,7 @@ pub fn server_builder(heartbeat: Heartbeat) -> hyper::server::conn::http2::Build
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
-        .max_send_buf_size(1024 * 1024)
+        .max_send_buf_size(256 * 1024)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(heartbeat.interval)
         .keep_alive_timeout(heartbeat.ack_timeout());
