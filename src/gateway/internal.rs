@@ -197,12 +197,10 @@ async fn proxy(core: Arc<Core>, mut req: Request<Incoming>, rest: &str) -> Respo
         Some(tx)
     } else {
         let metrics = core.metrics.clone();
-        *forwarded.body_mut() = body::limited(
-            body::metered(body::boxed(incoming), move |n| {
+        *forwarded.body_mut() =
+            body::metered(body::boxed(incoming), core.max_body_size, move |n| {
                 metrics.add_bytes("request", n)
-            }),
-            core.max_body_size,
-        );
+            });
         None
     };
 
@@ -282,11 +280,11 @@ async fn proxy(core: Arc<Core>, mut req: Request<Incoming>, rest: &str) -> Respo
     }
     parts.headers = headers;
     let metrics = core.metrics.clone();
-    let body = body::metered(body::boxed(incoming), move |n| {
+    let body = body::metered(body::boxed(incoming), core.max_body_size, move |n| {
         metrics.add_bytes("response", n);
         drop(open_streams);
     });
-    Response::from_parts(parts, body::limited(body, core.max_body_size))
+    Response::from_parts(parts, body)
 }
 
 /// Accounts for one stream in flight until the response body is gone.

@@ -66,62 +66,15 @@ pub struct TooLarge {
     pub limit: u64,
 }
 
-/// Fails the stream once more than `limit` bytes passed (0 = no limit), without
-/// buffering anything.
-pub fn limited(body: Body, limit: u64) -> Body {
-    if limit == 0 {
-        return body;
-    }
-    Limited {
-        inner: body,
-        seen: 0,
-        limit,
-    }
-    .boxed_unsync()
-}
-
-struct Limited {
-    inner: Body,
-    seen: u64,
-    limit: u64,
-}
-
-impl http_body::Body for Limited {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.seen += data.len() as u64;
-            if self.seen > self.limit {
-                return Poll::Ready(Some(Err(Box::new(TooLarge { limit: self.limit }))));
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Counts the data bytes passing and calls `on_end` with the count once, when the
-/// body is dropped (read to the end or abandoned): the hook for byte metrics and
-/// stream accounting.
-pub fn metered<F: FnOnce(u64) + Send + 'static>(body: Body, on_end: F) -> Body {
+/// Counts the data bytes passing, fails the stream once more than `limit` bytes
+/// passed (0 = no limit) without buffering anything, and calls `on_end` with the count
+/// once, when the body is dropped (read to the end or abandoned): the one wrapper for
+/// size caps, byte metrics and stream accounting.
+pub fn metered<F: FnOnce(u64) + Send + 'static>(body: Body, limit: u64, on_end: F) -> Body {
     Metered {
         inner: body,
         seen: 0,
+        limit,
         on_end: Some(Box::new(on_end)),
     }
     .boxed_unsync()
@@ -132,6 +85,7 @@ type EndHook = Box<dyn FnOnce(u64) + Send>;
 struct Metered {
     inner: Body,
     seen: u64,
+    limit: u64,
     on_end: Option<EndHook>,
 }
 
@@ -156,6 +110,9 @@ impl http_body::Body for Metered {
             && let Some(data) = frame.data_ref()
         {
             self.seen += data.len() as u64;
+            if self.limit > 0 && self.seen > self.limit {
+                return Poll::Ready(Some(Err(Box::new(TooLarge { limit: self.limit }))));
+            }
         }
         polled
     }
