@@ -379,7 +379,11 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ControllerArgs {
+    #[command(subcommand)]
+    pub command: Option<ControllerCommand>,
+
     /// Run the gateway in this process too; its flags below then apply.
     #[arg(long, env = "WITH_GATEWAY", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
@@ -448,6 +452,13 @@ pub struct ControllerArgs {
 
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ControllerCommand {
+    /// Print the CustomResourceDefinitions (DataPlane, BuildPlane, ObservabilityPlane,
+    /// Environment) as YAML, for `kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -49,7 +49,13 @@ fn run(command: Command) -> ExitCode {
             planelink::agent::run(args)
         }),
         Command::Up(args) => serve("up", Ok(()), || planelink::up::run(args)),
-        Command::Controller(args) => not_yet("controller", planelink::controller::validate(&args)),
+        Command::Controller(args) => match args.command {
+            Some(cli::ControllerCommand::Crds) => {
+                print!("{}", planelink::planes::crd::crds_yaml());
+                ExitCode::SUCCESS
+            }
+            None => not_yet("controller", planelink::controller::validate(&args)),
+        },
         Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),
         Command::Version => {
             println!("planelink {}", env!("CARGO_PKG_VERSION"));

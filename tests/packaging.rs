@@ -74,3 +74,41 @@ fn env_examples_parse_as_flags() {
         assert!(err.contains("/etc/planelink/"), "{file}: {err}");
     }
 }
+
+/// The committed CRDs are what the binary generates; regenerate with
+/// `UPDATE_CRDS=1 cargo test --test packaging crds`.
+#[test]
+fn crds_in_packaging_match_the_binary() {
+    let out = Command::new(binary())
+        .args(["controller", "crds"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/crds/openchoreo.dev.yaml");
+    if std::env::var_os("UPDATE_CRDS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} differs from `planelink controller crds`; regenerate it with \
+         UPDATE_CRDS=1 cargo test --test packaging crds",
+        path.display()
+    );
+    for kind in [
+        "DataPlane",
+        "BuildPlane",
+        "ObservabilityPlane",
+        "Environment",
+    ] {
+        assert!(
+            generated.contains(&format!("kind: {kind}\n")),
+            "{kind} missing"
+        );
+    }
+}

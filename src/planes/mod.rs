@@ -2,6 +2,7 @@
 //! trusts. Two sources feed the same [`Snapshot`]: a directory of manifests (bare
 //! hosts, `--planes-dir`) and the Kubernetes API (the controller issue).
 
+pub mod crd;
 pub mod directory;
 pub mod manifest;
 pub mod registry;

@@ -1,0 +1,505 @@
+//! The custom resources of group `openchoreo.dev/v1alpha1`: DataPlane, BuildPlane,
+//! ObservabilityPlane and Environment, with the fields of the reference docs. Both
+//! spellings DESIGN.md lists are accepted (`clusterAgent` / `agent`, `secretKeyRef` /
+//! `secretRef`); `planelink controller crds` prints the CRDs generated from these types.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use kube::core::{NamespaceResourceScope, Resource};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::PlaneType;
+use super::manifest::{self, PlaneObject};
+
+/// A value given inline or read from a key of a Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueFrom {
+    /// Inline value (not recommended for sensitive data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyReference>,
+    /// The older spelling of `secretKeyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyReference>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    pub name: String,
+    /// Namespace of the Secret; the referring resource's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Key within the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl ValueFrom {
+    pub fn secret(&self) -> Option<&SecretKeyReference> {
+        self.secret_key_ref.as_ref().or(self.secret_ref.as_ref())
+    }
+
+    /// The registry's model of the same reference.
+    pub fn to_manifest(&self) -> manifest::ValueFrom {
+        let reference = |r: &SecretKeyReference| manifest::SecretKeyRef {
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            key: r.key.clone(),
+        };
+        manifest::ValueFrom {
+            value: self.value.clone(),
+            secret_key_ref: self.secret_key_ref.as_ref().map(reference),
+            secret_ref: self.secret_ref.as_ref().map(reference),
+        }
+    }
+}
+
+/// Agent-based communication with the remote cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// Whether agent-based communication is enabled (on when the block is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// CA certificate that verifies the agent's client certificate (PEM).
+    #[serde(default, rename = "clientCA", skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<ValueFrom>,
+}
+
+/// Direct access to the remote cluster's API server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesClusterSpec {
+    /// URL of the Kubernetes API server.
+    pub server: String,
+    pub tls: KubernetesTls,
+    pub auth: KubernetesAuth,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct KubernetesTls {
+    /// CA certificate of the API server.
+    pub ca: ValueFrom,
+}
+
+/// Either `mtls` or `bearerToken`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<ValueFrom>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MtlsAuth {
+    pub client_cert: ValueFrom,
+    pub client_key: ValueFrom,
+}
+
+/// An External Secrets Operator ClusterSecretStore in the remote plane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretStoreRef {
+    pub name: String,
+}
+
+/// Gateway settings of a DataPlane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Public virtual host for external traffic.
+    pub public_virtual_host: String,
+    /// Organization-specific virtual host for internal traffic.
+    pub organization_virtual_host: String,
+    /// Port the data plane gateway is externally reachable on for HTTP.
+    #[serde(default = "default_public_http_port", rename = "publicHTTPPort")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub public_http_port: i32,
+    /// Port the data plane gateway is externally reachable on for HTTPS.
+    #[serde(default = "default_public_https_port", rename = "publicHTTPSPort")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub public_https_port: i32,
+}
+
+pub const DEFAULT_PUBLIC_HTTP_PORT: i32 = 19080;
+pub const DEFAULT_PUBLIC_HTTPS_PORT: i32 = 19443;
+
+fn default_public_http_port() -> i32 {
+    DEFAULT_PUBLIC_HTTP_PORT
+}
+
+fn default_public_https_port() -> i32 {
+    DEFAULT_PUBLIC_HTTPS_PORT
+}
+
+/// Observer API integration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ObserverApi {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<ObserverAuthentication>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObserverAuthentication {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+/// Names the ObservabilityPlane a DataPlane or BuildPlane sends telemetry to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ObservabilityPlaneRef {
+    /// `ObservabilityPlane` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+}
+
+/// Connection of the plane's agents to the gateway, as the gateway last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConnectionStatus {
+    pub connected: bool,
+    pub connected_agents: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connected_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_disconnected_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Status shared by the three plane kinds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaneStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_connection: Option<AgentConnectionStatus>,
+}
+
+/// A Kubernetes cluster where application workloads run.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "openchoreo.dev",
+    version = "v1alpha1",
+    kind = "DataPlane",
+    doc = "A DataPlane: a Kubernetes cluster where application workloads run, reached through its agent or directly",
+    namespaced,
+    status = "PlaneStatus",
+    shortname = "dp",
+    category = "openchoreo",
+    printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
+    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
+    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DataPlaneSpec {
+    /// The ID agents send as planeID; the resource's name when unset.
+    #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
+    pub plane_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_agent: Option<AgentConfig>,
+    /// The older spelling of `clusterAgent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_cluster: Option<KubernetesClusterSpec>,
+    pub gateway: GatewaySpec,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secret_refs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_store_ref: Option<SecretStoreRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<ObserverApi>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability_plane_ref: Option<ObservabilityPlaneRef>,
+}
+
+/// A Kubernetes cluster that runs CI/CD workflows.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "openchoreo.dev",
+    version = "v1alpha1",
+    kind = "BuildPlane",
+    doc = "A BuildPlane: a Kubernetes cluster that runs CI/CD workflows",
+    namespaced,
+    status = "PlaneStatus",
+    shortname = "bp",
+    category = "openchoreo",
+    printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
+    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
+    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildPlaneSpec {
+    #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
+    pub plane_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_agent: Option<AgentConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_cluster: Option<KubernetesClusterSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_store_ref: Option<SecretStoreRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability_plane_ref: Option<ObservabilityPlaneRef>,
+}
+
+/// A Kubernetes cluster that holds logs, metrics and traces.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "openchoreo.dev",
+    version = "v1alpha1",
+    kind = "ObservabilityPlane",
+    doc = "An ObservabilityPlane: a Kubernetes cluster that holds logs, metrics and traces",
+    namespaced,
+    status = "PlaneStatus",
+    shortname = "op",
+    category = "openchoreo",
+    printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
+    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
+    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservabilityPlaneSpec {
+    #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
+    pub plane_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_agent: Option<AgentConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_cluster: Option<KubernetesClusterSpec>,
+    /// The Observer service endpoint; must be reachable from the control plane.
+    #[serde(
+        default,
+        rename = "observerURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub observer_url: Option<String>,
+}
+
+/// A deployment stage (development, staging, production) bound to a DataPlane.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "openchoreo.dev",
+    version = "v1alpha1",
+    kind = "Environment",
+    doc = "An Environment: a deployment stage bound to a DataPlane",
+    namespaced,
+    shortname = "env",
+    category = "openchoreo",
+    printcolumn = r#"{"name":"DataPlane","type":"string","jsonPath":".spec.dataPlaneRef"}"#,
+    printcolumn = r#"{"name":"Production","type":"boolean","jsonPath":".spec.isProduction"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentSpec {
+    /// Name of the DataPlane in the same namespace this environment deploys to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_production: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<EnvironmentGateway>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentGateway {
+    /// Subdomain prefix for deployed applications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_prefix: Option<String>,
+}
+
+/// The spec fields every plane kind shares, borrowed.
+pub struct CommonSpec<'a> {
+    pub plane_id: Option<&'a str>,
+    pub agent: Option<&'a AgentConfig>,
+    pub kubernetes_cluster: Option<&'a KubernetesClusterSpec>,
+    pub observability_plane_ref: Option<&'a ObservabilityPlaneRef>,
+}
+
+/// What the controller and the gateway need from any of the three plane kinds.
+pub trait PlaneResource:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const PLANE_TYPE: PlaneType;
+    fn common(&self) -> CommonSpec<'_>;
+    fn plane_status(&self) -> Option<&PlaneStatus>;
+
+    /// `spec.planeID`, or the name when unset.
+    fn plane_id(&self) -> String {
+        self.common()
+            .plane_id
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| self.meta().name.clone().unwrap_or_default())
+    }
+
+    /// The agent block under either spelling, when agents are in use.
+    fn agent(&self) -> Option<&AgentConfig> {
+        self.common().agent.filter(|a| a.enabled != Some(false))
+    }
+
+    /// The registry's model of this resource.
+    fn to_plane_object(&self) -> PlaneObject {
+        let meta = self.meta();
+        PlaneObject {
+            plane_type: Self::PLANE_TYPE,
+            namespace: Some(
+                meta.namespace
+                    .clone()
+                    .unwrap_or_else(|| manifest::DEFAULT_NAMESPACE.to_string()),
+            ),
+            name: meta.name.clone().unwrap_or_default(),
+            plane_id: self.plane_id(),
+            generation: meta.generation,
+            agent_enabled: self.agent().is_some(),
+            client_ca: self
+                .agent()
+                .and_then(|a| a.client_ca.as_ref())
+                .map(ValueFrom::to_manifest),
+        }
+    }
+}
+
+macro_rules! plane_resource {
+    ($kind:ty, $plane_type:expr, |$spec:ident| $observability:expr) => {
+        impl PlaneResource for $kind {
+            const PLANE_TYPE: PlaneType = $plane_type;
+            fn common(&self) -> CommonSpec<'_> {
+                let $spec = &self.spec;
+                CommonSpec {
+                    plane_id: $spec.plane_id.as_deref(),
+                    agent: $spec.cluster_agent.as_ref().or($spec.agent.as_ref()),
+                    kubernetes_cluster: $spec.kubernetes_cluster.as_ref(),
+                    observability_plane_ref: $observability,
+                }
+            }
+            fn plane_status(&self) -> Option<&PlaneStatus> {
+                self.status.as_ref()
+            }
+        }
+    };
+}
+
+plane_resource!(DataPlane, PlaneType::DataPlane, |spec| spec
+    .observability_plane_ref
+    .as_ref());
+plane_resource!(BuildPlane, PlaneType::BuildPlane, |spec| spec
+    .observability_plane_ref
+    .as_ref());
+plane_resource!(ObservabilityPlane, PlaneType::ObservabilityPlane, |_spec| {
+    None
+});
+
+/// The CRDs of every kind, as `kubectl apply` takes them.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt as _;
+    vec![
+        DataPlane::crd(),
+        BuildPlane::crd(),
+        ObservabilityPlane::crd(),
+        Environment::crd(),
+    ]
+}
+
+/// The CRDs as one multi-document YAML stream.
+pub fn crds_yaml() -> String {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serialises"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_spellings_and_plane_id_default() {
+        let dp: DataPlane = serde_json::from_value(serde_json::json!({
+            "apiVersion": "openchoreo.dev/v1alpha1", "kind": "DataPlane",
+            "metadata": {"name": "prod", "namespace": "org", "generation": 3},
+            "spec": {"agent": {"enabled": true, "clientCA": {"secretRef": {"name": "ca", "key": "ca.crt"}}},
+                     "gateway": {"publicVirtualHost": "a", "organizationVirtualHost": "b"}}
+        }))
+        .unwrap();
+        assert_eq!(dp.plane_id(), "prod");
+        assert_eq!(dp.spec.gateway.public_http_port, 19080);
+        let object = dp.to_plane_object();
+        assert!(object.agent_enabled);
+        assert_eq!(object.generation, Some(3));
+        assert_eq!(object.client_ca.unwrap().secret().unwrap().name, "ca");
+
+        let bp: BuildPlane = serde_json::from_value(serde_json::json!({
+            "apiVersion": "openchoreo.dev/v1alpha1", "kind": "BuildPlane",
+            "metadata": {"name": "b", "namespace": "org"},
+            "spec": {"planeID": "builds", "clusterAgent": {"clientCA": {"value": "PEM"}}}
+        }))
+        .unwrap();
+        assert_eq!(bp.plane_id(), "builds");
+        assert!(
+            bp.agent().is_some(),
+            "a clusterAgent block without enabled is on"
+        );
+    }
+
+    #[test]
+    fn crds_are_structural_and_name_both_spellings() {
+        let yaml = crds_yaml();
+        for needle in [
+            "name: dataplanes.openchoreo.dev",
+            "name: environments.openchoreo.dev",
+            "clusterAgent:",
+            "secretKeyRef:",
+            "secretRef:",
+            "planeID:",
+            "observerURL:",
+            "default: 19080",
+            "subresources:",
+        ] {
+            assert!(yaml.contains(needle), "{needle} missing from:\n{yaml}");
+        }
+    }
+}
