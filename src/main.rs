@@ -54,7 +54,9 @@ fn run(command: Command) -> ExitCode {
                 print!("{}", planelink::planes::crd::crds_yaml());
                 ExitCode::SUCCESS
             }
-            None => not_yet("controller", planelink::controller::validate(&args)),
+            None => serve("controller", planelink::controller::validate(&args), || {
+                planelink::controller::run(args)
+            }),
         },
         Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),
         Command::Version => {
@@ -107,15 +109,4 @@ where
             ExitCode::from(1)
         }
     }
-}
-
-/// The roles whose runtime comes in a later build: validate, then say so (exit 64).
-fn not_yet(role: &str, validated: Result<(), ConfigError>) -> ExitCode {
-    match validated {
-        Err(e) => eprintln!("planelink {role}: {e}"),
-        Ok(()) => eprintln!(
-            "planelink {role}: configuration is valid, but the {role} role is not implemented in this build"
-        ),
-    }
-    ExitCode::from(EXIT_USAGE)
 }

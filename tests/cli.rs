@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -222,11 +223,16 @@ fn gateway_requires_internal_ca_with_internal_mtls() {
     ]);
     expect_stderr(&out, 64, "invalid --health-port");
 
-    let out = run(
-        &linked(dir.path(), "cluster-gateway"),
-        &[&cert, &key, "--internal-mtls=false"],
-    );
-    expect_stderr(&out, 1, "give --planes-dir DIR");
+    // Without --planes-dir the registry is the Kubernetes API; with no cluster to reach,
+    // the gateway says how to give one.
+    let out = Command::new(linked(dir.path(), "cluster-gateway"))
+        .args([&cert, &key, "--internal-mtls=false"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    expect_stderr(&out, 1, "give --kubeconfig or set KUBECONFIG");
 }
 
 #[test]
@@ -285,5 +291,5 @@ fn controller_validates_remote_gateway_flags() {
     let out = planelink(&["controller", "--gateway-client-cert=/x.crt"]);
     expect_stderr(&out, 64, "invalid --gateway-client-key");
     let out = planelink(&["controller"]);
-    expect_stderr(&out, 64, "not implemented in this build");
+    expect_stderr(&out, 64, "invalid --gateway-ca");
 }

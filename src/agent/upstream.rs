@@ -11,9 +11,6 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use kube::client::ConfigExt as _;
 use serde::Deserialize;
 use tower::ServiceExt as _;
@@ -25,7 +22,7 @@ use crate::tunnel::{Body, BoxError};
 /// The service account token path Kubernetes mounts into pods.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+use crate::tls::{connector, http_client};
 type Service = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
 
 /// One upstream: a base URL and a client that adds the upstream's credentials.
@@ -68,40 +65,10 @@ impl Upstream {
     }
 }
 
-fn http_client(connector: hyper_rustls::HttpsConnector<HttpConnector>) -> HttpsClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .build(connector)
-}
-
-fn connector(tls: rustls::ClientConfig) -> hyper_rustls::HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
-}
-
 /// The `k8s` target from a kubeconfig file, or (without one) the in-cluster service
 /// account, then `$KUBECONFIG`/`~/.kube/config` as kube infers them.
 pub async fn kubernetes(kubeconfig: Option<&Path>) -> anyhow::Result<Upstream> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster service account and no kubeconfig; give --kubeconfig")?,
-    };
+    let config = crate::planes::kubernetes::kube_config(kubeconfig, None).await?;
     let tls = config
         .rustls_client_config()
         .context("TLS settings of the Kubernetes API")?;

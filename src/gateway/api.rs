@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
 
 use super::Core;
+use crate::planes::connection::Notification;
 use crate::planes::{CrRef, PlaneKey, PlaneType};
 use crate::tunnel::body::{self, Body};
 
@@ -29,21 +29,6 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     body::error_response(status, SOURCE, message)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Notification {
-    #[serde(default)]
-    plane_type: String,
-    #[serde(default, rename = "planeID")]
-    plane_id: String,
-    #[serde(default)]
-    event: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    name: String,
 }
 
 fn plane_key(plane_type: &str, plane_id: &str) -> Result<PlaneKey, Box<Response<Body>>> {

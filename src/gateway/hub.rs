@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::{Metrics, PlaneLabels};
+use crate::planes::connection::ConnectionStatus as PlaneStatus;
 use crate::planes::{CrRef, PlaneKey, Snapshot};
 use crate::tunnel::{Body, Hello};
 
@@ -83,24 +84,6 @@ pub struct NewAgent {
     pub granted: Vec<CrRef>,
 }
 
-/// The status of one plane (or one CR of it), as the plane API reports it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PlaneStatus {
-    pub plane_type: String,
-    #[serde(rename = "planeID")]
-    pub plane_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub connected: bool,
-    pub connected_agents: usize,
-    /// RFC 3339; when an agent was last connected (now, while one is).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<String>,
-}
-
 /// What a re-verification changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -116,6 +99,8 @@ pub struct Hub {
     rotation: AtomicUsize,
     last_seen: Mutex<HashMap<(PlaneKey, Option<CrRef>), SystemTime>>,
     metrics: Arc<Metrics>,
+    /// Planes whose agents came or went, for a controller in the same process.
+    changes: tokio::sync::broadcast::Sender<PlaneKey>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -133,6 +118,7 @@ impl Hub {
             rotation: AtomicUsize::new(0),
             last_seen: Mutex::new(HashMap::new()),
             metrics,
+            changes: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -174,7 +160,12 @@ impl Hub {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(agent.clone());
+        let _ = self.changes.send(agent.key.clone());
         agent
+    }
+
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<PlaneKey> {
+        self.changes.subscribe()
     }
 
     pub fn unregister(&self, agent: &Arc<AgentConn>) {
@@ -187,6 +178,7 @@ impl Hub {
                 .get_or_create(&Self::labels(&agent.key))
                 .dec();
             self.touch(agent);
+            let _ = self.changes.send(agent.key.clone());
         }
     }
 

@@ -6,6 +6,7 @@ mod api;
 mod checks;
 mod hub;
 mod internal;
+mod link;
 mod metrics;
 mod public;
 
@@ -22,8 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::planes::connection::ConnectionStatus as PlaneStatus;
 pub use checks::{DEFAULT_BLOCKED_PATHS, DEFAULT_TARGETS, RequestChecks};
-pub use hub::{PlaneStatus, Reverified};
+pub use hub::Reverified;
 
 use crate::cli::GatewayArgs;
 use crate::config::{self, ConfigError};
@@ -129,6 +131,13 @@ impl Gateway {
         self.core
             .hub
             .all_statuses(self.core.registry.current().as_deref())
+    }
+
+    /// The link a controller in the same process reads connection status through.
+    pub fn link(&self) -> std::sync::Arc<dyn crate::planes::connection::GatewayLink> {
+        std::sync::Arc::new(link::LocalLink {
+            core: self.core.clone(),
+        })
     }
 
     /// Waits until the gateway has shut down (after its shutdown token was cancelled).
@@ -346,10 +355,13 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         Some(dir) => Registry::spawn(Box::new(crate::planes::directory::DirectorySource::new(
             dir,
         ))),
-        None => anyhow::bail!(
-            "no --planes-dir given, and this build cannot watch plane resources in Kubernetes yet; \
-             give --planes-dir DIR with DataPlane/BuildPlane/ObservabilityPlane manifests"
-        ),
+        None => {
+            let client =
+                crate::planes::kubernetes::kube_client(args.kubeconfig.as_deref(), None).await?;
+            Registry::spawn(Box::new(crate::planes::kubernetes::KubernetesSource::new(
+                client, None,
+            )))
+        }
     };
     let shutdown = CancellationToken::new();
     let gateway = start(&args, registry, shutdown.clone()).await?;

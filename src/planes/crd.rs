@@ -362,6 +362,8 @@ pub trait PlaneResource:
     const PLANE_TYPE: PlaneType;
     fn common(&self) -> CommonSpec<'_>;
     fn plane_status(&self) -> Option<&PlaneStatus>;
+    /// The DataPlane's gateway settings; `None` for the other kinds.
+    fn gateway_spec(&self) -> Option<&GatewaySpec>;
 
     /// `spec.planeID`, or the name when unset.
     fn plane_id(&self) -> String {
@@ -400,7 +402,7 @@ pub trait PlaneResource:
 }
 
 macro_rules! plane_resource {
-    ($kind:ty, $plane_type:expr, |$spec:ident| $observability:expr) => {
+    ($kind:ty, $plane_type:expr, |$spec:ident| $observability:expr, $gateway:expr) => {
         impl PlaneResource for $kind {
             const PLANE_TYPE: PlaneType = $plane_type;
             fn common(&self) -> CommonSpec<'_> {
@@ -415,19 +417,33 @@ macro_rules! plane_resource {
             fn plane_status(&self) -> Option<&PlaneStatus> {
                 self.status.as_ref()
             }
+            #[allow(unused_variables)]
+            fn gateway_spec(&self) -> Option<&GatewaySpec> {
+                let $spec = &self.spec;
+                $gateway
+            }
         }
     };
 }
 
-plane_resource!(DataPlane, PlaneType::DataPlane, |spec| spec
-    .observability_plane_ref
-    .as_ref());
-plane_resource!(BuildPlane, PlaneType::BuildPlane, |spec| spec
-    .observability_plane_ref
-    .as_ref());
-plane_resource!(ObservabilityPlane, PlaneType::ObservabilityPlane, |_spec| {
+plane_resource!(
+    DataPlane,
+    PlaneType::DataPlane,
+    |spec| spec.observability_plane_ref.as_ref(),
+    Some(&spec.gateway)
+);
+plane_resource!(
+    BuildPlane,
+    PlaneType::BuildPlane,
+    |spec| spec.observability_plane_ref.as_ref(),
     None
-});
+);
+plane_resource!(
+    ObservabilityPlane,
+    PlaneType::ObservabilityPlane,
+    |_spec| None,
+    None
+);
 
 /// The CRDs of every kind, as `kubectl apply` takes them.
 pub fn crds()

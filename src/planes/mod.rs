@@ -2,12 +2,17 @@
 //! trusts. Two sources feed the same [`Snapshot`]: a directory of manifests (bare
 //! hosts, `--planes-dir`) and the Kubernetes API (the controller issue).
 
+pub mod connection;
 pub mod crd;
 pub mod directory;
+pub mod kubernetes;
 pub mod manifest;
 pub mod registry;
 
-pub use registry::{Authorisation, CrRef, PlaneEntry, PlaneKey, PlaneSource, Registry, Snapshot};
+pub use registry::{
+    Authorisation, CaProblem, CaProblemKind, CrRef, PlaneEntry, PlaneKey, PlaneSource, Registry,
+    Snapshot,
+};
 
 /// The kinds of remote plane. `workflowplane` is the newer name of the build plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]

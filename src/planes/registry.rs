@@ -12,7 +12,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
 use super::PlaneType;
-use super::manifest::{PlaneObject, SecretObject, ValueFrom};
+use super::manifest::{PlaneObject, SecretObject};
 use crate::trust::{self, Usage};
 
 /// What an agent names in its `/ws` request: `planeType` and `planeID`.
@@ -59,7 +59,7 @@ impl std::fmt::Display for CrRef {
 }
 
 /// One plane CR and the CA its agents must chain to, or why there is none usable.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlaneEntry {
     pub key: PlaneKey,
     pub cr: CrRef,
@@ -68,7 +68,7 @@ pub struct PlaneEntry {
 }
 
 /// Everything registered at one moment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub entries: Vec<PlaneEntry>,
 }
@@ -157,11 +157,83 @@ impl Snapshot {
                 client_ca: resolve_client_ca(plane, |ns, name| {
                     by_name.get(&(ns, name)).map(|s| &s.data)
                 })
-                .map(Arc::new),
+                .map(Arc::new)
+                .map_err(|problem| problem.message),
             })
             .collect();
         Snapshot { entries }
     }
+}
+
+/// Why a plane's `clientCA` cannot verify agents; `reason` is the condition reason the
+/// controller writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaProblemKind {
+    Missing,
+    SecretNotFound,
+    SecretKeyNotFound,
+    Unparseable,
+    IsLeaf,
+    Expired,
+    IsGatewayCa,
+}
+
+impl CaProblemKind {
+    pub fn reason(self) -> &'static str {
+        match self {
+            CaProblemKind::Missing => "ClientCAMissing",
+            CaProblemKind::SecretNotFound => "SecretNotFound",
+            CaProblemKind::SecretKeyNotFound => "SecretKeyNotFound",
+            CaProblemKind::Unparseable => "ClientCAUnparseable",
+            CaProblemKind::IsLeaf => "ClientCAIsLeaf",
+            CaProblemKind::Expired => "ClientCAExpired",
+            CaProblemKind::IsGatewayCa => "ClientCAIsGatewayCA",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaProblem {
+    pub kind: CaProblemKind,
+    pub message: String,
+}
+
+impl CaProblem {
+    fn new(kind: CaProblemKind, message: String) -> CaProblem {
+        CaProblem { kind, message }
+    }
+}
+
+impl std::fmt::Display for CaProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Where a plane's `clientCA` Secret is: the namespace defaults to the plane's.
+pub fn client_ca_secret(plane: &PlaneObject) -> Option<(String, String, String)> {
+    let client_ca = plane.client_ca.as_ref()?;
+    if client_ca
+        .value
+        .as_deref()
+        .is_some_and(|v| !v.trim().is_empty())
+    {
+        return None;
+    }
+    let reference = client_ca.secret()?;
+    let namespace = reference
+        .namespace
+        .as_deref()
+        .or(plane.namespace.as_deref())
+        .unwrap_or(super::manifest::DEFAULT_NAMESPACE);
+    Some((
+        namespace.to_string(),
+        reference.name.clone(),
+        reference
+            .key
+            .clone()
+            .unwrap_or_else(|| "ca.crt".to_string()),
+    ))
 }
 
 /// Resolves and parses a plane's `clientCA`; `secret` looks a Secret's data up by
@@ -169,61 +241,111 @@ impl Snapshot {
 pub fn resolve_client_ca<'a>(
     plane: &PlaneObject,
     secret: impl Fn(&str, &str) -> Option<&'a std::collections::BTreeMap<String, Vec<u8>>>,
-) -> Result<Vec<CertificateDer<'static>>, String> {
+) -> Result<Vec<CertificateDer<'static>>, CaProblem> {
     let kind = plane.plane_type.kind();
     let Some(client_ca) = &plane.client_ca else {
-        return Err(format!(
-            "{kind} has no spec.clusterAgent.clientCA; register the agent's CA (ca.crt of Secret \
-             cluster-agent-tls in the remote plane)"
+        return Err(CaProblem::new(
+            CaProblemKind::Missing,
+            format!(
+                "{kind} has no spec.clusterAgent.clientCA; register the agent's CA (ca.crt of Secret \
+                 cluster-agent-tls in the remote plane)"
+            ),
         ));
     };
-    let bytes: Vec<u8> = match client_ca {
-        ValueFrom {
-            value: Some(value), ..
-        } if !value.trim().is_empty() => value.clone().into_bytes(),
-        other => {
-            let Some(reference) = other.secret() else {
-                return Err(format!(
-                    "{kind} clientCA has neither value nor secretKeyRef; give one of them"
+    let bytes: Vec<u8> = match (&client_ca.value, client_ca_secret(plane)) {
+        (Some(value), _) if !value.trim().is_empty() => value.clone().into_bytes(),
+        (_, None) => {
+            return Err(CaProblem::new(
+                CaProblemKind::Missing,
+                format!("{kind} clientCA has neither value nor secretKeyRef; give one of them"),
+            ));
+        }
+        (_, Some((namespace, name, key))) => {
+            let Some(data) = secret(&namespace, &name) else {
+                return Err(CaProblem::new(
+                    CaProblemKind::SecretNotFound,
+                    format!(
+                        "Secret {namespace}/{name} referenced by clientCA does not exist; create it \
+                         with the agent's ca.crt"
+                    ),
                 ));
             };
-            let namespace = reference
-                .namespace
-                .as_deref()
-                .or(plane.namespace.as_deref())
-                .unwrap_or(super::manifest::DEFAULT_NAMESPACE);
-            let key = reference.key.as_deref().unwrap_or("ca.crt");
-            let Some(data) = secret(namespace, &reference.name) else {
-                return Err(format!(
-                    "Secret {namespace}/{} referenced by clientCA does not exist; create it with the \
-                     agent's ca.crt",
-                    reference.name
-                ));
-            };
-            let Some(value) = data.get(key) else {
+            let Some(value) = data.get(&key) else {
                 let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "Secret {namespace}/{} has no key {key:?} (it has: {}); point clientCA's key at the CA",
-                    reference.name,
-                    keys.join(", ")
+                return Err(CaProblem::new(
+                    CaProblemKind::SecretKeyNotFound,
+                    format!(
+                        "Secret {namespace}/{name} has no key {key:?} (it has: {}); point clientCA's \
+                         key at the CA",
+                        keys.join(", ")
+                    ),
                 ));
             };
             value.clone()
         }
     };
-    let certs = trust::parse_certificates(&bytes).map_err(|e| format!("clientCA: {e}"))?;
+    let certs = trust::parse_certificates(&bytes).map_err(|e| {
+        CaProblem::new(
+            CaProblemKind::Unparseable,
+            format!("clientCA: {e}; give the PEM of the agent's ca.crt"),
+        )
+    })?;
     if let Some(leaf) = certs
         .iter()
         .filter_map(|c| trust::CertInfo::from_der(c).ok())
         .find(|info| !info.can_issue())
     {
-        return Err(format!(
-            "clientCA holds a leaf certificate ({}), not a CA: register ca.crt of Secret cluster-agent-tls, \
-             not tls.crt",
-            leaf.subject
+        return Err(CaProblem::new(
+            CaProblemKind::IsLeaf,
+            format!(
+                "clientCA holds a leaf certificate ({}), not a CA: register ca.crt of Secret \
+                 cluster-agent-tls, not tls.crt",
+                leaf.subject
+            ),
         ));
     }
     Ok(certs)
+}
+
+/// The checks beyond parsing that only the controller can make: every CA expired, or the
+/// gateway's own server CA registered where the agent's client CA belongs.
+pub fn check_client_ca(
+    certs: &[CertificateDer<'_>],
+    gateway_cas: &[CertificateDer<'_>],
+    at: SystemTime,
+) -> Result<(), CaProblem> {
+    if let Some(same) = certs.iter().find(|c| gateway_cas.iter().any(|g| g == *c)) {
+        let subject = trust::CertInfo::from_der(same)
+            .map(|i| i.subject)
+            .unwrap_or_default();
+        return Err(CaProblem::new(
+            CaProblemKind::IsGatewayCa,
+            format!(
+                "clientCA is the gateway's own server CA ({subject}), not the agent's client CA: \
+                 register ca.crt of Secret cluster-agent-tls from the remote plane, not \
+                 cluster-gateway-ca"
+            ),
+        ));
+    }
+    let infos: Vec<trust::CertInfo> = certs
+        .iter()
+        .filter_map(|c| trust::CertInfo::from_der(c).ok())
+        .collect();
+    if !infos.is_empty()
+        && infos
+            .iter()
+            .all(|i| i.validity_at(at) == trust::Validity::Expired)
+    {
+        let latest = infos.iter().map(|i| i.not_after).max().expect("not empty");
+        return Err(CaProblem::new(
+            CaProblemKind::Expired,
+            format!(
+                "clientCA expired on {}; the agent's CA was renewed: register its current ca.crt",
+                trust::inspect::format_time(latest)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A source of snapshots. It publishes a first snapshot once loaded (the gateway is

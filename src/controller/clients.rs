@@ -1,0 +1,249 @@
+//! The plane-client manager: a kube Client for each plane, built from its
+//! `kubernetesCluster` (direct access) or through the gateway's proxy path (agent mode),
+//! cached, and rebuilt when the CR's generation or the Secrets it reads change.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+
+use super::conditions::Problem;
+use crate::planes::crd::{KubernetesClusterSpec, ValueFrom};
+use crate::planes::{CrRef, PlaneKey};
+
+/// How the controller reaches the gateway's internal listener.
+#[derive(Clone)]
+pub struct GatewayAccess {
+    /// `https://host:port` of the internal listener.
+    pub url: String,
+    /// PEM of the CA that signed the gateway's serving certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for `--internal-mtls`.
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+pub struct PlaneClients {
+    control: Client,
+    gateway: Option<GatewayAccess>,
+    cache: Mutex<HashMap<String, (String, Client)>>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn config(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    auth: serde_json::Value,
+) -> Result<kube::Config, Problem> {
+    let uri: http::Uri = url.parse().map_err(|e| {
+        Problem::new(
+            "KubernetesClusterInvalid",
+            format!("server {url:?} is not a URL ({e}); write https://HOST:6443"),
+        )
+    })?;
+    let mut config = kube::Config::new(uri);
+    if let Some(pem) = ca_pem {
+        let certs = crate::trust::parse_certificates(pem).map_err(|e| {
+            Problem::new(
+                "KubernetesClusterInvalid",
+                format!("tls.ca: {e}; give the PEM of the API server's CA"),
+            )
+        })?;
+        config.root_cert = Some(certs.iter().map(|c| c.to_vec()).collect());
+    }
+    config.auth_info = serde_json::from_value(auth)
+        .map_err(|e| Problem::new("KubernetesClusterInvalid", format!("credentials: {e}")))?;
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
+    config.read_timeout = Some(std::time::Duration::from_secs(15));
+    Ok(config)
+}
+
+impl PlaneClients {
+    pub fn new(control: Client, gateway: Option<GatewayAccess>) -> PlaneClients {
+        PlaneClients {
+            control,
+            gateway,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, key: &str, fingerprint: &str) -> Option<Client> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(key)
+            .filter(|(f, _)| f == fingerprint)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn store(&self, key: &str, fingerprint: String, client: Client) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(key.to_string(), (fingerprint, client));
+    }
+
+    /// Drops the cached clients of a deleted CR.
+    pub fn forget(&self, cache_key: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|k, _| !k.ends_with(cache_key));
+    }
+
+    /// Reads a value inline or from a Secret of the control plane (the namespace defaults
+    /// to the CR's).
+    pub async fn resolve(
+        &self,
+        namespace: &str,
+        value: &ValueFrom,
+        field: &str,
+    ) -> Result<Vec<u8>, Problem> {
+        if let Some(v) = value.value.as_deref().filter(|v| !v.trim().is_empty()) {
+            return Ok(v.as_bytes().to_vec());
+        }
+        let Some(reference) = value.secret() else {
+            return Err(Problem::new(
+                "KubernetesClusterInvalid",
+                format!("{field} has neither value nor secretKeyRef; give one of them"),
+            ));
+        };
+        let ns = reference.namespace.as_deref().unwrap_or(namespace);
+        let key = reference.key.as_deref().unwrap_or("ca.crt");
+        let secret = Api::<Secret>::namespaced(self.control.clone(), ns)
+            .get_opt(&reference.name)
+            .await
+            .map_err(|e| {
+                Problem::new(
+                    "SecretNotReadable",
+                    format!("cannot read Secret {ns}/{}: {e}", reference.name),
+                )
+            })?;
+        let Some(secret) = secret else {
+            return Err(Problem::new(
+                "SecretNotFound",
+                format!(
+                    "Secret {ns}/{} referenced by {field} does not exist; create it",
+                    reference.name
+                ),
+            ));
+        };
+        let data = crate::planes::kubernetes::secret_object(&secret).data;
+        data.get(key).cloned().ok_or_else(|| {
+            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            Problem::new(
+                "SecretKeyNotFound",
+                format!(
+                    "Secret {ns}/{} has no key {key:?} (it has: {}); fix {field}",
+                    reference.name,
+                    keys.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// A client for direct access; `cache_key` names the CR.
+    pub async fn direct(
+        &self,
+        cache_key: &str,
+        namespace: &str,
+        generation: Option<i64>,
+        cluster: &KubernetesClusterSpec,
+    ) -> Result<Client, Problem> {
+        let ca = self
+            .resolve(namespace, &cluster.tls.ca, "spec.kubernetesCluster.tls.ca")
+            .await?;
+        let auth = &cluster.auth;
+        let (auth_json, secret_material): (serde_json::Value, Vec<u8>) = match (
+            &auth.mtls,
+            &auth.bearer_token,
+        ) {
+            (Some(mtls), _) => {
+                let cert = self
+                    .resolve(namespace, &mtls.client_cert, "auth.mtls.clientCert")
+                    .await?;
+                let key = self
+                    .resolve(namespace, &mtls.client_key, "auth.mtls.clientKey")
+                    .await?;
+                let json = serde_json::json!({
+                    "client-certificate-data": b64(&cert),
+                    "client-key-data": b64(&key),
+                });
+                (json, [cert, key].concat())
+            }
+            (None, Some(token)) => {
+                let token = self.resolve(namespace, token, "auth.bearerToken").await?;
+                let text = String::from_utf8_lossy(&token).trim().to_string();
+                (serde_json::json!({ "token": text }), token)
+            }
+            (None, None) => {
+                return Err(Problem::new(
+                    "KubernetesClusterInvalid",
+                    "spec.kubernetesCluster.auth needs mtls (clientCert, clientKey) or bearerToken",
+                ));
+            }
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(cluster.server.as_bytes());
+        hasher.update(format!("{generation:?}"));
+        hasher.update(&ca);
+        hasher.update(&secret_material);
+        let fingerprint: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = format!("direct/{cache_key}");
+        if let Some(client) = self.cached(&key, &fingerprint) {
+            return Ok(client);
+        }
+        let config = config(&cluster.server, Some(&ca), auth_json)?;
+        let client = Client::try_from(config).map_err(|e| {
+            Problem::new(
+                "KubernetesClusterInvalid",
+                format!("cannot build a client for {}: {e}", cluster.server),
+            )
+        })?;
+        self.store(&key, fingerprint, client.clone());
+        Ok(client)
+    }
+
+    /// A client that reaches an agent-mode plane's Kubernetes API through the gateway.
+    pub fn through_gateway(&self, key: &PlaneKey, cr: &CrRef) -> Result<Client, Problem> {
+        let Some(gateway) = &self.gateway else {
+            return Err(Problem::new(
+                "GatewayNotConfigured",
+                "no gateway URL to reach agent-mode planes through; give --gateway-url",
+            ));
+        };
+        let cache_key = format!("gateway/{}/{}/{}", key.plane_type, key.plane_id, cr);
+        if let Some(client) = self.cached(&cache_key, "") {
+            return Ok(client);
+        }
+        let url = format!(
+            "{}/api/proxy/{}/{}/{}/{}/k8s",
+            gateway.url.trim_end_matches('/'),
+            key.plane_type,
+            key.plane_id,
+            cr.namespace_or_cluster(),
+            cr.name
+        );
+        let auth = match (&gateway.client_cert_pem, &gateway.client_key_pem) {
+            (Some(cert), Some(key)) => serde_json::json!({
+                "client-certificate-data": b64(cert),
+                "client-key-data": b64(key),
+            }),
+            _ => serde_json::json!({}),
+        };
+        let config = config(&url, gateway.ca_pem.as_deref(), auth)?;
+        let client = Client::try_from(config).map_err(|e| {
+            Problem::new(
+                "GatewayNotConfigured",
+                format!("cannot build a client for {url}: {e}"),
+            )
+        })?;
+        self.store(&cache_key, String::new(), client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,59 @@
+//! What the gateway tells the controller about a plane's agents, and the notifications
+//! the controller sends back: the plane API's JSON, and [`GatewayLink`], the small type
+//! through which a controller meets a gateway in the same process or across the network.
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use super::{CrRef, PlaneKey};
+
+/// The status of one plane (or one CR of it): `GET /api/v1/planes/{type}/{id}/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStatus {
+    pub plane_type: String,
+    #[serde(rename = "planeID")]
+    pub plane_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub connected: bool,
+    #[serde(default)]
+    pub connected_agents: usize,
+    /// RFC 3339; when an agent was last connected (now, while one is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+/// `POST /api/v1/planes/notify`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    #[serde(default)]
+    pub plane_type: String,
+    #[serde(default, rename = "planeID")]
+    pub plane_id: String,
+    /// `created`, `updated` or `deleted`.
+    #[serde(default)]
+    pub event: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A gateway as the controller sees it.
+pub trait GatewayLink: Send + Sync + 'static {
+    /// For logs and status messages.
+    fn describe(&self) -> String;
+    fn status(
+        &self,
+        key: &PlaneKey,
+        cr: &CrRef,
+    ) -> BoxFuture<'static, anyhow::Result<ConnectionStatus>>;
+    fn notify(&self, notification: Notification) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// Planes whose agents connected or disconnected, as soon as the gateway knows.
+    fn changes(&self) -> BoxStream<'static, PlaneKey>;
+}
