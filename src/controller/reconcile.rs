@@ -126,6 +126,7 @@ pub async fn reconcile<K: PlaneResource>(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
+    tracing::debug!(kind = %K::kind(&()), name = %plane.name_any(), namespace = ?plane.namespace(), "reconciling");
     let result = reconcile_plane(plane.as_ref(), &ctx).await;
     ctx.metrics
         .observe(&K::kind(&()), started.elapsed(), result.is_ok());
@@ -166,11 +167,14 @@ async fn reconcile_plane<K: PlaneResource>(plane: &K, ctx: &Context) -> Result<A
             &Patch::Json::<()>(serde_json::from_value(patch)?),
         )
         .await?;
+        tracing::debug!(%name, "finalizer added");
         // The change brings this CR back with the finalizer in place.
         return Ok(Action::await_change());
     }
     let status = observe(plane, ctx).await;
+    tracing::debug!(%name, "observed");
     write_status(plane, ctx, &api, status).await?;
+    tracing::debug!(%name, "status written");
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -419,7 +423,9 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
         conditions: before.conditions.clone(),
         agent_connection: None,
     };
+    // Configuration problems first: a missing connection is often their consequence.
     let mut blockers: Vec<Problem> = Vec::new();
+    let mut waiting: Vec<Problem> = Vec::new();
     let mut remote: Option<Client> = None;
     let common = plane.common();
     let set = |status: &mut PlaneStatus, type_: &str, truth: Truth, reason: &str, message: &str| {
@@ -444,7 +450,9 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
             name: name.clone(),
         };
         let ca = validate_client_ca(plane, ctx).await;
+        tracing::debug!(%name, ok = ca.is_ok(), "client CA checked");
         notify_if_changed(plane, ctx, fingerprint(generation, &ca)).await;
+        tracing::debug!(%name, "notified");
         if let Err(problem) = ca {
             blockers.push(problem);
         }
@@ -478,7 +486,7 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
                         "AgentNotConnected",
                         &message,
                     );
-                    blockers.push(Problem::new("AgentNotConnected", message));
+                    waiting.push(Problem::new("AgentNotConnected", message));
                 }
                 status.agent_connection = Some(agents);
             }
@@ -495,7 +503,7 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
                     &message,
                 );
                 status.agent_connection = before.agent_connection.clone();
-                blockers.push(Problem::new("GatewayUnreachable", message));
+                waiting.push(Problem::new("GatewayUnreachable", message));
             }
         }
     } else if let Some(cluster) = common.kubernetes_cluster {
@@ -528,7 +536,7 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
                         "APIServerUnreachable",
                         &message,
                     );
-                    blockers.push(Problem::new("APIServerUnreachable", message));
+                    waiting.push(Problem::new("APIServerUnreachable", message));
                 }
             },
             Err(problem) => {
@@ -630,6 +638,7 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
         }
     }
 
+    blockers.extend(waiting);
     match blockers.first() {
         None => set(
             &mut status,

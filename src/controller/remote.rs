@@ -96,8 +96,21 @@ impl RemoteGateway {
     }
 }
 
+/// What must be escaped in a path segment or query value; IDs keep their dashes and dots
+/// readable, as OpenChoreo's gateway expects them.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'/')
+    .add(b'=')
+    .add(b'?');
+
 fn encode(part: &str) -> String {
-    percent_encoding::utf8_percent_encode(part, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(part, ESCAPED).to_string()
 }
 
 impl GatewayLink for RemoteGateway {

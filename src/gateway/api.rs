@@ -51,7 +51,16 @@ fn plane_key(plane_type: &str, plane_id: &str) -> Result<PlaneKey, Box<Response<
 
 pub async fn handle(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let segments: Vec<&str> = path.split('/').skip(4).collect();
+    let decoded: Vec<String> = path
+        .split('/')
+        .skip(4)
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (req.method().clone(), segments.as_slice()) {
         (Method::POST, ["notify"]) => notify(core, req).await,
         (Method::GET, ["status"]) => {

@@ -1,0 +1,291 @@
+//! Two Kubernetes API servers for the tests: by default real kube-apiservers (1.20.2, built
+//! from Debian's source by scripts/kube-apiserver.sh) on one etcd, started once per test
+//! binary by scripts/test-clusters.sh and stopped when it exits. With
+//! PLANELINK_TEST_KUBECONFIG set, an existing cluster (or two) is used instead:
+//! PLANELINK_TEST_CONTROL_CONTEXT and PLANELINK_TEST_REMOTE_CONTEXT name the contexts
+//! (both default to the current one). Each test works in namespaces of its own.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Clusters {
+    pub kubeconfig: PathBuf,
+    pub control: String,
+    pub remote: String,
+    /// Where per-context kubeconfigs and logs go.
+    pub dir: PathBuf,
+}
+
+static CLUSTERS: OnceLock<Clusters> = OnceLock::new();
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn current_context(kubeconfig: &Path) -> String {
+    let out = Command::new("kubectl")
+        .args(["config", "current-context", "--kubeconfig"])
+        .arg(kubeconfig)
+        .output()
+        .expect("kubectl is installed");
+    assert!(
+        out.status.success(),
+        "kubectl config current-context: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The clusters, started (and the CRDs installed) on first use.
+pub fn clusters() -> &'static Clusters {
+    CLUSTERS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("planelink-kube-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let (kubeconfig, control, remote) = match std::env::var_os("PLANELINK_TEST_KUBECONFIG") {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let current = current_context(&path);
+                let pick = |var: &str| std::env::var(var).unwrap_or_else(|_| current.clone());
+                (
+                    path.clone(),
+                    pick("PLANELINK_TEST_CONTROL_CONTEXT"),
+                    pick("PLANELINK_TEST_REMOTE_CONTEXT"),
+                )
+            }
+            None => {
+                let out = Command::new("bash")
+                    .arg(root().join("scripts/test-clusters.sh"))
+                    .arg("up")
+                    .arg(dir.join("clusters"))
+                    .arg("--owner-pid")
+                    .arg(std::process::id().to_string())
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .expect("run scripts/test-clusters.sh");
+                assert!(
+                    out.status.success(),
+                    "scripts/test-clusters.sh could not start the test API servers (see its output \
+                     above); it needs root for apt-get the first time, or set PLANELINK_TEST_KUBECONFIG \
+                     to use an existing cluster"
+                );
+                let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                (path, "control-plane".to_string(), "remote".to_string())
+            }
+        };
+        let clusters = Clusters {
+            kubeconfig,
+            control,
+            remote,
+            dir,
+        };
+        let crds = root().join("packaging/crds/openchoreo.dev.yaml");
+        clusters.ok(&clusters.control, &["apply", "-f", crds.to_str().unwrap()]);
+        for crd in ["dataplanes", "buildplanes", "observabilityplanes", "environments"] {
+            clusters.ok(
+                &clusters.control,
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    &format!("crd/{crd}.openchoreo.dev"),
+                ],
+            );
+        }
+        clusters
+    })
+}
+
+impl Clusters {
+    pub fn kubectl(&self, context: &str, args: &[&str]) -> Output {
+        self.kubectl_with_input(context, args, None)
+    }
+
+    pub fn kubectl_with_input(&self, context: &str, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--context")
+            .arg(context)
+            .args(["--request-timeout", "20s"])
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl is installed");
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl and returns stdout; a failure fails the test with kubectl's stderr.
+    pub fn ok(&self, context: &str, args: &[&str]) -> String {
+        let out = self.kubectl(context, args);
+        assert!(
+            out.status.success(),
+            "kubectl --context {context} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, context: &str, yaml: &str) {
+        let out = self.kubectl_with_input(context, &["apply", "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An object as JSON, or `None` when it does not exist.
+    pub fn get(&self, context: &str, namespace: &str, what: &str) -> Option<serde_json::Value> {
+        let out = self.kubectl(context, &["get", "-n", namespace, what, "-o", "json"]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("NotFound") || err.contains("not found"),
+                "kubectl get {what}: {err}"
+            );
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// A kubeconfig file whose current context is `context`, for planelink processes.
+    pub fn kubeconfig_for(&self, context: &str) -> PathBuf {
+        let path = self.dir.join(format!("{context}.kubeconfig"));
+        if !path.exists() {
+            let text = self.ok(
+                context,
+                &["config", "view", "--raw", "--minify", "--flatten"],
+            );
+            std::fs::write(&path, text).unwrap();
+        }
+        path
+    }
+
+    /// A namespace in both clusters, named after the test.
+    pub fn namespace(&self, name: &str) -> String {
+        let ns = format!("t-{name}-{:04x}", rand::random::<u16>());
+        for context in [&self.control, &self.remote] {
+            let out = self.kubectl(context, &["create", "namespace", &ns]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || err.contains("AlreadyExists"),
+                "{err}"
+            );
+        }
+        ns
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails the test after `timeout`
+/// naming what was awaited and the last thing seen.
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) => last = seen,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: not within {timeout:?}; last seen: {last}");
+}
+
+/// A planelink process that is stopped (SIGTERM, then SIGKILL) when dropped; its output
+/// goes to a log file that is shown when the test fails.
+pub struct Process {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(name: &str, dir: &Path, args: &[String]) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_planelink"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start planelink");
+        Process {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+            if std::thread::panicking() {
+                let text = self.log_text();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {} ---", self.name);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
