@@ -402,7 +402,48 @@ fn agent_mode_end_to_end() {
 
     // Rotating the CA in the referenced Secret disconnects the agent and flips the status.
     let other = pki.agent("someone-else");
+    let rotated = std::time::Instant::now();
     c.apply(&c.control, &secret(&ns, "agent-ca", "ca.crt", &other));
+    // The gateway itself drops the agent from its watch, with no notify call: its plane
+    // API says so long before the controller's next resync. (Promised within 2 s; the
+    // bound leaves room for a loaded CI machine.)
+    let status_url = format!(
+        "https://127.0.0.1:{}/api/v1/planes/dataplane/{plane_id}/status",
+        ports.internal
+    );
+    eventually(
+        "the gateway to drop the agent",
+        Duration::from_secs(5),
+        || {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "--cacert",
+                    &pki.path("gateway/ca.crt"),
+                ])
+                .args([
+                    "--cert",
+                    &pki.path("caller.crt"),
+                    "--key",
+                    &pki.path("caller.key"),
+                ])
+                .arg(&status_url)
+                .output()
+                .expect("curl is installed");
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            if body.contains("\"connected\":false") {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    );
+    eprintln!(
+        "gateway re-verified after the CA Secret changed in {:?}",
+        rotated.elapsed()
+    );
     await_condition(
         c,
         &ns,
@@ -645,4 +686,332 @@ fn deletion_waits_for_environments_and_references_are_checked() {
             Some(dp) => Err(dp["status"].to_string()),
         }
     });
+}
+
+fn with_gateway_controller(
+    c: &Clusters,
+    pki: &Pki,
+    ns: &str,
+    name: &str,
+    extra: &[&str],
+) -> (Process, Ports) {
+    let ports = Ports::new();
+    let mut args = controller_flags(pki, &ports, ns);
+    args.push("--with-gateway".into());
+    args.extend(gateway_flags(pki, &ports, &c.kubeconfig_for(&c.control)));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (Process::start(name, &pki.dir, &args), ports)
+}
+
+/// Direct access mode: the controller builds a client from `kubernetesCluster` (server,
+/// CA and bearer token from Secrets), reports `Connected` when `/version` answers, probes
+/// the Gateway API group, and rebuilds the client when the token Secret changes.
+#[test]
+fn direct_mode_reports_connected() {
+    let c = clusters();
+    let ns = c.namespace("direct");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let remote: serde_json::Value = serde_json::from_str(&c.ok(
+        &c.remote,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let server = remote["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ca_b64 = remote["clusters"][0]["cluster"]["certificate-authority-data"]
+        .as_str()
+        .expect("the remote context has a CA (certificate-authority-data)");
+    let token = remote["users"][0]["user"]["token"]
+        .as_str()
+        .expect("direct mode is tested with a bearer token; the remote context must use one")
+        .to_string();
+    use base64::Engine as _;
+    let ca = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(ca_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    c.apply(&c.control, &secret(&ns, "remote-ca", "ca.crt", &ca));
+    c.apply(&c.control, &secret(&ns, "remote-token", "token", &token));
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: direct, namespace: {ns}}}\nspec:\n  \
+             kubernetesCluster:\n    server: {server}\n    tls:\n      ca: {{secretRef: {{name: remote-ca, key: ca.crt}}}}\n    \
+             auth:\n      bearerToken: {{secretRef: {{name: remote-token, key: token}}}}\n  gateway:\n    \
+             publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n"
+        ),
+    );
+    let (_controller, _) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
+    let message = await_condition(
+        c,
+        &ns,
+        "dataplane/direct",
+        "Connected",
+        "True",
+        "APIServerReachable",
+    );
+    assert!(message.contains(&server), "{message}");
+
+    let served = c.ok(&c.remote, &["api-versions"]);
+    if !served.contains("gateway.networking.k8s.io/") {
+        let message = await_condition(
+            c,
+            &ns,
+            "dataplane/direct",
+            "GatewayProvisioned",
+            "False",
+            "GatewayAPIMissing",
+        );
+        assert!(
+            message.contains("install the Gateway API CRDs"),
+            "{message}"
+        );
+        c.apply(
+            &c.remote,
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gateways.gateway.networking.k8s.io\n  \
+             annotations: {api-approved.kubernetes.io: 'https://github.com/kubernetes-sigs/gateway-api/pull/2466'}\n\
+             spec:\n  group: gateway.networking.k8s.io\n  scope: Namespaced\n  names: {plural: gateways, singular: gateway, kind: Gateway}\n  \
+             versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        \
+             x-kubernetes-preserve-unknown-fields: true\n",
+        );
+    }
+    await_condition(
+        c,
+        &ns,
+        "dataplane/direct",
+        "GatewayProvisioned",
+        "True",
+        "GatewayAPIAvailable",
+    );
+    await_condition(c, &ns, "dataplane/direct", "Ready", "True", "Ready");
+
+    // A wrong token in the Secret: the cached client is replaced and the status flips.
+    c.apply(
+        &c.control,
+        &secret(&ns, "remote-token", "token", "not-a-valid-token"),
+    );
+    let message = await_condition(
+        c,
+        &ns,
+        "dataplane/direct",
+        "Connected",
+        "False",
+        "APIServerUnreachable",
+    );
+    assert!(
+        message.contains("401") || message.contains("Unauthorized"),
+        "{message}"
+    );
+}
+
+/// Two controller replicas with --leader-elect: one holds the Lease and reconciles; when
+/// it stops, it releases the Lease and the other takes over.
+#[test]
+fn leader_election_hands_over() {
+    let c = clusters();
+    let ns = c.namespace("leader");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (mut first, _) = with_gateway_controller(c, &pki, &ns, "first", &["--leader-elect"]);
+    let holder = eventually("a Lease holder", WAIT, || {
+        let lease = c
+            .get(&c.control, &ns, "lease/planelink-controller")
+            .ok_or("no Lease yet")?;
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| lease.to_string())
+    });
+    let (second, _) = with_gateway_controller(c, &pki, &ns, "second", &["--leader-elect"]);
+    eventually("the second replica to stand by", WAIT, || {
+        if second.log_text().contains("another replica leads") {
+            Ok(())
+        } else {
+            Err(second.log_text())
+        }
+    });
+    let ca = pki.agent("a");
+    c.apply(
+        &c.control,
+        &dataplane(&ns, "dp", &format!("value: |\n{}", indent(&ca, 2))),
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Ready",
+        "False",
+        "AgentNotConnected",
+    );
+
+    assert_eq!(first.stop(), Some(0), "the leader exits cleanly on SIGTERM");
+    assert!(
+        first.log_text().contains("leadership released"),
+        "{}",
+        first.log_text()
+    );
+    let next = eventually("the standby to take the Lease", WAIT, || {
+        let lease = c
+            .get(&c.control, &ns, "lease/planelink-controller")
+            .ok_or("Lease gone")?;
+        match lease["spec"]["holderIdentity"].as_str() {
+            Some(h) if h != holder => Ok(h.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(
+        second.log_text().contains("became the leader"),
+        "{}",
+        second.log_text()
+    );
+    assert_ne!(next, holder);
+    // The new leader reconciles: a new plane gets its status.
+    c.apply(
+        &c.control,
+        &dataplane(&ns, "dp2", &format!("value: |\n{}", indent(&ca, 2))),
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp2",
+        "Ready",
+        "False",
+        "AgentNotConnected",
+    );
+}
+
+/// A kubeconfig for the control plane that authenticates as a service account, with a
+/// token from the TokenRequest API (`kubectl create token`).
+fn service_account_kubeconfig(c: &Clusters, dir: &Path, namespace: &str, account: &str) -> PathBuf {
+    let token = c.ok(
+        &c.control,
+        &["create", "token", account, "-n", namespace, "--duration=1h"],
+    );
+    let base: serde_json::Value = serde_json::from_str(&c.ok(
+        &c.control,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let cluster = &base["clusters"][0]["cluster"];
+    let path = dir.join(format!("{account}.kubeconfig"));
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "cp", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "cp", "context": {"cluster": "cp", "user": account}}],
+        "current-context": "cp",
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// packaging/rbac holds everything the roles need: a gateway and a controller running
+/// with those service accounts' tokens (and nothing more) accept an agent, elect a leader,
+/// and report the plane's status.
+#[test]
+fn rbac_manifests_grant_what_the_roles_need() {
+    let c = clusters();
+    let ns = c.namespace("rbac");
+    let _ = c.kubectl(
+        &c.control,
+        &["create", "namespace", "openchoreo-control-plane"],
+    );
+    for file in ["controller.yaml", "gateway.yaml"] {
+        let path = root().join("packaging/rbac").join(file);
+        c.ok(&c.control, &["apply", "-f", path.to_str().unwrap()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let gateway_kubeconfig =
+        service_account_kubeconfig(c, dir.path(), "openchoreo-control-plane", "cluster-gateway");
+    let controller_kubeconfig = service_account_kubeconfig(
+        c,
+        dir.path(),
+        "openchoreo-control-plane",
+        "planelink-controller",
+    );
+    // The gateway may read but not write plane resources.
+    let denied = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&gateway_kubeconfig)
+        .args([
+            "auth",
+            "can-i",
+            "patch",
+            "dataplanes.openchoreo.dev",
+            "-n",
+            &ns,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&denied.stdout).trim(), "no");
+
+    let ports = Ports::new();
+    let mut gateway_args = vec!["gateway".to_string()];
+    gateway_args.extend(gateway_flags(&pki, &ports, &gateway_kubeconfig));
+    let _gateway = Process::start("gateway", dir.path(), &gateway_args);
+    let mut args = controller_flags(&pki, &ports, &ns);
+    args.retain(|a| !a.starts_with("--leader-election-namespace"));
+    args.extend([
+        format!("--gateway-url=https://127.0.0.1:{}", ports.internal),
+        format!("--kubeconfig={}", controller_kubeconfig.display()),
+        "--leader-elect".into(),
+        "--leader-election-namespace=openchoreo-control-plane".into(),
+        format!("--leader-election-id=planelink-{ns}"),
+    ]);
+    let _controller = Process::start("controller", dir.path(), &args);
+    let ca = pki.agent("agent");
+    c.apply(&c.control, &secret(&ns, "agent-ca", "ca.crt", &ca));
+    c.apply(
+        &c.control,
+        &dataplane(&ns, "dp", "secretKeyRef: {name: agent-ca, key: ca.crt}\n"),
+    );
+    let _agent = start_agent(
+        &pki,
+        &ports,
+        "agent",
+        &format!("dp-{ns}"),
+        &c.kubeconfig_for(&c.remote),
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
+    );
+    eventually(
+        "a Connected event recorded by the controller's account",
+        WAIT,
+        || {
+            let events = c.ok(&c.control, &["get", "events", "-n", &ns, "-o", "json"]);
+            if events.contains("AgentConnected") {
+                Ok(())
+            } else {
+                Err("none yet".into())
+            }
+        },
+    );
 }
