@@ -25,6 +25,7 @@ command -v etcd >/dev/null || need+=(etcd-server)
 [ -d /usr/share/gocode/src/github.com/json-iterator/go ] || need+=(golang-github-json-iterator-go-dev)
 command -v make >/dev/null || need+=(make)
 command -v patch >/dev/null || need+=(patch)
+command -v xz >/dev/null || need+=(xz-utils)
 command -v rsync >/dev/null || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
