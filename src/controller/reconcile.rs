@@ -172,9 +172,7 @@ async fn reconcile_plane<K: PlaneResource>(plane: &K, ctx: &Context) -> Result<A
         return Ok(Action::await_change());
     }
     let status = observe(plane, ctx).await;
-    tracing::debug!(%name, "observed");
     write_status(plane, ctx, &api, status).await?;
-    tracing::debug!(%name, "status written");
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -450,9 +448,7 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
             name: name.clone(),
         };
         let ca = validate_client_ca(plane, ctx).await;
-        tracing::debug!(%name, ok = ca.is_ok(), "client CA checked");
         notify_if_changed(plane, ctx, fingerprint(generation, &ca)).await;
-        tracing::debug!(%name, "notified");
         if let Err(problem) = ca {
             blockers.push(problem);
         }

@@ -278,11 +278,7 @@ fn agent_mode_end_to_end() {
             "secretKeyRef:\n  name: agent-ca\n  key: ca.crt\n",
         ),
     );
-    let ports = Ports::new();
-    let mut args = controller_flags(&pki, &ports, &ns);
-    args.push("--with-gateway".into());
-    args.extend(gateway_flags(&pki, &ports, &c.kubeconfig_for(&c.control)));
-    let _controller = Process::start("controller", dir.path(), &args);
+    let (_controller, ports) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
     let plane_id = format!("dp-{ns}");
     let _agent = start_agent(
         &pki,
@@ -619,11 +615,7 @@ fn deletion_waits_for_environments_and_references_are_checked() {
     let ns = c.namespace("delete");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let ports = Ports::new();
-    let mut args = controller_flags(&pki, &ports, &ns);
-    args.push("--with-gateway".into());
-    args.extend(gateway_flags(&pki, &ports, &c.kubeconfig_for(&c.control)));
-    let _controller = Process::start("controller", dir.path(), &args);
+    let (_controller, _ports) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
     let ca = pki.agent("a");
     let mut yaml = dataplane(&ns, "dp", &format!("value: |\n{}", indent(&ca, 2)));
     yaml.push_str("  observabilityPlaneRef:\n    kind: ObservabilityPlane\n    name: observer\n");
