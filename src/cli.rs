@@ -508,6 +508,113 @@ pub enum RegisterCommand {
     Inspect(InspectArgs),
     /// Perform a real TLS handshake with a gateway and diagnose every failure.
     Check(CheckArgs),
+    /// Register a data plane: the whole trust exchange between the two clusters.
+    #[command(name = "dataplane")]
+    DataPlane(ExchangeArgs),
+    /// Register a build plane: the whole trust exchange between the two clusters.
+    #[command(name = "buildplane", alias = "workflowplane")]
+    BuildPlane(ExchangeArgs),
+    /// Register an observability plane: the whole trust exchange between the two clusters.
+    #[command(name = "observabilityplane")]
+    ObservabilityPlane(ExchangeArgs),
+}
+
+/// The trust exchange of the reference guide (Steps 1-4), as one command.
+#[derive(Debug, Clone, Args)]
+pub struct ExchangeArgs {
+    /// Name of the plane resource in the control plane.
+    pub name: String,
+
+    /// Kube context of the control plane (the gateway's cluster).
+    #[arg(
+        long,
+        required_unless_present = "planes_dir",
+        conflicts_with = "planes_dir"
+    )]
+    pub control_plane_context: Option<String>,
+
+    /// Kube context of the remote plane (where the agent runs).
+    #[arg(long)]
+    pub remote_context: String,
+
+    /// Kubeconfig files (a list separated by `:`); the default kubeconfig when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the plane resource in the control plane (the organization's).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+
+    /// The plane ID the agent sends; the name when unset.
+    #[arg(long)]
+    pub plane_id: Option<String>,
+
+    /// The gateway URL agents dial (wss://HOST/ws); checked against the gateway certificate.
+    #[arg(long)]
+    pub server_url: Option<String>,
+
+    /// Namespace of the plane's agent in the remote cluster (default: openchoreo-data-plane,
+    /// -build-plane or -observability-plane).
+    #[arg(long)]
+    pub remote_namespace: Option<String>,
+
+    /// Namespace of the control plane's gateway (Secret cluster-gateway-ca).
+    #[arg(long, default_value = "openchoreo-control-plane")]
+    pub control_plane_namespace: String,
+
+    /// Store the agent's CA in a Secret of the control plane and reference it (recommended
+    /// for production) instead of inline in the plane resource.
+    #[arg(long, conflicts_with = "ca_inline")]
+    pub ca_from_secret: bool,
+
+    /// Put the agent's CA inline in clientCA.value (the default).
+    #[arg(long)]
+    pub ca_inline: bool,
+
+    /// DataPlane: public virtual host for external traffic.
+    #[arg(long, help_heading = "DataPlane")]
+    pub public_virtual_host: Option<String>,
+
+    /// DataPlane: organization virtual host for internal traffic.
+    #[arg(long, help_heading = "DataPlane")]
+    pub organization_virtual_host: Option<String>,
+
+    /// DataPlane: port the data plane's gateway is reachable on for HTTP.
+    #[arg(long, default_value_t = 19080, help_heading = "DataPlane")]
+    pub public_http_port: u16,
+
+    /// DataPlane: port the data plane's gateway is reachable on for HTTPS.
+    #[arg(long, default_value_t = 19443, help_heading = "DataPlane")]
+    pub public_https_port: u16,
+
+    /// DataPlane and BuildPlane: name of the ClusterSecretStore in the remote plane.
+    #[arg(long)]
+    pub secret_store: Option<String>,
+
+    /// ObservabilityPlane: the Observer URL, reachable from the control plane.
+    #[arg(long, help_heading = "ObservabilityPlane")]
+    pub observer_url: Option<String>,
+
+    /// DataPlane and BuildPlane: the ObservabilityPlane to send telemetry to.
+    #[arg(long)]
+    pub observability_plane: Option<String>,
+
+    /// How long to wait for the agent's Secret, and (when given) for the agent to connect.
+    #[arg(long, value_parser = duration)]
+    pub wait: Option<Duration>,
+
+    /// Print every object that would be written, as YAML, and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Bare hosts: write the plane manifest (and Secret) into this gateway planes directory
+    /// instead of a control-plane cluster.
+    #[arg(long, requires = "gateway_ca")]
+    pub planes_dir: Option<PathBuf>,
+
+    /// With --planes-dir: the gateway's CA file (ca.crt written by `register certs gateway`).
+    #[arg(long)]
+    pub gateway_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

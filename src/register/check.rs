@@ -82,7 +82,7 @@ fn failed(name: &str, message: impl AsRef<str>) -> Outcome {
     Outcome::Failed
 }
 
-async fn check(args: &CheckArgs) -> Outcome {
+pub(super) async fn check(args: &CheckArgs) -> Outcome {
     let target = match target(args) {
         Ok(t) => t,
         Err(e) => {

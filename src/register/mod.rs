@@ -2,6 +2,7 @@
 
 mod certs;
 mod check;
+mod exchange;
 mod inspect;
 
 use crate::cli::{CertsCommand, RegisterArgs, RegisterCommand};
@@ -33,5 +34,10 @@ pub fn run(args: RegisterArgs) -> Outcome {
         RegisterCommand::Certs(CertsCommand::Agent(a)) => certs::agent(&a),
         RegisterCommand::Inspect(a) => inspect::run(&a),
         RegisterCommand::Check(a) => check::run(&a),
+        RegisterCommand::DataPlane(a) => exchange::run(crate::planes::PlaneType::DataPlane, &a),
+        RegisterCommand::BuildPlane(a) => exchange::run(crate::planes::PlaneType::BuildPlane, &a),
+        RegisterCommand::ObservabilityPlane(a) => {
+            exchange::run(crate::planes::PlaneType::ObservabilityPlane, &a)
+        }
     }
 }

@@ -219,6 +219,19 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// PEM text of one DER object (`label` e.g. CERTIFICATE), 64 characters a line.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,3 +328,4 @@ mod tests {
         assert_eq!(shown, "PrivateKey(PKCS#8, <redacted>)");
     }
 }
+

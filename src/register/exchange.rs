@@ -1,0 +1,582 @@
+//! `register dataplane|buildplane|observabilityplane NAME`: the reference guide's trust
+//! exchange (Steps 1-4) as one command that reads the right objects, checks each
+//! certificate before it is used, and writes idempotently with server-side apply.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use rustls_pki_types::CertificateDer;
+use serde_json::{Value, json};
+
+use super::Outcome;
+use crate::cli::{CheckArgs, ExchangeArgs};
+use crate::planes::PlaneType;
+use crate::planes::kubernetes::{kube_client, secret_object};
+use crate::trust::{self, CertInfo, Usage};
+
+const FIELD_MANAGER: &str = "planelink-register";
+const GATEWAY_CA: &str = "cluster-gateway-ca";
+const AGENT_TLS: &str = "cluster-agent-tls";
+const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+
+/// A failed step: which one, and what to do, in the words of the reference guide.
+struct Failure {
+    step: &'static str,
+    message: String,
+}
+
+fn fail<T>(step: &'static str, message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure {
+        step,
+        message: message.into(),
+    })
+}
+
+pub fn run(plane_type: PlaneType, args: &ExchangeArgs) -> Outcome {
+    if let Err(message) = validate(plane_type, args) {
+        eprintln!("planelink register: {message}");
+        return Outcome::Usage;
+    }
+    let _ = rustls::crypto::CryptoProvider::install_default(std::sync::Arc::unwrap_or_clone(
+        trust::crypto_provider(),
+    ));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Outcome::Failed;
+        }
+    };
+    match runtime.block_on(exchange(plane_type, args)) {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            eprintln!("error: {}: {}", failure.step, failure.message);
+            Outcome::Failed
+        }
+    }
+}
+
+fn remote_namespace(plane_type: PlaneType, args: &ExchangeArgs) -> String {
+    args.remote_namespace.clone().unwrap_or_else(|| {
+        match plane_type {
+            PlaneType::DataPlane => "openchoreo-data-plane",
+            PlaneType::BuildPlane => "openchoreo-build-plane",
+            PlaneType::ObservabilityPlane => "openchoreo-observability-plane",
+        }
+        .to_string()
+    })
+}
+
+fn validate(plane_type: PlaneType, args: &ExchangeArgs) -> Result<(), String> {
+    if plane_type == PlaneType::DataPlane
+        && (args.public_virtual_host.is_none() || args.organization_virtual_host.is_none())
+    {
+        return Err(
+            "a DataPlane needs --public-virtual-host and --organization-virtual-host (its gateway settings)"
+                .into(),
+        );
+    }
+    if plane_type != PlaneType::DataPlane
+        && (args.public_virtual_host.is_some() || args.organization_virtual_host.is_some())
+    {
+        return Err(
+            "--public-virtual-host and --organization-virtual-host are DataPlane settings".into(),
+        );
+    }
+    if plane_type == PlaneType::ObservabilityPlane && args.observability_plane.is_some() {
+        return Err(
+            "--observability-plane links a DataPlane or BuildPlane to an ObservabilityPlane".into(),
+        );
+    }
+    if let Some(url) = &args.observer_url {
+        if plane_type != PlaneType::ObservabilityPlane {
+            return Err("--observer-url is an ObservabilityPlane setting".into());
+        }
+        let separate = args.control_plane_context.as_deref() != Some(args.remote_context.as_str());
+        let host = url::Url::parse(url)
+            .map_err(|e| format!("--observer-url {url:?} is not a URL ({e})"))?
+            .host_str()
+            .unwrap_or_default()
+            .to_string();
+        if separate && (host.ends_with(".svc.cluster.local") || host.ends_with(".svc")) {
+            return Err(format!(
+                "--observer-url {url} is an in-cluster address, which the control plane cannot reach \
+                 from another cluster; use the observability plane's external gateway URL or a routable \
+                 DNS name"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn pem_of(certs: &[CertificateDer<'_>]) -> String {
+    certs
+        .iter()
+        .map(|c| trust::pem::to_pem("CERTIFICATE", c.as_ref()))
+        .collect()
+}
+
+/// Step 1: the gateway CA from Secret cluster-gateway-ca (never the ConfigMap).
+async fn gateway_ca(
+    control: Option<&Client>,
+    args: &ExchangeArgs,
+) -> Result<Vec<CertificateDer<'static>>, Failure> {
+    const STEP: &str = "step 1 (control plane CA)";
+    let (bytes, origin) = match (control, &args.gateway_ca) {
+        (_, Some(file)) => (
+            std::fs::read(file)
+                .or_else(|e| fail(STEP, format!("cannot read {}: {e}", file.display())))?,
+            file.display().to_string(),
+        ),
+        (Some(client), None) => {
+            let ns = &args.control_plane_namespace;
+            let origin = format!("Secret {ns}/{GATEWAY_CA}");
+            let secret = Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(GATEWAY_CA)
+                .await
+                .or_else(|e| fail(STEP, format!("cannot read {origin}: {e}")))?;
+            let Some(secret) = secret else {
+                return fail(
+                    STEP,
+                    format!(
+                        "{origin} does not exist in the control plane; is the control plane installed in \
+                         namespace {ns}? (give --control-plane-namespace)"
+                    ),
+                );
+            };
+            let data = secret_object(&secret).data;
+            let Some(ca) = data.get("ca.crt").cloned() else {
+                return fail(STEP, format!("{origin} has no ca.crt"));
+            };
+            if let Ok(Some(map)) = Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(GATEWAY_CA)
+                .await
+            {
+                let same = map
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("ca.crt"))
+                    .map(|v| v.trim())
+                    == std::str::from_utf8(&ca).ok().map(str::trim);
+                if !same {
+                    eprintln!(
+                        "warning: ConfigMap {ns}/{GATEWAY_CA} differs from the Secret (its extractor Job may \
+                         have copied a placeholder); planelink uses the Secret"
+                    );
+                }
+            }
+            (ca, origin)
+        }
+        (None, None) => return fail(STEP, "give --gateway-ca with --planes-dir"),
+    };
+    let certs =
+        trust::parse_certificates(&bytes).or_else(|e| fail(STEP, format!("{origin}: {e}")))?;
+    for cert in &certs {
+        let info = CertInfo::from_der(cert).or_else(|e| fail(STEP, format!("{origin}: {e}")))?;
+        if !info.can_issue() {
+            return fail(
+                STEP,
+                format!(
+                    "{origin} holds a leaf certificate ({}), not the CA that signs the gateway's serving \
+                     certificate; take ca.crt of Secret {GATEWAY_CA}",
+                    info.subject
+                ),
+            );
+        }
+    }
+    Ok(certs)
+}
+
+/// Step 1 also: the gateway's serving certificate must cover --server-url's host.
+async fn check_server_url(url: &str, ca: &[CertificateDer<'_>], dir: &Path) -> Result<(), Failure> {
+    let ca_file = dir.join("server-ca.crt");
+    std::fs::write(&ca_file, pem_of(ca)).or_else(|e| {
+        fail(
+            "step 1 (control plane CA)",
+            format!("cannot write a temporary file: {e}"),
+        )
+    })?;
+    let args = CheckArgs {
+        server_url: url.to_string(),
+        server_ca: ca_file,
+        client_cert: None,
+        client_key: None,
+        plane_type: PlaneType::DataPlane,
+        plane_id: None,
+        timeout: Duration::from_secs(10),
+    };
+    eprintln!("checking {url} against the control plane CA:");
+    match super::check::check(&args).await {
+        Outcome::Ok => Ok(()),
+        _ => fail(
+            "step 1 (gateway certificate)",
+            format!(
+                "agents dialling {url} would fail TLS (diagnosis above); fix the gateway certificate's \
+                 SANs (Step 0) or the URL"
+            ),
+        ),
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply_object(client: &Client, object: &Value, step: &'static str) -> Result<(), Failure> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = object["metadata"]["namespace"].as_str();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let resource = ApiResource::from_gvk(&gvk);
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(name, &apply_params(), &Patch::Apply(object))
+        .await
+        .map(|_| ())
+        .or_else(|e| {
+            fail(
+                step,
+                format!(
+                    "cannot apply {kind} {}{name}: {e}",
+                    namespace.map(|n| format!("{n}/")).unwrap_or_default()
+                ),
+            )
+        })
+}
+
+/// Step 3: the agent's CA from Secret cluster-agent-tls, checked.
+async fn agent_ca(
+    remote: &Client,
+    namespace: &str,
+    args: &ExchangeArgs,
+    gateway_ca: &[CertificateDer<'_>],
+) -> Result<Vec<CertificateDer<'static>>, Failure> {
+    const STEP: &str = "step 3 (agent CA)";
+    let origin = format!(
+        "Secret {namespace}/{AGENT_TLS} in context {}",
+        args.remote_context
+    );
+    let api = Api::<Secret>::namespaced(remote.clone(), namespace);
+    let wait = args.wait.unwrap_or(DEFAULT_WAIT);
+    let started = Instant::now();
+    let secret = loop {
+        match api.get_opt(AGENT_TLS).await {
+            Ok(Some(secret)) => break secret,
+            Ok(None) if started.elapsed() < wait => {
+                eprint!(
+                    "\rwaiting for {origin} ({}s of {}s)",
+                    started.elapsed().as_secs(),
+                    wait.as_secs()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(None) => {
+                eprintln!();
+                return fail(
+                    STEP,
+                    format!(
+                        "{origin} did not appear within {}s. Is the remote plane installed with \
+                         clusterAgent.tls.generateCerts=true? Check `kubectl --context {} describe certificate \
+                         -n {namespace}` and the cert-manager logs (Troubleshooting: Certificate Not Ready)",
+                        wait.as_secs(),
+                        args.remote_context
+                    ),
+                );
+            }
+            Err(e) => return fail(STEP, format!("cannot read {origin}: {e}")),
+        }
+    };
+    if started.elapsed() >= Duration::from_secs(1) {
+        eprintln!();
+    }
+    let data = secret_object(&secret).data;
+    let Some(ca_bytes) = data.get("ca.crt") else {
+        return fail(
+            STEP,
+            format!(
+                "{origin} has no ca.crt: the agent's certificate must come from its own self-signed CA \
+                 (clusterAgent.tls.caSecretName=\"\")"
+            ),
+        );
+    };
+    let ca = trust::parse_certificates(ca_bytes)
+        .or_else(|e| fail(STEP, format!("{origin} ca.crt: {e}")))?;
+    for cert in &ca {
+        let info =
+            CertInfo::from_der(cert).or_else(|e| fail(STEP, format!("{origin} ca.crt: {e}")))?;
+        if !info.can_issue() {
+            return fail(
+                STEP,
+                format!(
+                    "ca.crt of {origin} holds a leaf certificate ({}), not a CA; the gateway could not build \
+                     a trust chain (websocket: bad handshake)",
+                    info.subject
+                ),
+            );
+        }
+    }
+    if ca.iter().any(|c| gateway_ca.iter().any(|g| g == c)) {
+        return fail(
+            STEP,
+            format!(
+                "ca.crt of {origin} is the control plane's gateway CA, not the agent's own client CA; install \
+                 the remote plane with clusterAgent.tls.generateCerts=true and caSecretName=\"\""
+            ),
+        );
+    }
+    if let Some(leaf) = data.get("tls.crt") {
+        let chain = trust::parse_certificates(leaf)
+            .or_else(|e| fail(STEP, format!("{origin} tls.crt: {e}")))?;
+        trust::verify_chain(&chain, &ca, Usage::ClientAuth, SystemTime::now()).or_else(|e| {
+            fail(
+                STEP,
+                format!("tls.crt of {origin} does not verify against its ca.crt as a client certificate: {e}"),
+            )
+        })?;
+    }
+    Ok(ca)
+}
+
+fn plane_object(
+    plane_type: PlaneType,
+    args: &ExchangeArgs,
+    agent_ca: &str,
+) -> (Value, Option<Value>) {
+    let secret_name = format!("{}-agent-ca", args.name);
+    let client_ca = if args.ca_from_secret {
+        json!({"secretKeyRef": {"name": secret_name, "namespace": args.namespace, "key": "ca.crt"}})
+    } else {
+        json!({"value": agent_ca})
+    };
+    let mut spec = json!({
+        "planeID": args.plane_id.clone().unwrap_or_else(|| args.name.clone()),
+        "clusterAgent": {"clientCA": client_ca},
+    });
+    if let Some(store) = &args.secret_store {
+        spec["secretStoreRef"] = json!({"name": store});
+    }
+    if let Some(observability) = &args.observability_plane {
+        spec["observabilityPlaneRef"] =
+            json!({"kind": "ObservabilityPlane", "name": observability});
+    }
+    match plane_type {
+        PlaneType::DataPlane => {
+            spec["gateway"] = json!({
+                "publicVirtualHost": args.public_virtual_host,
+                "organizationVirtualHost": args.organization_virtual_host,
+                "publicHTTPPort": args.public_http_port,
+                "publicHTTPSPort": args.public_https_port,
+            });
+        }
+        PlaneType::ObservabilityPlane => {
+            if let Some(url) = &args.observer_url {
+                spec["observerURL"] = json!(url);
+            }
+        }
+        PlaneType::BuildPlane => {}
+    }
+    let plane = json!({
+        "apiVersion": crate::planes::manifest::API_VERSION,
+        "kind": plane_type.kind(),
+        "metadata": {"name": args.name, "namespace": args.namespace},
+        "spec": spec,
+    });
+    let secret = args.ca_from_secret.then(|| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": secret_name, "namespace": args.namespace},
+            "type": "Opaque",
+            "stringData": {"ca.crt": agent_ca},
+        })
+    });
+    (plane, secret)
+}
+
+fn yaml(objects: &[Value]) -> String {
+    objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap_or_default()))
+        .collect()
+}
+
+async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome, Failure> {
+    let kubeconfig = args.kubeconfig.as_deref();
+    let remote = kube_client(kubeconfig, Some(&args.remote_context))
+        .await
+        .or_else(|e| {
+            fail(
+                "connecting",
+                format!("remote context {}: {e:#}", args.remote_context),
+            )
+        })?;
+    let control = match &args.control_plane_context {
+        Some(context) => Some(kube_client(kubeconfig, Some(context)).await.or_else(|e| {
+            fail(
+                "connecting",
+                format!("control-plane context {context}: {e:#}"),
+            )
+        })?),
+        None => None,
+    };
+    let gateway_ca = gateway_ca(control.as_ref(), args).await?;
+    eprintln!(
+        "step 1: control plane CA read ({} certificate(s))",
+        gateway_ca.len()
+    );
+    if let Some(url) = &args.server_url {
+        let dir = tempfile_dir().or_else(|e| fail("step 1 (gateway certificate)", e))?;
+        let result = check_server_url(url, &gateway_ca, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result?;
+    }
+
+    let remote_ns = remote_namespace(plane_type, args);
+    let namespace =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": remote_ns}});
+    let config_map = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": GATEWAY_CA, "namespace": remote_ns},
+        "data": {"ca.crt": pem_of(&gateway_ca)},
+    });
+    if !args.dry_run {
+        apply_object(&remote, &namespace, "step 2 (server CA for the agent)").await?;
+        apply_object(&remote, &config_map, "step 2 (server CA for the agent)").await?;
+        eprintln!(
+            "step 2: ConfigMap {remote_ns}/{GATEWAY_CA} in context {} holds the control plane CA",
+            args.remote_context
+        );
+    }
+
+    let agent_ca = agent_ca(&remote, &remote_ns, args, &gateway_ca).await?;
+    eprintln!("step 3: agent CA read from Secret {remote_ns}/{AGENT_TLS} and checked");
+    let (plane, secret) = plane_object(plane_type, args, &pem_of(&agent_ca));
+    let mut writes: Vec<Value> = Vec::new();
+    writes.extend(secret);
+    writes.push(plane);
+
+    if args.dry_run {
+        let mut all = vec![namespace, config_map];
+        all.extend(writes);
+        print!("{}", yaml(&all));
+        return Ok(Outcome::Ok);
+    }
+    match (&control, &args.planes_dir) {
+        (Some(client), _) => {
+            for object in &writes {
+                apply_object(client, object, "step 4 (register the plane)").await?;
+            }
+            eprintln!(
+                "step 4: {} {}/{} registered in context {}",
+                plane_type.kind(),
+                args.namespace,
+                args.name,
+                args.control_plane_context.as_deref().unwrap_or_default()
+            );
+        }
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir).or_else(|e| {
+                fail(
+                    "step 4 (register the plane)",
+                    format!("{}: {e}", dir.display()),
+                )
+            })?;
+            let file = dir.join(format!("{}-{}.yaml", plane_type.as_str(), args.name));
+            let tmp = dir.join(format!(".{}-{}.yaml.tmp", plane_type.as_str(), args.name));
+            std::fs::write(&tmp, yaml(&writes))
+                .and_then(|_| std::fs::rename(&tmp, &file))
+                .or_else(|e| {
+                    fail(
+                        "step 4 (register the plane)",
+                        format!("{}: {e}", file.display()),
+                    )
+                })?;
+            eprintln!(
+                "step 4: {} written; the gateway picks it up within a second",
+                file.display()
+            );
+        }
+        (None, None) => unreachable!("clap requires one of them"),
+    }
+
+    if let (Some(client), Some(wait)) = (&control, args.wait) {
+        return wait_connected(client, plane_type, args, wait).await;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("planelink-register-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Step 5: until the plane's status says its agent is connected.
+async fn wait_connected(
+    client: &Client,
+    plane_type: PlaneType,
+    args: &ExchangeArgs,
+    wait: Duration,
+) -> Result<Outcome, Failure> {
+    let gvk = GroupVersionKind::gvk(
+        crate::planes::manifest::API_GROUP,
+        "v1alpha1",
+        plane_type.kind(),
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &args.namespace,
+        &ApiResource::from_gvk(&gvk),
+    );
+    let started = Instant::now();
+    let mut last =
+        String::from("no status yet (is planelink's or OpenChoreo's controller running?)");
+    while started.elapsed() < wait {
+        if let Ok(object) = api.get(&args.name).await {
+            let status = object.data.get("status").cloned().unwrap_or(Value::Null);
+            if status["agentConnection"]["connected"] == json!(true) {
+                eprintln!();
+                println!(
+                    "connected to control plane: {} ({} agent(s))",
+                    args.name, status["agentConnection"]["connectedAgents"]
+                );
+                return Ok(Outcome::Ok);
+            }
+            if let Some(ready) = status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            {
+                last = format!(
+                    "{}: {}",
+                    ready["reason"].as_str().unwrap_or(""),
+                    ready["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        eprint!(
+            "\rwaiting for the agent to connect ({}s of {}s)",
+            started.elapsed().as_secs(),
+            wait.as_secs()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!();
+    fail(
+        "step 5 (agent connection)",
+        format!(
+            "no agent connected within {}s; the plane says {last}",
+            wait.as_secs()
+        ),
+    )
+}
