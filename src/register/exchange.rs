@@ -398,7 +398,9 @@ fn plane_object(
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": secret_name, "namespace": args.namespace},
             "type": "Opaque",
-            "stringData": {"ca.crt": agent_ca},
+            // `data`, not `stringData`: stringData is write-only, so applying it again would
+            // always count as a change.
+            "data": {"ca.crt": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, agent_ca)},
         })
     });
     (plane, secret)

@@ -328,4 +328,3 @@ mod tests {
         assert_eq!(shown, "PrivateKey(PKCS#8, <redacted>)");
     }
 }
-

@@ -5,6 +5,7 @@
 //! from.
 
 mod cluster;
+mod register;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
