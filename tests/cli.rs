@@ -293,3 +293,38 @@ fn controller_validates_remote_gateway_flags() {
     let out = planelink(&["controller"]);
     expect_stderr(&out, 64, "invalid --gateway-ca");
 }
+
+#[test]
+fn register_exchange_refuses_bad_combinations_before_connecting() {
+    let out = planelink(&[
+        "register",
+        "observabilityplane",
+        "obs",
+        "--control-plane-context=cp",
+        "--remote-context=obs",
+        "--observer-url=http://observer.openchoreo-observability-plane.svc.cluster.local:8080",
+    ]);
+    expect_stderr(&out, 64, "in-cluster address");
+    let out = planelink(&[
+        "register",
+        "dataplane",
+        "dp",
+        "--control-plane-context=cp",
+        "--remote-context=dp",
+    ]);
+    expect_stderr(
+        &out,
+        64,
+        "--public-virtual-host and --organization-virtual-host",
+    );
+    let out = planelink(&["register", "buildplane", "bp", "--remote-context=dp"]);
+    expect_stderr(&out, 64, "--control-plane-context");
+    let out = planelink(&[
+        "register",
+        "buildplane",
+        "bp",
+        "--remote-context=dp",
+        "--planes-dir=/tmp/x",
+    ]);
+    expect_stderr(&out, 64, "--gateway-ca");
+}
