@@ -19,17 +19,7 @@ use super::Outcome;
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 pub fn run(args: &CheckArgs) -> Outcome {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Outcome::Failed;
-        }
-    };
-    runtime.block_on(check(args))
+    super::block_on(check(args))
 }
 
 struct Target {

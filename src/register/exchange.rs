@@ -45,23 +45,15 @@ pub fn run(plane_type: PlaneType, args: &ExchangeArgs) -> Outcome {
     let _ = rustls::crypto::CryptoProvider::install_default(std::sync::Arc::unwrap_or_clone(
         trust::crypto_provider(),
     ));
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Outcome::Failed;
+    super::block_on(async {
+        match exchange(plane_type, args).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                eprintln!("error: {}: {}", failure.step, failure.message);
+                Outcome::Failed
+            }
         }
-    };
-    match runtime.block_on(exchange(plane_type, args)) {
-        Ok(outcome) => outcome,
-        Err(failure) => {
-            eprintln!("error: {}: {}", failure.step, failure.message);
-            Outcome::Failed
-        }
-    }
+    })
 }
 
 fn remote_namespace(plane_type: PlaneType, args: &ExchangeArgs) -> String {

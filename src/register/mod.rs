@@ -41,3 +41,17 @@ pub fn run(args: RegisterArgs) -> Outcome {
         }
     }
 }
+
+/// Runs an async register command on a small runtime of its own.
+fn block_on(command: impl std::future::Future<Output = Outcome>) -> Outcome {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            Outcome::Failed
+        }
+    }
+}
