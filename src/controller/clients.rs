@@ -86,10 +86,11 @@ impl PlaneClients {
         cache.insert(key.to_string(), (fingerprint, client));
     }
 
-    /// Drops the cached clients of a deleted CR.
+    /// Drops the cached clients (direct and through the gateway) of a deleted CR.
     pub fn forget(&self, cache_key: &str) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|k, _| !k.ends_with(cache_key));
+        cache.remove(&format!("direct/{cache_key}"));
+        cache.remove(&format!("gateway/{cache_key}"));
     }
 
     /// Reads a value inline or from a Secret of the control plane (the namespace defaults
@@ -209,16 +210,22 @@ impl PlaneClients {
         Ok(client)
     }
 
-    /// A client that reaches an agent-mode plane's Kubernetes API through the gateway.
-    pub fn through_gateway(&self, key: &PlaneKey, cr: &CrRef) -> Result<Client, Problem> {
+    /// A client that reaches an agent-mode plane's Kubernetes API through the gateway;
+    /// `cache_key` names the CR, and a changed planeID builds a new client.
+    pub fn through_gateway(
+        &self,
+        cache_key: &str,
+        key: &PlaneKey,
+        cr: &CrRef,
+    ) -> Result<Client, Problem> {
         let Some(gateway) = &self.gateway else {
             return Err(Problem::new(
                 "GatewayNotConfigured",
                 "no gateway URL to reach agent-mode planes through; give --gateway-url",
             ));
         };
-        let cache_key = format!("gateway/{}/{}/{}", key.plane_type, key.plane_id, cr);
-        if let Some(client) = self.cached(&cache_key, "") {
+        let cache_key = format!("gateway/{cache_key}");
+        if let Some(client) = self.cached(&cache_key, &key.plane_id) {
             return Ok(client);
         }
         let url = format!(
@@ -243,7 +250,7 @@ impl PlaneClients {
                 format!("cannot build a client for {url}: {e}"),
             )
         })?;
-        self.store(&cache_key, String::new(), client.clone());
+        self.store(&cache_key, key.plane_id.clone(), client.clone());
         Ok(client)
     }
 }

@@ -173,7 +173,6 @@ async fn run_controllers(
                     args.controller_health_port
                 )
             })?;
-    let leading = Arc::new(std::sync::atomic::AtomicBool::new(!args.leader_elect));
     let health = crate::health::Health {
         ready: Arc::new(|| Ok(())),
         metrics: Arc::new(registry),
@@ -196,7 +195,6 @@ async fn run_controllers(
         if !le.acquire(&shutdown).await {
             return Ok(());
         }
-        leading.store(true, std::sync::atomic::Ordering::Relaxed);
         let keeper = le.clone();
         let (stop, lost2) = (shutdown.clone(), lost.clone());
         election = Some(tokio::spawn(async move { keeper.keep(stop, lost2).await }));

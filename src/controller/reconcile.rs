@@ -196,23 +196,14 @@ async fn cleanup<K: PlaneResource>(
                 .map(|e| e.name_any())
                 .collect();
         if !environments.is_empty() {
+            let (count, verb, pronoun) = match environments.len() {
+                1 => ("1 Environment".to_string(), "references", "it"),
+                n => (format!("{n} Environments"), "reference", "them"),
+            };
             let message = format!(
-                "deletion waits for {} Environment{} that reference{} this DataPlane ({}); delete \
-                 {} or recreate {} on another DataPlane (dataPlaneRef is immutable)",
-                environments.len(),
-                if environments.len() == 1 { "" } else { "s" },
-                if environments.len() == 1 { "s" } else { "" },
+                "deletion waits for {count} that {verb} this DataPlane ({}); delete {pronoun} or \
+                 recreate {pronoun} on another DataPlane (dataPlaneRef is immutable)",
                 environments.join(", "),
-                if environments.len() == 1 {
-                    "it"
-                } else {
-                    "them"
-                },
-                if environments.len() == 1 {
-                    "it"
-                } else {
-                    "them"
-                },
             );
             let mut status = plane.plane_status().cloned().unwrap_or_default();
             let now = Time(Timestamp::now());
@@ -463,7 +454,7 @@ async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
                         "AgentConnected",
                         &agents_message(connection.connected_agents),
                     );
-                    match ctx.planes.through_gateway(&key, &cr) {
+                    match ctx.planes.through_gateway(&cache_key(plane), &key, &cr) {
                         Ok(client) => remote = Some(client),
                         Err(problem) => tracing::debug!("{}", problem.message),
                     }

@@ -3,18 +3,18 @@
 //! gateway and with OpenChoreo's, which serve the same API.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::stream::BoxStream;
-use futures_util::{FutureExt as _, StreamExt as _, future::BoxFuture};
+use futures_util::{FutureExt as _, future::BoxFuture};
 use http::{Method, Request, header};
 use http_body_util::BodyExt as _;
 use rustls_pki_types::PrivateKeyDer;
 
 use super::clients::GatewayAccess;
-use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
+use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification, broadcast_stream};
 use crate::planes::{CrRef, PlaneKey, PlaneType};
 use crate::tls::{HttpsClient, connector, http_client};
 use crate::tunnel::body;
@@ -27,6 +27,7 @@ const MAX_ANSWER: usize = 1 << 20;
 pub struct RemoteGateway {
     client: HttpsClient,
     base: String,
+    changes: OnceLock<tokio::sync::broadcast::Sender<PlaneKey>>,
 }
 
 impl RemoteGateway {
@@ -60,6 +61,7 @@ impl RemoteGateway {
         Ok(RemoteGateway {
             client: http_client(connector(tls)),
             base: access.url.trim_end_matches('/').to_string(),
+            changes: OnceLock::new(),
         })
     }
 
@@ -150,55 +152,62 @@ impl GatewayLink for RemoteGateway {
         .boxed()
     }
 
-    /// Polls the all-planes status and yields the planes whose connection changed.
+    /// The planes whose connection changed, from one poller shared by every caller (one
+    /// controller per kind would otherwise poll the gateway three times over).
     fn changes(&self) -> BoxStream<'static, PlaneKey> {
-        let client = self.client.clone();
-        let url = format!("{}/api/v1/planes/status", self.base);
-        let state: HashMap<PlaneKey, (bool, usize)> = HashMap::new();
-        futures_util::stream::unfold(
-            (client, url, state, Vec::<PlaneKey>::new()),
-            |(client, url, mut state, mut pending)| async move {
-                loop {
-                    if let Some(key) = pending.pop() {
-                        return Some((key, (client, url, state, pending)));
-                    }
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                    let Ok(value) =
-                        Self::call(client.clone(), Method::GET, url.clone(), None).await
-                    else {
-                        continue;
-                    };
-                    let planes: Vec<ConnectionStatus> = value
-                        .get("planes")
-                        .cloned()
-                        .and_then(|p| serde_json::from_value(p).ok())
-                        .unwrap_or_default();
-                    let mut now = HashMap::new();
-                    for p in planes {
-                        let Some(plane_type) = PlaneType::parse(&p.plane_type) else {
-                            continue;
-                        };
-                        let key = PlaneKey {
-                            plane_type,
-                            plane_id: p.plane_id,
-                        };
-                        now.insert(key, (p.connected, p.connected_agents));
-                    }
-                    for (key, value) in &now {
-                        if state.get(key) != Some(value) {
-                            pending.push(key.clone());
-                        }
-                    }
-                    for key in state.keys() {
-                        if !now.contains_key(key) {
-                            pending.push(key.clone());
-                        }
-                    }
-                    state = now;
-                }
-            },
-        )
-        .boxed()
+        let sender = self.changes.get_or_init(|| {
+            let (sender, _) = tokio::sync::broadcast::channel(256);
+            tokio::spawn(poll_changes(
+                self.client.clone(),
+                format!("{}/api/v1/planes/status", self.base),
+                sender.clone(),
+            ));
+            sender
+        });
+        broadcast_stream(sender.subscribe())
+    }
+}
+
+/// Polls the all-planes status every [`POLL_INTERVAL`] and sends each plane whose
+/// connection changed since the last answer.
+async fn poll_changes(
+    client: HttpsClient,
+    url: String,
+    changes: tokio::sync::broadcast::Sender<PlaneKey>,
+) {
+    let mut before: HashMap<PlaneKey, (bool, usize)> = HashMap::new();
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let Ok(value) = RemoteGateway::call(client.clone(), Method::GET, url.clone(), None).await
+        else {
+            continue;
+        };
+        let planes: Vec<ConnectionStatus> = value
+            .get("planes")
+            .cloned()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default();
+        let now: HashMap<PlaneKey, (bool, usize)> = planes
+            .into_iter()
+            .filter_map(|p| {
+                let plane_type = PlaneType::parse(&p.plane_type)?;
+                let key = PlaneKey {
+                    plane_type,
+                    plane_id: p.plane_id,
+                };
+                Some((key, (p.connected, p.connected_agents)))
+            })
+            .collect();
+        let changed = now
+            .iter()
+            .filter(|(key, value)| before.get(*key) != Some(*value))
+            .map(|(key, _)| key)
+            .chain(before.keys().filter(|key| !now.contains_key(*key)));
+        for key in changed {
+            // No receiver yet is fine: the controllers' resync covers it.
+            let _ = changes.send(key.clone());
+        }
+        before = now;
     }
 }
 

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
-use futures_util::{FutureExt as _, StreamExt as _, future::BoxFuture};
+use futures_util::{FutureExt as _, future::BoxFuture};
 
 use super::Core;
-use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
+use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification, broadcast_stream};
 use crate::planes::{CrRef, PlaneKey, PlaneType};
 
 pub(crate) struct LocalLink {
@@ -48,17 +48,6 @@ impl GatewayLink for LocalLink {
     }
 
     fn changes(&self) -> BoxStream<'static, PlaneKey> {
-        let rx = self.core.hub.subscribe_changes();
-        futures_util::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(key) => return Some((key, rx)),
-                    // A burst overflowed the buffer: the periodic resync covers it.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .boxed()
+        broadcast_stream(self.core.hub.subscribe_changes())
     }
 }

@@ -57,3 +57,21 @@ pub trait GatewayLink: Send + Sync + 'static {
     /// Planes whose agents connected or disconnected, as soon as the gateway knows.
     fn changes(&self) -> BoxStream<'static, PlaneKey>;
 }
+
+/// A broadcast of plane keys as a stream; a receiver that fell behind skips ahead (the
+/// controller's periodic resync covers what it missed).
+pub fn broadcast_stream(
+    rx: tokio::sync::broadcast::Receiver<PlaneKey>,
+) -> BoxStream<'static, PlaneKey> {
+    use futures_util::StreamExt as _;
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(key) => return Some((key, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}

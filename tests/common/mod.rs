@@ -149,3 +149,28 @@ pub fn expect_stderr(out: &Output, exit: i32, needle: &str) {
     assert_eq!(code(out), exit, "{err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
 }
+
+/// The gateway's CA and serving certificate (127.0.0.1, localhost) in `DIR/gateway`, and a
+/// caller client certificate signed by that CA at `DIR/caller.crt` and `DIR/caller.key`.
+pub fn gateway_files(dir: &Path) -> Issued {
+    let ca = issue::new_ca(&CaOptions::gateway()).expect("gateway CA");
+    let serving = server_leaf(&ca, &["localhost"], &["127.0.0.1"], Window::days(30));
+    let gateway = dir.join("gateway");
+    std::fs::create_dir_all(&gateway).unwrap();
+    issue::write_bundle(&gateway, &ca, true, &serving).unwrap();
+    let caller = issue::issue_leaf(&ca, &LeafOptions::client("caller")).unwrap();
+    write(&dir.join("caller.crt"), &caller.cert_pem);
+    write_key(&dir.join("caller.key"), &caller);
+    ca
+}
+
+/// An agent identity in `DIR/NAME`: its own CA and a client certificate (ca.crt, ca.key,
+/// tls.crt, tls.key). Returns the CA's PEM.
+pub fn agent_files(dir: &Path, name: &str) -> String {
+    let ca = issue::new_ca(&CaOptions::agent(name)).unwrap();
+    let leaf = issue::issue_leaf(&ca, &LeafOptions::client(name)).unwrap();
+    let identity = dir.join(name);
+    std::fs::create_dir_all(&identity).unwrap();
+    issue::write_bundle(&identity, &ca, true, &leaf).unwrap();
+    ca.cert_pem
+}

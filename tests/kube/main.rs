@@ -5,6 +5,8 @@
 //! from.
 
 mod cluster;
+#[path = "../common/mod.rs"]
+mod common;
 mod register;
 
 use std::path::{Path, PathBuf};
@@ -12,13 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use cluster::*;
-use planelink::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions, Window};
+use planelink::trust::issue::{self, CaOptions, Issued, LeafOptions, Window};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn write(path: &Path, text: &str) {
-    issue::write_file(path, text, FileKind::Public).unwrap();
-}
 
 /// The gateway's CA, serving certificate (127.0.0.1) and a caller client certificate.
 struct Pki {
@@ -28,25 +26,9 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path) -> Pki {
-        let gateway_ca = issue::new_ca(&CaOptions::gateway()).unwrap();
-        let serving = issue::issue_leaf(
-            &gateway_ca,
-            &LeafOptions::server(
-                "gw",
-                vec!["localhost".into()],
-                vec!["127.0.0.1".parse().unwrap()],
-            ),
-        )
-        .unwrap();
-        let gw = dir.join("gateway");
-        std::fs::create_dir_all(&gw).unwrap();
-        issue::write_bundle(&gw, &gateway_ca, true, &serving).unwrap();
-        let caller = issue::issue_leaf(&gateway_ca, &LeafOptions::client("controller")).unwrap();
-        write(&dir.join("caller.crt"), &caller.cert_pem);
-        issue::write_file(&dir.join("caller.key"), caller.key_pem(), FileKind::Secret).unwrap();
         Pki {
             dir: dir.to_path_buf(),
-            gateway_ca,
+            gateway_ca: common::gateway_files(dir),
         }
     }
 
@@ -56,12 +38,7 @@ impl Pki {
 
     /// An agent identity: its own CA and a client certificate; returns the CA's PEM.
     fn agent(&self, name: &str) -> String {
-        let ca = issue::new_ca(&CaOptions::agent(name)).unwrap();
-        let leaf = issue::issue_leaf(&ca, &LeafOptions::client(name)).unwrap();
-        let d = self.dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        issue::write_bundle(&d, &ca, true, &leaf).unwrap();
-        ca.cert_pem
+        common::agent_files(&self.dir, name)
     }
 }
 

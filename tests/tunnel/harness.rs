@@ -57,22 +57,7 @@ impl Pki {
 /// Gateway CA and serving cert (127.0.0.1, localhost), a caller client cert, and an
 /// upstream CA and serving cert.
 pub fn pki(dir: &Path) -> Pki {
-    let gateway_ca = issue::new_ca(&CaOptions::gateway()).unwrap();
-    let serving = issue::issue_leaf(
-        &gateway_ca,
-        &LeafOptions::server(
-            "gw",
-            vec!["localhost".into()],
-            vec!["127.0.0.1".parse().unwrap()],
-        ),
-    )
-    .unwrap();
-    let gw = dir.join("gateway");
-    std::fs::create_dir_all(&gw).unwrap();
-    issue::write_bundle(&gw, &gateway_ca, true, &serving).unwrap();
-    let caller = issue::issue_leaf(&gateway_ca, &LeafOptions::client("caller")).unwrap();
-    write(&dir.join("caller.crt"), &caller.cert_pem);
-    issue::write_file(&dir.join("caller.key"), caller.key_pem(), FileKind::Secret).unwrap();
+    let gateway_ca = crate::common::gateway_files(dir);
     let up_ca = issue::new_ca(&CaOptions::gateway()).unwrap();
     let up = issue::issue_leaf(
         &up_ca,
@@ -90,12 +75,8 @@ pub fn pki(dir: &Path) -> Pki {
 
 /// An agent identity: its own CA (registered in a plane CR) and client cert.
 pub fn agent_identity(dir: &Path, name: &str) -> (PathBuf, String) {
-    let ca = issue::new_ca(&CaOptions::agent(name)).unwrap();
-    let leaf = issue::issue_leaf(&ca, &LeafOptions::client(name)).unwrap();
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    issue::write_bundle(&d, &ca, true, &leaf).unwrap();
-    (d, ca.cert_pem)
+    let ca_pem = crate::common::agent_files(dir, name);
+    (dir.join(name), ca_pem)
 }
 
 pub fn dataplane(name: &str, plane_id: &str, ca_pem: &str) -> String {
