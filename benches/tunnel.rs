@@ -16,6 +16,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use planelink::planes::PlaneType;
+use planelink::planes::crd::{PlaneBuilder, ValueFrom};
+use planelink::planes::manifest::to_yaml;
 use planelink::trust::issue::{self, CaOptions, FileKind, LeafOptions};
 use planelink::tunnel::body::{self as tbody, Body};
 
@@ -55,10 +58,12 @@ async fn upstream(req: Request<Incoming>, chunk: Bytes) -> Response<Body> {
 }
 
 async fn start_upstream(dir: &Path) -> SocketAddr {
-    let cert =
-        planelink::tls::ReloadingCert::load(&dir.join("up/tls.crt"), &dir.join("up/tls.key"))
-            .unwrap();
-    let config = planelink::tls::server_config(cert, None, &[b"http/1.1"]).unwrap();
+    let cert = planelink::trust::tls::ReloadingCert::load(
+        &dir.join("up/tls.crt"),
+        &dir.join("up/tls.key"),
+    )
+    .unwrap();
+    let config = planelink::trust::tls::server_config(cert, None, &[b"http/1.1"]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -285,14 +290,10 @@ async fn bench(quick: bool) {
     let up = start_upstream(dir).await;
     std::fs::create_dir_all(dir.join("planes")).unwrap();
     let agent_ca = std::fs::read_to_string(dir.join("agent/ca.crt")).unwrap();
-    let indented: String = agent_ca.lines().map(|l| format!("        {l}\n")).collect();
-    write(
-        &dir.join("planes/bench.yaml"),
-        &format!(
-            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: bench, namespace: default}}\n\
-             spec:\n  clusterAgent:\n    clientCA:\n      value: |\n{indented}"
-        ),
-    );
+    let plane = PlaneBuilder::new(PlaneType::DataPlane, "default", "bench")
+        .client_ca(ValueFrom::inline(&agent_ca))
+        .build();
+    write(&dir.join("planes/bench.yaml"), &to_yaml(&[plane]));
     write(
         &dir.join("routes.yaml"),
         &format!(

@@ -22,7 +22,6 @@ pub mod manpages;
 pub mod planes;
 pub mod register;
 pub mod signals;
-pub mod tls;
 pub mod trust;
 pub mod tunnel;
 pub mod up;

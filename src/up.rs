@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AgentArgs, GatewayArgs, UpArgs};
-use crate::planes::{Registry, directory::DirectorySource};
+use crate::planes::crd::{DEFAULT_NAMESPACE, PlaneBuilder, ValueFrom};
+use crate::planes::manifest::to_yaml;
+use crate::planes::{PlaneType, Registry, directory::DirectorySource};
 use crate::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions};
 
 /// The state directory when `--state-dir` is not given.
@@ -51,17 +53,15 @@ fn ensure_bundle(
     Ok(())
 }
 
+/// The DataPlane registering the local agent's CA, as a planes-directory manifest.
 fn dataplane_manifest(name: &str, agent_ca_pem: &str) -> String {
-    let indented: String = agent_ca_pem
-        .lines()
-        .map(|l| format!("        {l}\n"))
-        .collect();
+    let plane = PlaneBuilder::new(PlaneType::DataPlane, DEFAULT_NAMESPACE, name)
+        .plane_id(name)
+        .client_ca(ValueFrom::inline(agent_ca_pem))
+        .build();
     format!(
-        "# Written by `planelink up`: the local agent's CA, registered for dataplane {name}.\n\
-         apiVersion: openchoreo.dev/v1alpha1\n\
-         kind: DataPlane\n\
-         metadata:\n  name: {name}\n  namespace: default\n\
-         spec:\n  planeID: {name}\n  clusterAgent:\n    clientCA:\n      value: |\n{indented}"
+        "# Written by `planelink up`: the local agent's CA, registered for dataplane {name}.\n{}",
+        to_yaml(&[plane])
     )
 }
 

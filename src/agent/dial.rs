@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
 
 use crate::cli::AgentArgs;
-use crate::trust::{self, tls::DiagnosingServerVerifier};
+use crate::trust::{self, danger::DiagnosingServerVerifier};
 use crate::tunnel::protocol::{HELLO_HEADER, SUBPROTOCOL};
 use crate::tunnel::{Hello, WsIo, ws};
 

@@ -22,7 +22,7 @@ use crate::tunnel::{Body, BoxError};
 /// The service account token path Kubernetes mounts into pods.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-use crate::tls::{connector, http_client};
+use crate::tunnel::client::{connector, http_client};
 type Service = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
 
 /// One upstream: a base URL and a client that adds the upstream's credentials.

@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
-use super::conditions::Problem;
 use crate::planes::crd::{KubernetesClusterSpec, ValueFrom};
-use crate::planes::{CrRef, PlaneKey};
+use crate::planes::registry::{resolve_value, secret_location};
+use crate::planes::{CrRef, PlaneKey, Problem, Reason, secret_data};
 
 /// How the controller reaches the gateway's internal listener.
 #[derive(Clone)]
@@ -43,7 +43,7 @@ fn config(
 ) -> Result<kube::Config, Problem> {
     let uri: http::Uri = url.parse().map_err(|e| {
         Problem::new(
-            "KubernetesClusterInvalid",
+            Reason::KubernetesClusterInvalid,
             format!("server {url:?} is not a URL ({e}); write https://HOST:6443"),
         )
     })?;
@@ -51,14 +51,18 @@ fn config(
     if let Some(pem) = ca_pem {
         let certs = crate::trust::parse_certificates(pem).map_err(|e| {
             Problem::new(
-                "KubernetesClusterInvalid",
+                Reason::KubernetesClusterInvalid,
                 format!("tls.ca: {e}; give the PEM of the API server's CA"),
             )
         })?;
         config.root_cert = Some(certs.iter().map(|c| c.to_vec()).collect());
     }
-    config.auth_info = serde_json::from_value(auth)
-        .map_err(|e| Problem::new("KubernetesClusterInvalid", format!("credentials: {e}")))?;
+    config.auth_info = serde_json::from_value(auth).map_err(|e| {
+        Problem::new(
+            Reason::KubernetesClusterInvalid,
+            format!("credentials: {e}"),
+        )
+    })?;
     config.connect_timeout = Some(std::time::Duration::from_secs(5));
     config.read_timeout = Some(std::time::Duration::from_secs(15));
     Ok(config)
@@ -101,47 +105,26 @@ impl PlaneClients {
         value: &ValueFrom,
         field: &str,
     ) -> Result<Vec<u8>, Problem> {
-        if let Some(v) = value.value.as_deref().filter(|v| !v.trim().is_empty()) {
-            return Ok(v.as_bytes().to_vec());
-        }
-        let Some(reference) = value.secret() else {
-            return Err(Problem::new(
-                "KubernetesClusterInvalid",
-                format!("{field} has neither value nor secretKeyRef; give one of them"),
-            ));
+        let data = match secret_location(namespace, value) {
+            Some(at) => Api::<Secret>::namespaced(self.control.clone(), &at.namespace)
+                .get_opt(&at.name)
+                .await
+                .map_err(|e| {
+                    Problem::new(
+                        Reason::SecretNotReadable,
+                        format!("cannot read Secret {}/{}: {e}", at.namespace, at.name),
+                    )
+                })?
+                .map(|s| secret_data(&s)),
+            None => None,
         };
-        let ns = reference.namespace.as_deref().unwrap_or(namespace);
-        let key = reference.key.as_deref().unwrap_or("ca.crt");
-        let secret = Api::<Secret>::namespaced(self.control.clone(), ns)
-            .get_opt(&reference.name)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    "SecretNotReadable",
-                    format!("cannot read Secret {ns}/{}: {e}", reference.name),
-                )
-            })?;
-        let Some(secret) = secret else {
-            return Err(Problem::new(
-                "SecretNotFound",
-                format!(
-                    "Secret {ns}/{} referenced by {field} does not exist; create it",
-                    reference.name
-                ),
-            ));
-        };
-        let data = crate::planes::kubernetes::secret_object(&secret).data;
-        data.get(key).cloned().ok_or_else(|| {
-            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-            Problem::new(
-                "SecretKeyNotFound",
-                format!(
-                    "Secret {ns}/{} has no key {key:?} (it has: {}); fix {field}",
-                    reference.name,
-                    keys.join(", ")
-                ),
-            )
-        })
+        resolve_value(
+            namespace,
+            value,
+            field,
+            Reason::KubernetesClusterInvalid,
+            |_, _| data.as_ref(),
+        )
     }
 
     /// A client for direct access; `cache_key` names the CR.
@@ -180,7 +163,7 @@ impl PlaneClients {
             }
             (None, None) => {
                 return Err(Problem::new(
-                    "KubernetesClusterInvalid",
+                    Reason::KubernetesClusterInvalid,
                     "spec.kubernetesCluster.auth needs mtls (clientCert, clientKey) or bearerToken",
                 ));
             }
@@ -202,7 +185,7 @@ impl PlaneClients {
         let config = config(&cluster.server, Some(&ca), auth_json)?;
         let client = Client::try_from(config).map_err(|e| {
             Problem::new(
-                "KubernetesClusterInvalid",
+                Reason::KubernetesClusterInvalid,
                 format!("cannot build a client for {}: {e}", cluster.server),
             )
         })?;
@@ -220,7 +203,7 @@ impl PlaneClients {
     ) -> Result<Client, Problem> {
         let Some(gateway) = &self.gateway else {
             return Err(Problem::new(
-                "GatewayNotConfigured",
+                Reason::GatewayNotConfigured,
                 "no gateway URL to reach agent-mode planes through; give --gateway-url",
             ));
         };
@@ -246,7 +229,7 @@ impl PlaneClients {
         let config = config(&url, gateway.ca_pem.as_deref(), auth)?;
         let client = Client::try_from(config).map_err(|e| {
             Problem::new(
-                "GatewayNotConfigured",
+                Reason::GatewayNotConfigured,
                 format!("cannot build a client for {url}: {e}"),
             )
         })?;

@@ -3,25 +3,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::planes::Reason;
+
 pub const READY: &str = "Ready";
 pub const CONNECTED: &str = "Connected";
 pub const GATEWAY_PROVISIONED: &str = "GatewayProvisioned";
-
-/// Why something is not as it should be: a condition reason and a message naming the fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Problem {
-        Problem {
-            reason,
-            message: message.into(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Truth {
@@ -45,7 +31,7 @@ pub fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
     truth: Truth,
-    reason: &str,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: &Time,
@@ -60,7 +46,7 @@ pub fn set(
     conditions.push(Condition {
         type_: type_.to_string(),
         status: status.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: message.to_string(),
         observed_generation: generation,
         last_transition_time: transition,
@@ -107,18 +93,26 @@ mod tests {
             &mut list,
             CONNECTED,
             Truth::False,
-            "AgentNotConnected",
+            Reason::AgentNotConnected,
             "m",
             Some(1),
             &t1,
         );
-        set(&mut list, READY, Truth::False, "X", "m", Some(1), &t1);
+        set(
+            &mut list,
+            READY,
+            Truth::False,
+            Reason::ClientCAMissing,
+            "m",
+            Some(1),
+            &t1,
+        );
         let before = list.clone();
         set(
             &mut list,
             CONNECTED,
             Truth::False,
-            "AgentNotConnected",
+            Reason::AgentNotConnected,
             "m2",
             Some(2),
             &t2,
@@ -130,7 +124,7 @@ mod tests {
             &mut list,
             CONNECTED,
             Truth::True,
-            "AgentConnected",
+            Reason::AgentConnected,
             "m",
             Some(2),
             &t2,

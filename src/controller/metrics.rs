@@ -36,7 +36,7 @@ impl Metrics {
         let sub = registry.sub_registry_with_prefix("planelink_controller");
         sub.register(
             "reconciles",
-            "Reconciles of plane resources, by kind and result (ok, error)",
+            "Reconciles of plane resources, by kind and result (ok, or the error's label)",
             metrics.reconciles.clone(),
         );
         sub.register(
@@ -47,11 +47,11 @@ impl Metrics {
         metrics
     }
 
-    pub fn observe(&self, kind: &str, took: Duration, ok: bool) {
+    pub fn observe(&self, kind: &str, took: Duration, result: &str) {
         self.reconciles
             .get_or_create(&ResultLabels {
                 kind: kind.to_string(),
-                result: if ok { "ok" } else { "error" }.to_string(),
+                result: result.to_string(),
             })
             .inc();
         self.duration

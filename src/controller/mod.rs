@@ -8,9 +8,10 @@ mod leader;
 mod metrics;
 mod reconcile;
 mod remote;
+mod status;
 
 pub use conditions::{CONNECTED, GATEWAY_PROVISIONED, READY};
-pub use reconcile::GATEWAY_API_GROUP;
+pub use status::GATEWAY_API_GROUP;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};

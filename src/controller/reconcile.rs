@@ -1,6 +1,6 @@
-//! One reconciler for the three plane kinds: finalizer, client CA validation, connection
-//! status from the gateway (agent mode) or the remote API server (direct mode), the
-//! DataPlane's gateway prerequisites, references, conditions, Events and notify calls.
+//! One reconciler for the three plane kinds: the finalizer (kube-runtime's), then gather
+//! the facts with API calls, decide the status with [`status::decide`] (pure), write it,
+//! record Events, and notify the gateway when the trust material changed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,34 +13,50 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, finalizer};
 use kube::{Client, ResourceExt as _};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use super::clients::PlaneClients;
-use super::conditions::{self, CONNECTED, GATEWAY_PROVISIONED, Problem, READY, Truth};
+use super::conditions;
 use super::metrics::Metrics;
-use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
-use crate::planes::crd::{
-    AgentConnectionStatus, Environment, GatewaySpec, ObservabilityPlane, PlaneResource, PlaneStatus,
-};
-use crate::planes::registry::{check_client_ca, resolve_client_ca};
-use crate::planes::{CrRef, PlaneKey};
+use super::status::{self, Facts, GATEWAY_API_GROUP, GatewayProbe, Mode};
+use crate::planes::connection::{GatewayLink, Notification};
+use crate::planes::crd::{Environment, ObservabilityPlane, PlaneResource, PlaneStatus};
+use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
+use crate::planes::{PlaneType, Problem, Reason, secret_data};
 
-/// The group of the Gateway API, which the reference lists as a data plane prerequisite.
-pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
-/// How often `lastHeartbeatTime` is refreshed while connected; more often would write
-/// status on every resync for no reader's benefit.
-const HEARTBEAT_REFRESH: Duration = Duration::from_secs(60);
 /// How soon a blocked deletion is looked at again.
 const DELETION_RETRY: Duration = Duration::from_secs(5);
+/// How soon a failed reconcile is retried.
+const ERROR_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Serde(#[from] serde_json::Error),
+    /// Environments still name the DataPlane; the finalizer stays until they are gone.
+    #[error("deletion waits for {0} Environment(s)")]
+    DeletionBlocked(usize),
+    #[error("finalizer: {0}")]
+    Finalizer(Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The `result` label of the reconcile metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_error",
+            Error::DeletionBlocked(_) => "deletion_blocked",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                _ => "finalizer_error",
+            },
+        }
+    }
 }
 
 /// Where the gateway's own server CA is, to catch it registered as a client CA.
@@ -94,9 +110,7 @@ impl Context {
             && let Ok(Some(secret)) = Api::<Secret>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await
-            && let Some(bytes) = crate::planes::kubernetes::secret_object(&secret)
-                .data
-                .get("ca.crt")
+            && let Some(bytes) = secret_data(&secret).get("ca.crt")
             && let Ok(certs) = crate::trust::parse_certificates(bytes)
         {
             out.extend(certs);
@@ -127,52 +141,44 @@ pub async fn reconcile<K: PlaneResource>(
 ) -> Result<Action, Error> {
     let started = Instant::now();
     tracing::debug!(kind = %K::kind(&()), name = %plane.name_any(), namespace = ?plane.namespace(), "reconciling");
-    let result = reconcile_plane(plane.as_ref(), &ctx).await;
-    ctx.metrics
-        .observe(&K::kind(&()), started.elapsed(), result.is_ok());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &plane.namespace().unwrap_or_default());
+    let result = finalizer(&api, &finalizer_name::<K>(), plane, |event| async {
+        match event {
+            finalizer::Event::Apply(plane) => apply(plane.as_ref(), &ctx, &api).await,
+            finalizer::Event::Cleanup(plane) => cleanup(plane.as_ref(), &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(Box::new(other)),
+    });
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics.observe(&K::kind(&()), started.elapsed(), label);
     result
 }
 
 pub fn error_policy<K: PlaneResource>(plane: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::DeletionBlocked(_) = error {
+        return Action::requeue(DELETION_RETRY);
+    }
     tracing::warn!(
         kind = %K::kind(&()),
         name = %plane.name_any(),
         namespace = ?plane.namespace(),
         "reconcile failed: {error}; retrying"
     );
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ERROR_RETRY)
 }
 
-async fn reconcile_plane<K: PlaneResource>(plane: &K, ctx: &Context) -> Result<Action, Error> {
-    let namespace = plane.namespace().unwrap_or_default();
-    let name = plane.name_any();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    let finalizer = finalizer_name::<K>();
-    let has_finalizer = plane.finalizers().iter().any(|f| f == &finalizer);
-    if plane.meta().deletion_timestamp.is_some() {
-        if !has_finalizer {
-            return Ok(Action::await_change());
-        }
-        return cleanup(plane, ctx, &api, &finalizer).await;
-    }
-    if !has_finalizer {
-        let patch = if plane.meta().finalizers.is_none() {
-            serde_json::json!([{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}])
-        } else {
-            serde_json::json!([{"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}])
-        };
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Json::<()>(serde_json::from_value(patch)?),
-        )
-        .await?;
-        tracing::debug!(%name, "finalizer added");
-        // The change brings this CR back with the finalizer in place.
-        return Ok(Action::await_change());
-    }
-    let status = observe(plane, ctx).await;
-    write_status(plane, ctx, &api, status).await?;
+async fn apply<K: PlaneResource>(plane: &K, ctx: &Context, api: &Api<K>) -> Result<Action, Error> {
+    let facts = gather(plane, ctx).await;
+    let before = plane.plane_status().cloned().unwrap_or_default();
+    let status = status::decide(&before, &facts, &Time(Timestamp::now()));
+    write_status(plane, ctx, api, status).await?;
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -181,11 +187,10 @@ async fn cleanup<K: PlaneResource>(
     plane: &K,
     ctx: &Context,
     api: &Api<K>,
-    finalizer: &str,
 ) -> Result<Action, Error> {
     let namespace = plane.namespace().unwrap_or_default();
     let name = plane.name_any();
-    if K::kind(&()) == "DataPlane" {
+    if K::PLANE_TYPE == PlaneType::DataPlane {
         let environments: Vec<String> =
             Api::<Environment>::namespaced(ctx.client.clone(), &namespace)
                 .list(&ListParams::default())
@@ -196,37 +201,18 @@ async fn cleanup<K: PlaneResource>(
                 .map(|e| e.name_any())
                 .collect();
         if !environments.is_empty() {
-            let (count, verb, pronoun) = match environments.len() {
-                1 => ("1 Environment".to_string(), "references", "it"),
-                n => (format!("{n} Environments"), "reference", "them"),
-            };
-            let message = format!(
-                "deletion waits for {count} that {verb} this DataPlane ({}); delete {pronoun} or \
-                 recreate {pronoun} on another DataPlane (dataPlaneRef is immutable)",
-                environments.join(", "),
-            );
-            let mut status = plane.plane_status().cloned().unwrap_or_default();
-            let now = Time(Timestamp::now());
-            conditions::set(
-                &mut status.conditions,
-                READY,
-                Truth::False,
-                "DeletionBlocked",
-                &message,
+            let before = plane.plane_status().cloned().unwrap_or_default();
+            let status = status::decide_blocked_deletion(
+                &before,
+                &environments,
                 plane.meta().generation,
-                &now,
+                &Time(Timestamp::now()),
             );
             write_status(plane, ctx, api, status).await?;
-            return Ok(Action::requeue(DELETION_RETRY));
+            return Err(Error::DeletionBlocked(environments.len()));
         }
     }
-    let notification = Notification {
-        plane_type: K::PLANE_TYPE.as_str().to_string(),
-        plane_id: plane.plane_id(),
-        event: "deleted".into(),
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
+    let notification = notification(plane, "deleted");
     if let Err(e) = ctx.link.notify(notification).await {
         tracing::warn!(%name, %namespace, "cannot notify {} of the deletion: {e:#}", ctx.link.describe());
     }
@@ -235,24 +221,113 @@ async fn cleanup<K: PlaneResource>(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&cache_key(plane));
     ctx.planes.forget(&cache_key(plane));
-    let finalizers: Vec<String> = plane
-        .finalizers()
-        .iter()
-        .filter(|f| *f != finalizer)
-        .cloned()
-        .collect();
-    let patch = serde_json::json!([
-        {"op": "test", "path": "/metadata/finalizers", "value": plane.finalizers()},
-        {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
-    ]);
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Json::<()>(serde_json::from_value(patch)?),
-    )
-    .await?;
-    tracing::info!(kind = %K::kind(&()), %namespace, %name, "finalizer removed; deletion proceeds");
+    tracing::info!(kind = %K::kind(&()), %namespace, %name, "cleaned up; deletion proceeds");
     Ok(Action::await_change())
+}
+
+fn notification<K: PlaneResource>(plane: &K, event: &str) -> Notification {
+    Notification {
+        plane_type: K::PLANE_TYPE.as_str().to_string(),
+        plane_id: plane.plane_id(),
+        event: event.into(),
+        namespace: plane.namespace().unwrap_or_default(),
+        name: plane.name_any(),
+    }
+}
+
+/// Everything [`status::decide`] needs, found out with API calls.
+async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
+    let namespace = plane.namespace().unwrap_or_default();
+    let common = plane.common();
+    let mut remote: Option<Client> = None;
+    let mode = if plane.agent().is_some() {
+        let ca = validate_client_ca(plane, ctx).await;
+        notify_if_changed(plane, ctx, fingerprint(plane.meta().generation, &ca)).await;
+        let (key, cr) = (plane.key(), plane.cr());
+        let connection = ctx
+            .link
+            .status(&key, &cr)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        if connection.as_ref().is_ok_and(|c| c.connected) {
+            match ctx.planes.through_gateway(&cache_key(plane), &key, &cr) {
+                Ok(client) => remote = Some(client),
+                Err(problem) => tracing::debug!("{problem}"),
+            }
+        }
+        Mode::Agent {
+            key,
+            client_ca: ca.map(|_| ()),
+            connection,
+            gateway: ctx.link.describe(),
+        }
+    } else if let Some(cluster) = common.kubernetes_cluster {
+        let client = ctx
+            .planes
+            .direct(
+                &cache_key(plane),
+                &namespace,
+                plane.meta().generation,
+                cluster,
+            )
+            .await;
+        let version = match client {
+            Ok(client) => match client.apiserver_version().await {
+                Ok(version) => {
+                    remote = Some(client);
+                    Ok(version.git_version)
+                }
+                Err(e) => Err(Problem::new(
+                    Reason::APIServerUnreachable,
+                    format!("{} does not answer /version: {e}", cluster.server),
+                )),
+            },
+            Err(problem) => Err(problem),
+        };
+        Mode::Direct {
+            server: cluster.server.clone(),
+            version,
+        }
+    } else {
+        Mode::Unconfigured
+    };
+    let observability_plane = match common.observability_plane_ref {
+        Some(reference) => {
+            let kind = reference.kind.as_deref().unwrap_or("ObservabilityPlane");
+            let found = kind == "ObservabilityPlane"
+                && Api::<ObservabilityPlane>::namespaced(ctx.client.clone(), &namespace)
+                    .get_opt(&reference.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+            Some((format!("{namespace}/{}", reference.name), found))
+        }
+        None => None,
+    };
+    let gateway = match plane.gateway_spec() {
+        Some(spec) => Some((spec.clone(), probe_gateway_api(remote.as_ref()).await)),
+        None => None,
+    };
+    Facts {
+        generation: plane.meta().generation,
+        mode,
+        observability_plane,
+        gateway,
+    }
+}
+
+async fn probe_gateway_api(remote: Option<&Client>) -> GatewayProbe {
+    match remote {
+        None => GatewayProbe::NotConnected,
+        Some(client) => GatewayProbe::Groups(
+            client
+                .list_api_groups()
+                .await
+                .map(|groups| groups.groups.iter().any(|g| g.name == GATEWAY_API_GROUP))
+                .map_err(|e| e.to_string()),
+        ),
+    }
 }
 
 /// The trust material the gateway verifies against, as one fingerprint.
@@ -264,7 +339,7 @@ fn fingerprint(
     hasher.update(format!("{generation:?}"));
     match certs {
         Ok(certs) => certs.iter().for_each(|c| hasher.update(c.as_ref())),
-        Err(problem) => hasher.update(problem.reason),
+        Err(problem) => hasher.update(problem.reason.as_str()),
     }
     hasher
         .finalize()
@@ -279,368 +354,29 @@ async fn validate_client_ca<K: PlaneResource>(
     plane: &K,
     ctx: &Context,
 ) -> Result<Vec<CertificateDer<'static>>, Problem> {
-    let object = plane.to_plane_object();
-    let secret = match crate::planes::registry::client_ca_secret(&object) {
-        Some((ns, name, _)) => Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .get_opt(&name)
+    let namespace = plane.namespace().unwrap_or_default();
+    let location = plane
+        .client_ca()
+        .and_then(|value| secret_location(&namespace, value));
+    let data = match &location {
+        Some(at) => Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
+            .get_opt(&at.name)
             .await
             .map_err(|e| {
                 Problem::new(
-                    "SecretNotReadable",
-                    format!("cannot read Secret {ns}/{name}: {e}"),
+                    Reason::SecretNotReadable,
+                    format!("cannot read Secret {}/{}: {e}", at.namespace, at.name),
                 )
             })?
-            .map(|s| crate::planes::kubernetes::secret_object(&s)),
+            .map(|s| secret_data(&s)),
         None => None,
     };
-    let certs = resolve_client_ca(&object, |ns, name| {
-        secret
-            .as_ref()
-            .filter(|s| s.namespace == ns && s.name == name)
-            .map(|s| &s.data)
-    })
-    .map_err(|p| Problem::new(p.kind.reason(), p.message))?;
+    let certs = resolve_client_ca(K::PLANE_TYPE, &namespace, plane.client_ca(), |_, _| {
+        data.as_ref()
+    })?;
     let gateway_cas = ctx.gateway_cas().await;
-    check_client_ca(&certs, &gateway_cas, SystemTime::now())
-        .map_err(|p| Problem::new(p.kind.reason(), p.message))?;
+    check_client_ca(&certs, &gateway_cas, SystemTime::now())?;
     Ok(certs)
-}
-
-fn parse_time(rfc3339: Option<&str>) -> Option<Time> {
-    rfc3339.and_then(|t| t.parse::<Timestamp>().ok()).map(Time)
-}
-
-fn agents_message(count: usize) -> String {
-    match count {
-        0 => "no agent connected".into(),
-        1 => "1 agent connected".into(),
-        n => format!("{n} agents connected (HA mode)"),
-    }
-}
-
-/// `status.agentConnection`: times move on transitions only.
-fn agent_connection(
-    before: Option<&AgentConnectionStatus>,
-    now: &ConnectionStatus,
-    at: &Time,
-) -> AgentConnectionStatus {
-    let was = before.is_some_and(|b| b.connected);
-    let heartbeat = if now.connected {
-        let previous = before.and_then(|b| b.last_heartbeat_time.clone());
-        let fresh = previous.as_ref().is_some_and(|p| {
-            at.0.duration_since(p.0).as_secs() < HEARTBEAT_REFRESH.as_secs() as i64
-        });
-        if fresh {
-            previous
-        } else {
-            parse_time(now.last_seen.as_deref()).or(Some(at.clone()))
-        }
-    } else {
-        before.and_then(|b| b.last_heartbeat_time.clone())
-    };
-    AgentConnectionStatus {
-        connected: now.connected,
-        connected_agents: now.connected_agents as i32,
-        last_connected_time: if now.connected && !was {
-            Some(at.clone())
-        } else {
-            before.and_then(|b| b.last_connected_time.clone())
-        },
-        last_disconnected_time: if !now.connected && was {
-            Some(at.clone())
-        } else {
-            before.and_then(|b| b.last_disconnected_time.clone())
-        },
-        last_heartbeat_time: heartbeat,
-        message: Some(agents_message(now.connected_agents)),
-    }
-}
-
-fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-fn check_gateway_spec(gateway: &GatewaySpec) -> Result<(), Problem> {
-    for (field, host) in [
-        ("publicVirtualHost", &gateway.public_virtual_host),
-        (
-            "organizationVirtualHost",
-            &gateway.organization_virtual_host,
-        ),
-    ] {
-        if !valid_host(host) {
-            return Err(Problem::new(
-                "GatewaySpecInvalid",
-                format!(
-                    "spec.gateway.{field} {host:?} is not a DNS name; write e.g. apps.example.com"
-                ),
-            ));
-        }
-    }
-    if gateway.public_http_port == gateway.public_https_port {
-        return Err(Problem::new(
-            "GatewaySpecInvalid",
-            format!(
-                "spec.gateway.publicHTTPPort and publicHTTPSPort are both {}; give the ports the data \
-                 plane's gateway is reachable on (defaults 19080 and 19443)",
-                gateway.public_http_port
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Works out the whole status of one plane.
-async fn observe<K: PlaneResource>(plane: &K, ctx: &Context) -> PlaneStatus {
-    let now = Time(Timestamp::now());
-    let generation = plane.meta().generation;
-    let namespace = plane.namespace().unwrap_or_default();
-    let name = plane.name_any();
-    let before = plane.plane_status().cloned().unwrap_or_default();
-    let mut status = PlaneStatus {
-        observed_generation: generation.unwrap_or_default(),
-        conditions: before.conditions.clone(),
-        agent_connection: None,
-    };
-    // Configuration problems first: a missing connection is often their consequence.
-    let mut blockers: Vec<Problem> = Vec::new();
-    let mut waiting: Vec<Problem> = Vec::new();
-    let mut remote: Option<Client> = None;
-    let common = plane.common();
-    let set = |status: &mut PlaneStatus, type_: &str, truth: Truth, reason: &str, message: &str| {
-        conditions::set(
-            &mut status.conditions,
-            type_,
-            truth,
-            reason,
-            message,
-            generation,
-            &now,
-        )
-    };
-
-    if plane.agent().is_some() {
-        let key = PlaneKey {
-            plane_type: K::PLANE_TYPE,
-            plane_id: plane.plane_id(),
-        };
-        let cr = CrRef {
-            namespace: Some(namespace.clone()),
-            name: name.clone(),
-        };
-        let ca = validate_client_ca(plane, ctx).await;
-        notify_if_changed(plane, ctx, fingerprint(generation, &ca)).await;
-        if let Err(problem) = ca {
-            blockers.push(problem);
-        }
-        match ctx.link.status(&key, &cr).await {
-            Ok(connection) => {
-                let agents = agent_connection(before.agent_connection.as_ref(), &connection, &now);
-                if connection.connected {
-                    set(
-                        &mut status,
-                        CONNECTED,
-                        Truth::True,
-                        "AgentConnected",
-                        &agents_message(connection.connected_agents),
-                    );
-                    match ctx.planes.through_gateway(&cache_key(plane), &key, &cr) {
-                        Ok(client) => remote = Some(client),
-                        Err(problem) => tracing::debug!("{}", problem.message),
-                    }
-                } else {
-                    let message = format!(
-                        "no agent of {} planeID {:?} is connected to {}; check the agent's logs in the \
-                         remote cluster for \"connected to control plane\" or its error",
-                        K::kind(&()),
-                        key.plane_id,
-                        ctx.link.describe()
-                    );
-                    set(
-                        &mut status,
-                        CONNECTED,
-                        Truth::False,
-                        "AgentNotConnected",
-                        &message,
-                    );
-                    waiting.push(Problem::new("AgentNotConnected", message));
-                }
-                status.agent_connection = Some(agents);
-            }
-            Err(e) => {
-                let message = format!(
-                    "cannot ask {} for the agents' status: {e:#}",
-                    ctx.link.describe()
-                );
-                set(
-                    &mut status,
-                    CONNECTED,
-                    Truth::Unknown,
-                    "GatewayUnreachable",
-                    &message,
-                );
-                status.agent_connection = before.agent_connection.clone();
-                waiting.push(Problem::new("GatewayUnreachable", message));
-            }
-        }
-    } else if let Some(cluster) = common.kubernetes_cluster {
-        let client = ctx
-            .planes
-            .direct(&cache_key(plane), &namespace, generation, cluster)
-            .await;
-        match client {
-            Ok(client) => match client.apiserver_version().await {
-                Ok(version) => {
-                    let message = format!(
-                        "Kubernetes {} answers at {}",
-                        version.git_version, cluster.server
-                    );
-                    set(
-                        &mut status,
-                        CONNECTED,
-                        Truth::True,
-                        "APIServerReachable",
-                        &message,
-                    );
-                    remote = Some(client);
-                }
-                Err(e) => {
-                    let message = format!("{} does not answer /version: {e}", cluster.server);
-                    set(
-                        &mut status,
-                        CONNECTED,
-                        Truth::False,
-                        "APIServerUnreachable",
-                        &message,
-                    );
-                    waiting.push(Problem::new("APIServerUnreachable", message));
-                }
-            },
-            Err(problem) => {
-                set(
-                    &mut status,
-                    CONNECTED,
-                    Truth::False,
-                    problem.reason,
-                    &problem.message,
-                );
-                blockers.push(problem);
-            }
-        }
-    } else {
-        let message = "neither spec.clusterAgent (agent mode, recommended) nor spec.kubernetesCluster \
-                       (direct access) is given; add one";
-        set(
-            &mut status,
-            CONNECTED,
-            Truth::False,
-            "NoConnectionMode",
-            message,
-        );
-        blockers.push(Problem::new("NoConnectionMode", message));
-    }
-
-    if let Some(reference) = common.observability_plane_ref {
-        let kind = reference.kind.as_deref().unwrap_or("ObservabilityPlane");
-        let found = if kind == "ObservabilityPlane" {
-            Api::<ObservabilityPlane>::namespaced(ctx.client.clone(), &namespace)
-                .get_opt(&reference.name)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-        } else {
-            false
-        };
-        if !found {
-            blockers.push(Problem::new(
-                "ObservabilityPlaneNotFound",
-                format!(
-                    "spec.observabilityPlaneRef names {kind} {namespace}/{} which does not exist; create \
-                     it or fix the name",
-                    reference.name
-                ),
-            ));
-        }
-    }
-
-    if let Some(gateway) = plane.gateway_spec() {
-        let (truth, problem) = match (check_gateway_spec(gateway), &remote) {
-            (Err(problem), _) => (Truth::False, problem),
-            (Ok(()), None) => (
-                Truth::Unknown,
-                Problem::new(
-                    "AwaitingConnection",
-                    "gateway spec valid; the remote cluster is probed for the Gateway API once connected",
-                ),
-            ),
-            (Ok(()), Some(client)) => match client.list_api_groups().await {
-                Ok(groups) if groups.groups.iter().any(|g| g.name == GATEWAY_API_GROUP) => (
-                    Truth::True,
-                    Problem::new(
-                        "GatewayAPIAvailable",
-                        format!(
-                            "gateway spec valid; the remote cluster serves {GATEWAY_API_GROUP}"
-                        ),
-                    ),
-                ),
-                Ok(_) => (
-                    Truth::False,
-                    Problem::new(
-                        "GatewayAPIMissing",
-                        format!(
-                            "the remote cluster does not serve {GATEWAY_API_GROUP}; install the Gateway \
-                             API CRDs there (a prerequisite of the data plane)"
-                        ),
-                    ),
-                ),
-                Err(e) => (
-                    Truth::Unknown,
-                    Problem::new(
-                        "GatewayAPIUnknown",
-                        format!("cannot list the remote cluster's API groups: {e}"),
-                    ),
-                ),
-            },
-        };
-        set(
-            &mut status,
-            GATEWAY_PROVISIONED,
-            truth,
-            problem.reason,
-            &problem.message,
-        );
-        if truth == Truth::False {
-            blockers.push(problem);
-        }
-    }
-
-    blockers.extend(waiting);
-    match blockers.first() {
-        None => set(
-            &mut status,
-            READY,
-            Truth::True,
-            "Ready",
-            "connected, trusted and configured",
-        ),
-        Some(problem) => {
-            let reason = problem.reason;
-            let message = problem.message.clone();
-            set(&mut status, READY, Truth::False, reason, &message)
-        }
-    }
-    status
 }
 
 /// Sends the plane API's `notify` when the trust material changed, so a gateway that does
@@ -656,19 +392,12 @@ async fn notify_if_changed<K: PlaneResource>(plane: &K, ctx: &Context, fingerpri
     if previous.as_deref() == Some(fingerprint.as_str()) {
         return;
     }
-    let notification = Notification {
-        plane_type: K::PLANE_TYPE.as_str().to_string(),
-        plane_id: plane.plane_id(),
-        event: if previous.is_none() {
-            "created"
-        } else {
-            "updated"
-        }
-        .into(),
-        namespace: plane.namespace().unwrap_or_default(),
-        name: plane.name_any(),
+    let event = if previous.is_none() {
+        "created"
+    } else {
+        "updated"
     };
-    match ctx.link.notify(notification).await {
+    match ctx.link.notify(notification(plane, event)).await {
         Ok(()) => {
             ctx.notified
                 .lock()

@@ -16,8 +16,8 @@ use rustls_pki_types::PrivateKeyDer;
 use super::clients::GatewayAccess;
 use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification, broadcast_stream};
 use crate::planes::{CrRef, PlaneKey, PlaneType};
-use crate::tls::{HttpsClient, connector, http_client};
 use crate::tunnel::body;
+use crate::tunnel::client::{HttpsClient, connector, http_client};
 
 /// How often connection changes are looked for; a remote gateway cannot push them.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(3);

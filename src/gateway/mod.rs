@@ -31,8 +31,9 @@ use crate::cli::GatewayArgs;
 use crate::config::{self, ConfigError};
 use crate::health::{self, Health};
 use crate::planes::{CrRef, PlaneKey, Registry};
-use crate::tls::{self, ReloadingCert};
 use crate::trust::Purpose;
+use crate::trust::danger::DeferredClientVerifier;
+use crate::trust::tls::{self, ReloadingCert};
 use crate::tunnel::protocol::Heartbeat;
 
 /// Validates the gateway's flags the way the running gateway will rely on them.
@@ -167,9 +168,7 @@ pub async fn start(
     cert.spawn_watcher();
     let public_tls = tls::server_config(
         cert.clone(),
-        Some(tls::DeferredClientVerifier::new(
-            crate::trust::crypto_provider(),
-        )),
+        Some(DeferredClientVerifier::new(crate::trust::crypto_provider())),
         &[b"http/1.1"],
     )?;
     let internal_verifier = match (&args.internal_client_ca_cert, args.internal_mtls) {

@@ -10,8 +10,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::PlaneType;
-use super::manifest::{self, PlaneObject};
+use super::{CrRef, PlaneKey, PlaneType};
 
 /// A value given inline or read from a key of a Secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -45,18 +44,43 @@ impl ValueFrom {
         self.secret_key_ref.as_ref().or(self.secret_ref.as_ref())
     }
 
-    /// The registry's model of the same reference.
-    pub fn to_manifest(&self) -> manifest::ValueFrom {
-        let reference = |r: &SecretKeyReference| manifest::SecretKeyRef {
-            name: r.name.clone(),
-            namespace: r.namespace.clone(),
-            key: r.key.clone(),
-        };
-        manifest::ValueFrom {
-            value: self.value.clone(),
-            secret_key_ref: self.secret_key_ref.as_ref().map(reference),
-            secret_ref: self.secret_ref.as_ref().map(reference),
+    /// A value given inline.
+    pub fn inline(value: impl Into<String>) -> ValueFrom {
+        ValueFrom {
+            value: Some(value.into()),
+            ..ValueFrom::default()
         }
+    }
+
+    /// A key of a Secret (`secretKeyRef`).
+    pub fn from_secret(namespace: Option<&str>, name: &str, key: &str) -> ValueFrom {
+        ValueFrom {
+            secret_key_ref: Some(SecretKeyReference {
+                name: name.to_string(),
+                namespace: namespace.map(str::to_string),
+                key: Some(key.to_string()),
+            }),
+            ..ValueFrom::default()
+        }
+    }
+
+    /// The inline value, when one is given (an empty or blank value counts as none).
+    pub fn inline_value(&self) -> Option<&str> {
+        self.value.as_deref().filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// The key a `secretKeyRef` reads when it names none: the key cert-manager writes a CA to.
+pub const DEFAULT_SECRET_KEY: &str = "ca.crt";
+
+impl SecretKeyReference {
+    /// The Secret's namespace: its own, or the referring resource's.
+    pub fn namespace_or<'a>(&'a self, referrer: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(referrer)
+    }
+
+    pub fn key_or_default(&self) -> &str {
+        self.key.as_deref().unwrap_or(DEFAULT_SECRET_KEY)
     }
 }
 
@@ -127,6 +151,19 @@ pub struct GatewaySpec {
     #[serde(default = "default_public_https_port", rename = "publicHTTPSPort")]
     #[schemars(range(min = 1, max = 65535))]
     pub public_https_port: i32,
+}
+
+impl GatewaySpec {
+    /// A data plane gateway answering on `host` for both virtual hosts, on the default
+    /// ports: what a single-host setup (`planelink up`, tests) registers.
+    pub fn local(host: &str) -> GatewaySpec {
+        GatewaySpec {
+            public_virtual_host: host.to_string(),
+            organization_virtual_host: host.to_string(),
+            public_http_port: DEFAULT_PUBLIC_HTTP_PORT,
+            public_https_port: DEFAULT_PUBLIC_HTTPS_PORT,
+        }
+    }
 }
 
 pub const DEFAULT_PUBLIC_HTTP_PORT: i32 = 19080;
@@ -207,6 +244,7 @@ pub struct PlaneStatus {
     doc = "A DataPlane: a Kubernetes cluster where application workloads run, reached through its agent or directly",
     namespaced,
     status = "PlaneStatus",
+    derive = "PartialEq",
     shortname = "dp",
     category = "openchoreo",
     printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
@@ -247,6 +285,7 @@ pub struct DataPlaneSpec {
     doc = "A BuildPlane: a Kubernetes cluster that runs CI/CD workflows",
     namespaced,
     status = "PlaneStatus",
+    derive = "PartialEq",
     shortname = "bp",
     category = "openchoreo",
     printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
@@ -280,6 +319,7 @@ pub struct BuildPlaneSpec {
     doc = "An ObservabilityPlane: a Kubernetes cluster that holds logs, metrics and traces",
     namespaced,
     status = "PlaneStatus",
+    derive = "PartialEq",
     shortname = "op",
     category = "openchoreo",
     printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
@@ -379,32 +419,45 @@ pub trait PlaneResource:
         self.common().agent.filter(|a| a.enabled != Some(false))
     }
 
-    /// The registry's model of this resource.
-    fn to_plane_object(&self) -> PlaneObject {
-        let meta = self.meta();
-        PlaneObject {
+    /// What an agent of this CR names in its `/ws` request.
+    fn key(&self) -> PlaneKey {
+        PlaneKey {
             plane_type: Self::PLANE_TYPE,
-            namespace: Some(
-                meta.namespace
-                    .clone()
-                    .unwrap_or_else(|| manifest::DEFAULT_NAMESPACE.to_string()),
-            ),
-            name: meta.name.clone().unwrap_or_default(),
             plane_id: self.plane_id(),
-            generation: meta.generation,
-            agent_enabled: self.agent().is_some(),
-            client_ca: self
-                .agent()
-                .and_then(|a| a.client_ca.as_ref())
-                .map(ValueFrom::to_manifest),
         }
     }
+
+    /// Which CR this is.
+    fn cr(&self) -> CrRef {
+        CrRef {
+            namespace: Some(
+                self.meta()
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            ),
+            name: self.meta().name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The client CA agents of this CR must chain to, when agents are in use.
+    fn client_ca(&self) -> Option<&ValueFrom> {
+        self.agent().and_then(|a| a.client_ca.as_ref())
+    }
+
+    fn into_any(self) -> AnyPlane;
 }
 
+/// The namespace kubectl uses for a namespaced object that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 macro_rules! plane_resource {
-    ($kind:ty, $plane_type:expr, |$spec:ident| $observability:expr, $gateway:expr) => {
+    ($kind:ident, $plane_type:expr, |$spec:ident| $observability:expr, $gateway:expr) => {
         impl PlaneResource for $kind {
             const PLANE_TYPE: PlaneType = $plane_type;
+            fn into_any(self) -> AnyPlane {
+                AnyPlane::$kind(self)
+            }
             fn common(&self) -> CommonSpec<'_> {
                 let $spec = &self.spec;
                 CommonSpec {
@@ -445,6 +498,188 @@ plane_resource!(
     None
 );
 
+/// A plane CR of any of the three kinds: what the registry and the planes directory hold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AnyPlane {
+    DataPlane(DataPlane),
+    BuildPlane(BuildPlane),
+    ObservabilityPlane(ObservabilityPlane),
+}
+
+macro_rules! each_plane {
+    ($self:expr, |$plane:ident| $body:expr) => {
+        match $self {
+            AnyPlane::DataPlane($plane) => $body,
+            AnyPlane::BuildPlane($plane) => $body,
+            AnyPlane::ObservabilityPlane($plane) => $body,
+        }
+    };
+}
+
+impl AnyPlane {
+    pub fn plane_type(&self) -> PlaneType {
+        match self {
+            AnyPlane::DataPlane(_) => PlaneType::DataPlane,
+            AnyPlane::BuildPlane(_) => PlaneType::BuildPlane,
+            AnyPlane::ObservabilityPlane(_) => PlaneType::ObservabilityPlane,
+        }
+    }
+
+    pub fn meta(&self) -> &kube::core::ObjectMeta {
+        each_plane!(self, |p| p.meta())
+    }
+
+    pub fn meta_mut(&mut self) -> &mut kube::core::ObjectMeta {
+        each_plane!(self, |p| p.meta_mut())
+    }
+
+    pub fn key(&self) -> PlaneKey {
+        each_plane!(self, |p| p.key())
+    }
+
+    pub fn cr(&self) -> CrRef {
+        each_plane!(self, |p| p.cr())
+    }
+
+    /// Agents are in use: the agent block is given under either spelling and not disabled.
+    pub fn agent_enabled(&self) -> bool {
+        each_plane!(self, |p| p.agent().is_some())
+    }
+
+    pub fn client_ca(&self) -> Option<&ValueFrom> {
+        each_plane!(self, |p| p.client_ca())
+    }
+
+    /// Decodes one plane object of `kind` from its JSON form.
+    pub fn from_value(kind: PlaneType, value: serde_json::Value) -> serde_json::Result<AnyPlane> {
+        Ok(match kind {
+            PlaneType::DataPlane => AnyPlane::DataPlane(serde_json::from_value(value)?),
+            PlaneType::BuildPlane => AnyPlane::BuildPlane(serde_json::from_value(value)?),
+            PlaneType::ObservabilityPlane => {
+                AnyPlane::ObservabilityPlane(serde_json::from_value(value)?)
+            }
+        })
+    }
+}
+
+/// Builds a plane CR in agent mode, the way `register`, `up` and tests create them.
+#[derive(Debug, Clone)]
+pub struct PlaneBuilder {
+    plane_type: PlaneType,
+    namespace: String,
+    name: String,
+    plane_id: Option<String>,
+    client_ca: Option<ValueFrom>,
+    gateway: Option<GatewaySpec>,
+    secret_store: Option<String>,
+    observability_plane: Option<String>,
+    observer_url: Option<String>,
+}
+
+impl PlaneBuilder {
+    pub fn new(plane_type: PlaneType, namespace: &str, name: &str) -> PlaneBuilder {
+        PlaneBuilder {
+            plane_type,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            plane_id: None,
+            client_ca: None,
+            gateway: None,
+            secret_store: None,
+            observability_plane: None,
+            observer_url: None,
+        }
+    }
+
+    /// `spec.planeID`; the name is the plane ID when this is not called.
+    pub fn plane_id(mut self, plane_id: &str) -> Self {
+        self.plane_id = Some(plane_id.to_string());
+        self
+    }
+
+    /// `spec.clusterAgent.clientCA`: the agents' CA, inline or from a Secret.
+    pub fn client_ca(mut self, client_ca: ValueFrom) -> Self {
+        self.client_ca = Some(client_ca);
+        self
+    }
+
+    /// DataPlane only: the gateway settings; [`GatewaySpec::local`] of `localhost` when unset.
+    pub fn gateway(mut self, gateway: GatewaySpec) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// DataPlane and BuildPlane: `spec.secretStoreRef.name`.
+    pub fn secret_store(mut self, name: Option<&str>) -> Self {
+        self.secret_store = name.map(str::to_string);
+        self
+    }
+
+    /// DataPlane and BuildPlane: `spec.observabilityPlaneRef`.
+    pub fn observability_plane(mut self, name: Option<&str>) -> Self {
+        self.observability_plane = name.map(str::to_string);
+        self
+    }
+
+    /// ObservabilityPlane only: `spec.observerURL`.
+    pub fn observer_url(mut self, url: Option<&str>) -> Self {
+        self.observer_url = url.map(str::to_string);
+        self
+    }
+
+    pub fn build(self) -> AnyPlane {
+        let agent = Some(AgentConfig {
+            enabled: None,
+            client_ca: self.client_ca,
+        });
+        let secret_store_ref = self.secret_store.map(|name| SecretStoreRef { name });
+        let observability_plane_ref = self.observability_plane.map(|name| ObservabilityPlaneRef {
+            kind: Some("ObservabilityPlane".into()),
+            name,
+        });
+        let mut plane = match self.plane_type {
+            PlaneType::DataPlane => AnyPlane::DataPlane(DataPlane::new(
+                &self.name,
+                DataPlaneSpec {
+                    plane_id: self.plane_id,
+                    cluster_agent: agent,
+                    agent: None,
+                    kubernetes_cluster: None,
+                    gateway: self
+                        .gateway
+                        .unwrap_or_else(|| GatewaySpec::local("localhost")),
+                    image_pull_secret_refs: Vec::new(),
+                    secret_store_ref,
+                    observer: None,
+                    observability_plane_ref,
+                },
+            )),
+            PlaneType::BuildPlane => AnyPlane::BuildPlane(BuildPlane::new(
+                &self.name,
+                BuildPlaneSpec {
+                    plane_id: self.plane_id,
+                    cluster_agent: agent,
+                    secret_store_ref,
+                    observability_plane_ref,
+                    ..BuildPlaneSpec::default()
+                },
+            )),
+            PlaneType::ObservabilityPlane => AnyPlane::ObservabilityPlane(ObservabilityPlane::new(
+                &self.name,
+                ObservabilityPlaneSpec {
+                    plane_id: self.plane_id,
+                    cluster_agent: agent,
+                    observer_url: self.observer_url,
+                    ..ObservabilityPlaneSpec::default()
+                },
+            )),
+        };
+        plane.meta_mut().namespace = Some(self.namespace);
+        plane
+    }
+}
+
 /// The CRDs of every kind, as `kubectl apply` takes them.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
@@ -483,10 +718,8 @@ mod tests {
         .unwrap();
         assert_eq!(dp.plane_id(), "prod");
         assert_eq!(dp.spec.gateway.public_http_port, 19080);
-        let object = dp.to_plane_object();
-        assert!(object.agent_enabled);
-        assert_eq!(object.generation, Some(3));
-        assert_eq!(object.client_ca.unwrap().secret().unwrap().name, "ca");
+        assert!(dp.agent().is_some());
+        assert_eq!(dp.client_ca().unwrap().secret().unwrap().name, "ca");
 
         let bp: BuildPlane = serde_json::from_value(serde_json::json!({
             "apiVersion": "openchoreo.dev/v1alpha1", "kind": "BuildPlane",

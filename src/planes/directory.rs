@@ -78,8 +78,8 @@ pub fn load(contents: &Contents) -> (Snapshot, Vec<String>) {
             Ok(objects) => {
                 for object in objects {
                     match object {
-                        Object::Plane(p) => planes.push(p),
-                        Object::Secret(s) => secrets.push(s),
+                        Object::Plane(p) => planes.push(*p),
+                        Object::Secret(s) => secrets.push(*s),
                         Object::Other { kind, name } => {
                             tracing::debug!(file = %path.display(), kind, name, "ignoring a kind the registry does not use");
                         }

@@ -2,7 +2,7 @@
 //! Secrets, so that a changed CR or CA Secret reaches the gateway within moments, with no
 //! polling, restart or notify call. Also the one place kube clients are configured.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,9 +18,8 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::crd::{BuildPlane, DataPlane, ObservabilityPlane, PlaneResource};
-use super::manifest::{PlaneObject, SecretObject};
-use super::registry::{PlaneSource, Snapshot, client_ca_secret};
+use super::crd::{AnyPlane, BuildPlane, DataPlane, ObservabilityPlane, PlaneResource};
+use super::registry::{PlaneSource, Snapshot, secret_location};
 
 /// Loads a kube configuration: the kubeconfig files given (a `KUBECONFIG`-style list
 /// separated by `:` is merged in order), else the in-cluster service account, else
@@ -140,48 +139,28 @@ struct Stores {
 
 impl Stores {
     fn snapshot(&self) -> Snapshot {
-        fn objects<K: PlaneResource>(store: &Store<K>) -> Vec<PlaneObject> {
-            store.state().iter().map(|k| k.to_plane_object()).collect()
+        fn objects<K: PlaneResource>(store: &Store<K>) -> impl Iterator<Item = AnyPlane> {
+            store.state().into_iter().map(|k| K::clone(&k).into_any())
         }
-        let mut planes = objects(&self.data);
-        planes.extend(objects(&self.build));
-        planes.extend(objects(&self.observability));
-        planes.sort_by(|a, b| {
-            (a.plane_type, &a.namespace, &a.name).cmp(&(b.plane_type, &b.namespace, &b.name))
-        });
+        let planes: Vec<AnyPlane> = objects(&self.data)
+            .chain(objects(&self.build))
+            .chain(objects(&self.observability))
+            .collect();
         let referenced: BTreeSet<(String, String)> = planes
             .iter()
-            .filter_map(client_ca_secret)
-            .map(|(ns, name, _)| (ns, name))
+            .filter_map(|p| secret_location(p.cr().namespace_or_cluster(), p.client_ca()?))
+            .map(|at| (at.namespace, at.name))
             .collect();
-        let secrets: Vec<SecretObject> = referenced
+        let secrets: Vec<Secret> = referenced
             .into_iter()
             .filter_map(|(namespace, name)| {
                 let secret = self
                     .secrets
                     .get(&ObjectRef::new(&name).within(&namespace))?;
-                Some(secret_object(&secret))
+                Some(Secret::clone(&secret))
             })
             .collect();
         Snapshot::resolve(&planes, &secrets)
-    }
-}
-
-/// A Secret's data (with `stringData`, which a server never returns, for completeness).
-pub fn secret_object(secret: &Secret) -> SecretObject {
-    let mut data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    for (k, v) in secret.string_data.iter().flatten() {
-        data.insert(k.clone(), v.clone().into_bytes());
-    }
-    SecretObject {
-        namespace: secret.namespace().unwrap_or_default(),
-        name: secret.name_any(),
-        data,
     }
 }
 

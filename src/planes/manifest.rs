@@ -1,105 +1,22 @@
-//! Kubernetes-style manifests of plane resources and Secrets, as a planes directory
-//! holds them: only the fields the gateway's trust decisions need, both spellings of
-//! DESIGN.md accepted (`spec.clusterAgent` / `spec.agent`, `secretKeyRef` / `secretRef`).
+//! Decoding manifest files (a planes directory) into the CRD types of [`super::crd`] and
+//! v1 Secrets: the same types the Kubernetes source reads, so a plane means the same
+//! thing from either source. Several YAML documents per file, JSON values or streams,
+//! and `List`s are accepted, as `kubectl apply -f` accepts them.
 
-use std::collections::BTreeMap;
-
-use base64::Engine as _;
+use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
 use super::PlaneType;
+use super::crd::{AnyPlane, DEFAULT_NAMESPACE};
 
 pub const API_GROUP: &str = "openchoreo.dev";
 pub const API_VERSION: &str = "openchoreo.dev/v1alpha1";
 
-/// Where a value comes from: inline, or a key of a Secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ValueFrom {
-    #[serde(default)]
-    pub value: Option<String>,
-    #[serde(default)]
-    pub secret_key_ref: Option<SecretKeyRef>,
-    /// The older spelling of `secretKeyRef`.
-    #[serde(default)]
-    pub secret_ref: Option<SecretKeyRef>,
-}
-
-impl ValueFrom {
-    pub fn secret(&self) -> Option<&SecretKeyRef> {
-        self.secret_key_ref.as_ref().or(self.secret_ref.as_ref())
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct SecretKeyRef {
-    pub name: String,
-    /// Defaults to the namespace of the resource that refers to it.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Defaults to `ca.crt`, the key cert-manager writes.
-    #[serde(default)]
-    pub key: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AgentSpec {
-    #[serde(default)]
-    enabled: Option<bool>,
-    #[serde(default, rename = "clientCA")]
-    client_ca: Option<ValueFrom>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PlaneSpec {
-    #[serde(default, rename = "planeID")]
-    plane_id: Option<String>,
-    #[serde(default)]
-    cluster_agent: Option<AgentSpec>,
-    #[serde(default)]
-    agent: Option<AgentSpec>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    generation: Option<i64>,
-}
-
-/// A plane custom resource (DataPlane, BuildPlane, ObservabilityPlane, or a
-/// cluster-scoped `Cluster…` variant).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlaneObject {
-    pub plane_type: PlaneType,
-    /// `None` for a cluster-scoped resource.
-    pub namespace: Option<String>,
-    pub name: String,
-    /// `spec.planeID`, or the name when unset.
-    pub plane_id: String,
-    pub generation: Option<i64>,
-    /// `false` when `spec.agent.enabled: false`: the plane is reached directly, not by agents.
-    pub agent_enabled: bool,
-    pub client_ca: Option<ValueFrom>,
-}
-
-/// A v1 Secret, its `data` decoded and its `stringData` merged in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretObject {
-    pub namespace: String,
-    pub name: String,
-    pub data: BTreeMap<String, Vec<u8>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One decoded object.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Object {
-    Plane(PlaneObject),
-    Secret(SecretObject),
+    Plane(Box<AnyPlane>),
+    Secret(Box<Secret>),
     /// A kind the registry does not use; kept so callers can say what they skipped.
     Other {
         kind: String,
@@ -107,122 +24,87 @@ pub enum Object {
     },
 }
 
-/// The namespace kubectl would use for a namespaced object that names none.
-pub const DEFAULT_NAMESPACE: &str = "default";
-
+/// Just enough of an object to know how to decode the rest.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
+struct TypeMeta {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
     #[serde(default)]
-    metadata: Metadata,
-    #[serde(default)]
-    spec: Option<serde_json::Value>,
-    #[serde(default)]
-    data: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    string_data: Option<BTreeMap<String, String>>,
+    metadata: NameOnly,
     #[serde(default)]
     items: Option<Vec<serde_json::Value>>,
 }
 
-/// Parses one document (already turned into JSON values); a `List` yields its items.
+#[derive(Default, Deserialize)]
+struct NameOnly {
+    #[serde(default)]
+    name: String,
+}
+
+/// Decodes one document (already a JSON value); a `List` yields its items.
 pub fn parse_document(doc: serde_json::Value) -> Result<Vec<Object>, String> {
     if doc.is_null() {
         return Ok(Vec::new());
     }
-    let envelope: Envelope = serde_json::from_value(doc).map_err(|e| e.to_string())?;
-    if envelope.kind.ends_with("List") {
+    let meta = TypeMeta::deserialize(&doc).map_err(|e| e.to_string())?;
+    if meta.kind.ends_with("List") {
         let mut out = Vec::new();
-        for item in envelope.items.unwrap_or_default() {
+        for item in meta.items.unwrap_or_default() {
             out.extend(parse_document(item)?);
         }
         return Ok(out);
     }
-    let name = envelope.metadata.name.clone();
-    if envelope.kind.is_empty() {
+    let (kind, name) = (meta.kind, meta.metadata.name);
+    if kind.is_empty() {
         return Err("the document has no kind".into());
     }
     if name.is_empty() {
-        return Err(format!("{} without metadata.name", envelope.kind));
+        return Err(format!("{kind} without metadata.name"));
     }
-    if envelope.kind == "Secret" {
-        return secret(envelope).map(|s| vec![Object::Secret(s)]);
-    }
-    let (cluster_scoped, plane_kind) = match envelope.kind.strip_prefix("Cluster") {
-        Some(rest) => (true, rest),
-        None => (false, envelope.kind.as_str()),
-    };
-    let Some(plane_type) = PlaneType::ALL.into_iter().find(|t| t.kind() == plane_kind) else {
-        return Ok(vec![Object::Other {
-            kind: envelope.kind,
-            name,
-        }]);
-    };
-    if !envelope.api_version.starts_with(&format!("{API_GROUP}/")) {
-        return Err(format!(
-            "{} {name}: apiVersion {:?} is not in group {API_GROUP}; write apiVersion: {API_VERSION}",
-            envelope.kind, envelope.api_version
-        ));
-    }
-    let spec: PlaneSpec = match envelope.spec {
-        Some(spec) => serde_json::from_value(spec)
-            .map_err(|e| format!("{} {name}: spec: {e}", envelope.kind))?,
-        None => PlaneSpec::default(),
-    };
-    let agent = spec.cluster_agent.or(spec.agent).unwrap_or_default();
-    let namespace = if cluster_scoped {
-        None
-    } else {
-        Some(
-            envelope
-                .metadata
-                .namespace
-                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
-        )
-    };
-    Ok(vec![Object::Plane(PlaneObject {
-        plane_type,
-        namespace,
-        plane_id: spec
-            .plane_id
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| name.clone()),
-        name,
-        generation: envelope.metadata.generation,
-        agent_enabled: agent.enabled != Some(false),
-        client_ca: agent.client_ca,
-    })])
-}
-
-fn secret(envelope: Envelope) -> Result<SecretObject, String> {
-    let name = envelope.metadata.name;
-    let mut data = BTreeMap::new();
-    for (key, value) in envelope.data.unwrap_or_default() {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
-            .map_err(|e| {
-                format!("Secret {name}: data.{key} is not base64 ({e}); put plain text under stringData instead")
-            })?;
-        data.insert(key, decoded);
-    }
-    for (key, value) in envelope.string_data.unwrap_or_default() {
-        data.insert(key, value.into_bytes());
-    }
-    Ok(SecretObject {
-        namespace: envelope
+    if kind == "Secret" {
+        let mut secret: Secret = serde_json::from_value(doc).map_err(|e| {
+            format!(
+                "Secret {name}: {e}; data values are base64, put plain text under stringData instead"
+            )
+        })?;
+        secret
             .metadata
             .namespace
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
-        name,
-        data,
-    })
+            .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+        return Ok(vec![Object::Secret(Box::new(secret))]);
+    }
+    let Some(plane_type) = PlaneType::ALL.into_iter().find(|t| t.kind() == kind) else {
+        if kind
+            .strip_prefix("Cluster")
+            .is_some_and(|rest| PlaneType::ALL.iter().any(|t| t.kind() == rest))
+        {
+            return Err(format!(
+                "{kind} {name}: cluster-scoped plane kinds are not served yet; use the namespaced \
+                 {} (the proxy path then names its namespace)",
+                &kind["Cluster".len()..]
+            ));
+        }
+        return Ok(vec![Object::Other { kind, name }]);
+    };
+    if !meta.api_version.starts_with(&format!("{API_GROUP}/")) {
+        return Err(format!(
+            "{kind} {name}: apiVersion {:?} is not in group {API_GROUP}; write apiVersion: {API_VERSION}",
+            meta.api_version
+        ));
+    }
+    let mut plane =
+        AnyPlane::from_value(plane_type, doc).map_err(|e| format!("{kind} {name}: {e}"))?;
+    plane
+        .meta_mut()
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    Ok(vec![Object::Plane(Box::new(plane))])
 }
 
-/// Parses a file's text: several YAML documents, or JSON (one value or a stream).
+/// Decodes a file's text: several YAML documents, or JSON (one value or a stream).
 pub fn parse_file(text: &str, is_json: bool) -> Result<Vec<Object>, String> {
     let docs: Vec<serde_json::Value> = if is_json {
         serde_json::Deserializer::from_str(text)
@@ -240,9 +122,19 @@ pub fn parse_file(text: &str, is_json: bool) -> Result<Vec<Object>, String> {
     Ok(out)
 }
 
+/// Writes objects as a multi-document YAML stream, as `kubectl apply -f` reads it.
+pub fn to_yaml<T: serde::Serialize>(objects: &[T]) -> String {
+    objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap_or_default()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planes::crd::PlaneResource as _;
+    use crate::planes::secret_data;
 
     #[test]
     fn both_spellings_and_defaults() {
@@ -256,6 +148,7 @@ spec:
   clusterAgent:
     clientCA:
       secretKeyRef: {name: agent-ca}
+  gateway: {publicVirtualHost: a.example.com, organizationVirtualHost: b.example.com}
 ---
 apiVersion: openchoreo.dev/v1alpha1
 kind: BuildPlane
@@ -277,34 +170,38 @@ stringData: {extra: plain}
         )
         .unwrap();
         assert_eq!(objects.len(), 3);
-        let Object::Plane(dp) = &objects[0] else {
+        let Object::Plane(plane) = &objects[0] else {
             panic!("{objects:?}")
         };
-        assert_eq!(dp.plane_id, "us-east");
-        assert_eq!(dp.namespace.as_deref(), Some("org"));
-        assert_eq!(
-            dp.client_ca.as_ref().unwrap().secret().unwrap().name,
-            "agent-ca"
-        );
-        let Object::Plane(bp) = &objects[1] else {
+        let AnyPlane::DataPlane(dp) = plane.as_ref() else {
+            panic!("{objects:?}")
+        };
+        assert_eq!(dp.plane_id(), "us-east");
+        assert_eq!(dp.cr().namespace.as_deref(), Some("org"));
+        assert_eq!(dp.client_ca().unwrap().secret().unwrap().name, "agent-ca");
+        let Object::Plane(plane) = &objects[1] else {
             panic!()
         };
-        assert_eq!(bp.plane_id, "builds");
-        assert_eq!(bp.namespace.as_deref(), Some(DEFAULT_NAMESPACE));
-        let secret_ref = bp.client_ca.as_ref().unwrap().secret().unwrap();
+        let AnyPlane::BuildPlane(bp) = plane.as_ref() else {
+            panic!()
+        };
+        assert_eq!(bp.plane_id(), "builds");
+        assert_eq!(bp.cr().namespace.as_deref(), Some(DEFAULT_NAMESPACE));
+        let secret_ref = bp.client_ca().unwrap().secret().unwrap();
         assert_eq!(secret_ref.key.as_deref(), Some("ca.pem"));
         let Object::Secret(s) = &objects[2] else {
             panic!()
         };
-        assert_eq!(s.data["ca.crt"], b"hello");
-        assert_eq!(s.data["extra"], b"plain");
+        let data = secret_data(s);
+        assert_eq!(data["ca.crt"], b"hello");
+        assert_eq!(data["extra"], b"plain");
     }
 
     #[test]
-    fn json_streams_lists_and_cluster_scope() {
+    fn json_streams_lists_and_unused_kinds() {
         let objects = parse_file(
             r#"{"apiVersion":"v1","kind":"List","items":[
-                 {"apiVersion":"openchoreo.dev/v1alpha1","kind":"ClusterDataPlane","metadata":{"name":"shared"}}]}
+                 {"apiVersion":"openchoreo.dev/v1alpha1","kind":"ObservabilityPlane","metadata":{"name":"obs"},"spec":{}}]}
                {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#,
             true,
         )
@@ -312,8 +209,10 @@ stringData: {extra: plain}
         let Object::Plane(p) = &objects[0] else {
             panic!()
         };
-        assert_eq!(p.namespace, None);
-        assert!(p.agent_enabled);
+        assert!(
+            !p.agent_enabled(),
+            "a plane without an agent block is not agent-enabled, as from Kubernetes"
+        );
         assert!(matches!(&objects[1], Object::Other { kind, .. } if kind == "ConfigMap"));
     }
 
@@ -324,19 +223,43 @@ stringData: {extra: plain}
             false,
         )
         .unwrap_err();
-        assert!(err.contains("openchoreo.dev/v1alpha1"), "{err}");
+        assert_eq!(
+            err,
+            "document 1: DataPlane a: apiVersion \"v1\" is not in group openchoreo.dev; write apiVersion: openchoreo.dev/v1alpha1"
+        );
         let err = parse_file("kind: DataPlane\nmetadata: {}\n", false).unwrap_err();
-        assert!(err.contains("without metadata.name"), "{err}");
+        assert_eq!(err, "document 1: DataPlane without metadata.name");
         let err = parse_file(
             "kind: Secret\nmetadata: {name: s}\ndata: {ca.crt: '-----BEGIN'}\n",
             false,
         )
         .unwrap_err();
-        assert!(err.contains("stringData"), "{err}");
+        assert!(
+            err.ends_with("put plain text under stringData instead"),
+            "{err}"
+        );
+        let err = parse_file(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: a}\nspec: {}\n",
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("document 1: DataPlane a: missing field `gateway`"),
+            "{err}"
+        );
+        let err = parse_file(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata: {name: a}\n",
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("cluster-scoped plane kinds are not served yet"),
+            "{err}"
+        );
         assert!(
             parse_file("a: [unclosed", false)
                 .unwrap_err()
-                .contains("invalid YAML")
+                .starts_with("invalid YAML")
         );
     }
 }

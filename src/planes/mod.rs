@@ -7,12 +7,54 @@ pub mod crd;
 pub mod directory;
 pub mod kubernetes;
 pub mod manifest;
+pub mod reason;
 pub mod registry;
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+
+pub use reason::Reason;
 pub use registry::{
-    Authorisation, CaProblem, CaProblemKind, CrRef, PlaneEntry, PlaneKey, PlaneSource, Registry,
-    Snapshot,
+    Authorisation, CrRef, PlaneEntry, PlaneKey, PlaneSource, Registry, SecretKeyLocation, Snapshot,
 };
+
+/// Why something is not as it should be: a reason and a message naming the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Problem {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A Secret's data, with `stringData` (which a server never returns, but a manifest
+/// file may hold) merged over it.
+pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    data
+}
 
 /// The kinds of remote plane. `workflowplane` is the newer name of the build plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
@@ -58,6 +100,18 @@ impl PlaneType {
             "observabilityplane" => Some(PlaneType::ObservabilityPlane),
             _ => None,
         }
+    }
+}
+
+impl std::str::FromStr for PlaneType {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<PlaneType, String> {
+        PlaneType::parse(name).ok_or_else(|| {
+            format!(
+                "unknown planeType {name:?}; use dataplane, buildplane (or workflowplane) or observabilityplane"
+            )
+        })
     }
 }
 

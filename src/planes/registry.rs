@@ -3,7 +3,7 @@
 //! anything; it reacts to each new snapshot, so a file edit and a Kubernetes watch
 //! event take the same path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,8 +11,10 @@ use futures_util::future::BoxFuture;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
-use super::PlaneType;
-use super::manifest::{PlaneObject, SecretObject};
+use k8s_openapi::api::core::v1::Secret;
+
+use super::crd::{AnyPlane, DEFAULT_NAMESPACE, ValueFrom};
+use super::{PlaneType, Problem, Reason, secret_data};
 use crate::trust::{self, Usage};
 
 /// What an agent names in its `/ws` request: `planeType` and `planeID`.
@@ -135,158 +137,138 @@ impl Snapshot {
         result
     }
 
-    /// Builds a snapshot from plane objects and the Secrets they may refer to.
-    pub fn resolve(planes: &[PlaneObject], secrets: &[SecretObject]) -> Snapshot {
-        let by_name: HashMap<(&str, &str), &SecretObject> = secrets
+    /// Builds a snapshot from plane CRs and the Secrets they may refer to.
+    pub fn resolve(planes: &[AnyPlane], secrets: &[Secret]) -> Snapshot {
+        let data: HashMap<(String, String), BTreeMap<String, Vec<u8>>> = secrets
             .iter()
-            .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
-            .collect();
-        let entries = planes
-            .iter()
-            .filter(|p| p.agent_enabled)
-            .map(|plane| PlaneEntry {
-                key: PlaneKey {
-                    plane_type: plane.plane_type,
-                    plane_id: plane.plane_id.clone(),
-                },
-                cr: CrRef {
-                    namespace: plane.namespace.clone(),
-                    name: plane.name.clone(),
-                },
-                generation: plane.generation,
-                client_ca: resolve_client_ca(plane, |ns, name| {
-                    by_name.get(&(ns, name)).map(|s| &s.data)
-                })
-                .map(Arc::new)
-                .map_err(|problem| problem.message),
+            .map(|s| {
+                let meta = &s.metadata;
+                let key = (
+                    meta.namespace
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+                    meta.name.clone().unwrap_or_default(),
+                );
+                (key, secret_data(s))
             })
             .collect();
+        let mut entries: Vec<PlaneEntry> = planes
+            .iter()
+            .filter(|p| p.agent_enabled())
+            .map(|plane| {
+                let cr = plane.cr();
+                let client_ca = resolve_client_ca(
+                    plane.plane_type(),
+                    cr.namespace_or_cluster(),
+                    plane.client_ca(),
+                    |ns, name| data.get(&(ns.to_string(), name.to_string())),
+                );
+                PlaneEntry {
+                    key: plane.key(),
+                    cr,
+                    generation: plane.meta().generation,
+                    client_ca: client_ca.map(Arc::new).map_err(|problem| problem.message),
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.key, &a.cr).cmp(&(&b.key, &b.cr)));
         Snapshot { entries }
     }
 }
 
-/// Why a plane's `clientCA` cannot verify agents; `reason` is the condition reason the
-/// controller writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CaProblemKind {
-    Missing,
-    SecretNotFound,
-    SecretKeyNotFound,
-    Unparseable,
-    IsLeaf,
-    Expired,
-    IsGatewayCa,
+/// Where a value's Secret key is: the namespace defaults to the referring CR's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretKeyLocation {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
 }
 
-impl CaProblemKind {
-    pub fn reason(self) -> &'static str {
-        match self {
-            CaProblemKind::Missing => "ClientCAMissing",
-            CaProblemKind::SecretNotFound => "SecretNotFound",
-            CaProblemKind::SecretKeyNotFound => "SecretKeyNotFound",
-            CaProblemKind::Unparseable => "ClientCAUnparseable",
-            CaProblemKind::IsLeaf => "ClientCAIsLeaf",
-            CaProblemKind::Expired => "ClientCAExpired",
-            CaProblemKind::IsGatewayCa => "ClientCAIsGatewayCA",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaProblem {
-    pub kind: CaProblemKind,
-    pub message: String,
-}
-
-impl CaProblem {
-    fn new(kind: CaProblemKind, message: String) -> CaProblem {
-        CaProblem { kind, message }
-    }
-}
-
-impl std::fmt::Display for CaProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Where a plane's `clientCA` Secret is: the namespace defaults to the plane's.
-pub fn client_ca_secret(plane: &PlaneObject) -> Option<(String, String, String)> {
-    let client_ca = plane.client_ca.as_ref()?;
-    if client_ca
-        .value
-        .as_deref()
-        .is_some_and(|v| !v.trim().is_empty())
-    {
+/// The Secret key a value reads, unless it is given inline.
+pub fn secret_location(referrer_namespace: &str, value: &ValueFrom) -> Option<SecretKeyLocation> {
+    if value.inline_value().is_some() {
         return None;
     }
-    let reference = client_ca.secret()?;
-    let namespace = reference
-        .namespace
-        .as_deref()
-        .or(plane.namespace.as_deref())
-        .unwrap_or(super::manifest::DEFAULT_NAMESPACE);
-    Some((
-        namespace.to_string(),
-        reference.name.clone(),
-        reference
-            .key
-            .clone()
-            .unwrap_or_else(|| "ca.crt".to_string()),
-    ))
+    let reference = value.secret()?;
+    Some(SecretKeyLocation {
+        namespace: reference.namespace_or(referrer_namespace).to_string(),
+        name: reference.name.clone(),
+        key: reference.key_or_default().to_string(),
+    })
+}
+
+/// Reads a value inline or from a Secret; `secret` looks a Secret's data up by namespace
+/// and name. `field` names the value in messages; `missing` is the reason when the value
+/// gives neither.
+pub fn resolve_value<'a>(
+    referrer_namespace: &str,
+    value: &ValueFrom,
+    field: &str,
+    missing: Reason,
+    secret: impl Fn(&str, &str) -> Option<&'a BTreeMap<String, Vec<u8>>>,
+) -> Result<Vec<u8>, Problem> {
+    if let Some(inline) = value.inline_value() {
+        return Ok(inline.as_bytes().to_vec());
+    }
+    let Some(at) = secret_location(referrer_namespace, value) else {
+        return Err(Problem::new(
+            missing,
+            format!("{field} has neither value nor secretKeyRef; give one of them"),
+        ));
+    };
+    let Some(data) = secret(&at.namespace, &at.name) else {
+        return Err(Problem::new(
+            Reason::SecretNotFound,
+            format!(
+                "Secret {}/{} referenced by {field} does not exist; create it",
+                at.namespace, at.name
+            ),
+        ));
+    };
+    data.get(&at.key).cloned().ok_or_else(|| {
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        Problem::new(
+            Reason::SecretKeyNotFound,
+            format!(
+                "Secret {}/{} has no key {:?} (it has: {}); point {field}'s key at it",
+                at.namespace,
+                at.name,
+                at.key,
+                keys.join(", ")
+            ),
+        )
+    })
 }
 
 /// Resolves and parses a plane's `clientCA`; `secret` looks a Secret's data up by
 /// namespace and name.
 pub fn resolve_client_ca<'a>(
-    plane: &PlaneObject,
-    secret: impl Fn(&str, &str) -> Option<&'a std::collections::BTreeMap<String, Vec<u8>>>,
-) -> Result<Vec<CertificateDer<'static>>, CaProblem> {
-    let kind = plane.plane_type.kind();
-    let Some(client_ca) = &plane.client_ca else {
-        return Err(CaProblem::new(
-            CaProblemKind::Missing,
+    plane_type: PlaneType,
+    namespace: &str,
+    client_ca: Option<&ValueFrom>,
+    secret: impl Fn(&str, &str) -> Option<&'a BTreeMap<String, Vec<u8>>>,
+) -> Result<Vec<CertificateDer<'static>>, Problem> {
+    let kind = plane_type.kind();
+    let Some(client_ca) = client_ca else {
+        return Err(Problem::new(
+            Reason::ClientCAMissing,
             format!(
                 "{kind} has no spec.clusterAgent.clientCA; register the agent's CA (ca.crt of Secret \
                  cluster-agent-tls in the remote plane)"
             ),
         ));
     };
-    let bytes: Vec<u8> = match (&client_ca.value, client_ca_secret(plane)) {
-        (Some(value), _) if !value.trim().is_empty() => value.clone().into_bytes(),
-        (_, None) => {
-            return Err(CaProblem::new(
-                CaProblemKind::Missing,
-                format!("{kind} clientCA has neither value nor secretKeyRef; give one of them"),
-            ));
-        }
-        (_, Some((namespace, name, key))) => {
-            let Some(data) = secret(&namespace, &name) else {
-                return Err(CaProblem::new(
-                    CaProblemKind::SecretNotFound,
-                    format!(
-                        "Secret {namespace}/{name} referenced by clientCA does not exist; create it \
-                         with the agent's ca.crt"
-                    ),
-                ));
-            };
-            let Some(value) = data.get(&key) else {
-                let keys: Vec<&str> = data.keys().map(String::as_str).collect();
-                return Err(CaProblem::new(
-                    CaProblemKind::SecretKeyNotFound,
-                    format!(
-                        "Secret {namespace}/{name} has no key {key:?} (it has: {}); point clientCA's \
-                         key at the CA",
-                        keys.join(", ")
-                    ),
-                ));
-            };
-            value.clone()
-        }
-    };
+    let field = format!("{kind} clientCA");
+    let bytes = resolve_value(
+        namespace,
+        client_ca,
+        &field,
+        Reason::ClientCAMissing,
+        secret,
+    )?;
     let certs = trust::parse_certificates(&bytes).map_err(|e| {
-        CaProblem::new(
-            CaProblemKind::Unparseable,
+        Problem::new(
+            Reason::ClientCAUnparseable,
             format!("clientCA: {e}; give the PEM of the agent's ca.crt"),
         )
     })?;
@@ -295,8 +277,8 @@ pub fn resolve_client_ca<'a>(
         .filter_map(|c| trust::CertInfo::from_der(c).ok())
         .find(|info| !info.can_issue())
     {
-        return Err(CaProblem::new(
-            CaProblemKind::IsLeaf,
+        return Err(Problem::new(
+            Reason::ClientCAIsLeaf,
             format!(
                 "clientCA holds a leaf certificate ({}), not a CA: register ca.crt of Secret \
                  cluster-agent-tls, not tls.crt",
@@ -313,13 +295,13 @@ pub fn check_client_ca(
     certs: &[CertificateDer<'_>],
     gateway_cas: &[CertificateDer<'_>],
     at: SystemTime,
-) -> Result<(), CaProblem> {
+) -> Result<(), Problem> {
     if let Some(same) = certs.iter().find(|c| gateway_cas.iter().any(|g| g == *c)) {
         let subject = trust::CertInfo::from_der(same)
             .map(|i| i.subject)
             .unwrap_or_default();
-        return Err(CaProblem::new(
-            CaProblemKind::IsGatewayCa,
+        return Err(Problem::new(
+            Reason::ClientCAIsGatewayCA,
             format!(
                 "clientCA is the gateway's own server CA ({subject}), not the agent's client CA: \
                  register ca.crt of Secret cluster-agent-tls from the remote plane, not \
@@ -337,8 +319,8 @@ pub fn check_client_ca(
             .all(|i| i.validity_at(at) == trust::Validity::Expired)
     {
         let latest = infos.iter().map(|i| i.not_after).max().expect("not empty");
-        return Err(CaProblem::new(
-            CaProblemKind::Expired,
+        return Err(Problem::new(
+            Reason::ClientCAExpired,
             format!(
                 "clientCA expired on {}; the agent's CA was renewed: register its current ca.crt",
                 trust::inspect::format_time(latest)

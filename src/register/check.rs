@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::cli::CheckArgs;
-use crate::trust::tls::DiagnosingServerVerifier;
+use crate::trust::danger::DiagnosingServerVerifier;
 use crate::trust::{self, CertInfo, Purpose, Severity};
 
 use super::Outcome;

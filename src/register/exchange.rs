@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{DynamicObject, GroupVersionKind};
@@ -15,8 +17,10 @@ use serde_json::{Value, json};
 
 use super::Outcome;
 use crate::cli::{CheckArgs, ExchangeArgs};
-use crate::planes::PlaneType;
-use crate::planes::kubernetes::{kube_client, secret_object};
+use crate::planes::crd::{AnyPlane, GatewaySpec, PlaneBuilder, ValueFrom};
+use crate::planes::kubernetes::kube_client;
+use crate::planes::manifest::{API_GROUP, to_yaml};
+use crate::planes::{PlaneType, secret_data};
 use crate::trust::{self, CertInfo, Usage};
 
 const FIELD_MANAGER: &str = "planelink-register";
@@ -144,7 +148,7 @@ async fn gateway_ca(
                     ),
                 );
             };
-            let data = secret_object(&secret).data;
+            let data = secret_data(&secret);
             let Some(ca) = data.get("ca.crt").cloned() else {
                 return fail(STEP, format!("{origin} has no ca.crt"));
             };
@@ -315,7 +319,7 @@ async fn agent_ca(
     if started.elapsed() >= Duration::from_secs(1) {
         eprintln!();
     }
-    let data = secret_object(&secret).data;
+    let data = secret_data(&secret);
     let Some(ca_bytes) = data.get("ca.crt") else {
         return fail(
             STEP,
@@ -363,68 +367,58 @@ async fn agent_ca(
     Ok(ca)
 }
 
+/// The plane CR (and, with `--ca-from-secret`, the Secret holding the agent's CA).
 fn plane_object(
     plane_type: PlaneType,
     args: &ExchangeArgs,
     agent_ca: &str,
-) -> (Value, Option<Value>) {
+) -> (AnyPlane, Option<Secret>) {
     let secret_name = format!("{}-agent-ca", args.name);
     let client_ca = if args.ca_from_secret {
-        json!({"secretKeyRef": {"name": secret_name, "namespace": args.namespace, "key": "ca.crt"}})
+        ValueFrom::from_secret(Some(&args.namespace), &secret_name, "ca.crt")
     } else {
-        json!({"value": agent_ca})
+        ValueFrom::inline(agent_ca)
     };
-    let mut spec = json!({
-        "planeID": args.plane_id.clone().unwrap_or_else(|| args.name.clone()),
-        "clusterAgent": {"clientCA": client_ca},
-    });
-    if let Some(store) = &args.secret_store {
-        spec["secretStoreRef"] = json!({"name": store});
+    let mut builder = PlaneBuilder::new(plane_type, &args.namespace, &args.name)
+        .plane_id(args.plane_id.as_deref().unwrap_or(&args.name))
+        .client_ca(client_ca)
+        .secret_store(args.secret_store.as_deref())
+        .observability_plane(args.observability_plane.as_deref())
+        .observer_url(args.observer_url.as_deref());
+    if let (Some(public), Some(organization)) =
+        (&args.public_virtual_host, &args.organization_virtual_host)
+    {
+        builder = builder.gateway(GatewaySpec {
+            public_virtual_host: public.clone(),
+            organization_virtual_host: organization.clone(),
+            public_http_port: i32::from(args.public_http_port),
+            public_https_port: i32::from(args.public_https_port),
+        });
     }
-    if let Some(observability) = &args.observability_plane {
-        spec["observabilityPlaneRef"] =
-            json!({"kind": "ObservabilityPlane", "name": observability});
-    }
-    match plane_type {
-        PlaneType::DataPlane => {
-            spec["gateway"] = json!({
-                "publicVirtualHost": args.public_virtual_host,
-                "organizationVirtualHost": args.organization_virtual_host,
-                "publicHTTPPort": args.public_http_port,
-                "publicHTTPSPort": args.public_https_port,
-            });
-        }
-        PlaneType::ObservabilityPlane => {
-            if let Some(url) = &args.observer_url {
-                spec["observerURL"] = json!(url);
-            }
-        }
-        PlaneType::BuildPlane => {}
-    }
-    let plane = json!({
-        "apiVersion": crate::planes::manifest::API_VERSION,
-        "kind": plane_type.kind(),
-        "metadata": {"name": args.name, "namespace": args.namespace},
-        "spec": spec,
+    let secret = args.ca_from_secret.then(|| Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name),
+            namespace: Some(args.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        // `data`, not `stringData`: stringData is write-only, so applying it again would
+        // always count as a change.
+        data: Some(
+            [(
+                "ca.crt".to_string(),
+                ByteString(agent_ca.as_bytes().to_vec()),
+            )]
+            .into(),
+        ),
+        ..Secret::default()
     });
-    let secret = args.ca_from_secret.then(|| {
-        json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": secret_name, "namespace": args.namespace},
-            "type": "Opaque",
-            // `data`, not `stringData`: stringData is write-only, so applying it again would
-            // always count as a change.
-            "data": {"ca.crt": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, agent_ca)},
-        })
-    });
-    (plane, secret)
+    (builder.build(), secret)
 }
 
-fn yaml(objects: &[Value]) -> String {
-    objects
-        .iter()
-        .map(|o| format!("---\n{}", serde_saphyr::to_string(o).unwrap_or_default()))
-        .collect()
+/// An object as server-side apply takes it (typed objects serialise their apiVersion and kind).
+fn to_value<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).unwrap_or(Value::Null)
 }
 
 async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome, Failure> {
@@ -459,12 +453,21 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
     }
 
     let remote_ns = remote_namespace(plane_type, args);
-    let namespace =
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": remote_ns}});
-    let config_map = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": GATEWAY_CA, "namespace": remote_ns},
-        "data": {"ca.crt": pem_of(&gateway_ca)},
+    let namespace = to_value(&Namespace {
+        metadata: ObjectMeta {
+            name: Some(remote_ns.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    });
+    let config_map = to_value(&ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(GATEWAY_CA.into()),
+            namespace: Some(remote_ns.clone()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("ca.crt".to_string(), pem_of(&gateway_ca))].into()),
+        ..ConfigMap::default()
     });
     if !args.dry_run {
         apply_object(&remote, &namespace, "step 2 (server CA for the agent)").await?;
@@ -479,13 +482,13 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
     eprintln!("step 3: agent CA read from Secret {remote_ns}/{AGENT_TLS} and checked");
     let (plane, secret) = plane_object(plane_type, args, &pem_of(&agent_ca));
     let mut writes: Vec<Value> = Vec::new();
-    writes.extend(secret);
-    writes.push(plane);
+    writes.extend(secret.as_ref().map(to_value));
+    writes.push(to_value(&plane));
 
     if args.dry_run {
         let mut all = vec![namespace, config_map];
         all.extend(writes);
-        print!("{}", yaml(&all));
+        print!("{}", to_yaml(&all));
         return Ok(Outcome::Ok);
     }
     match (&control, &args.planes_dir) {
@@ -510,7 +513,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
             })?;
             let file = dir.join(format!("{}-{}.yaml", plane_type.as_str(), args.name));
             let tmp = dir.join(format!(".{}-{}.yaml.tmp", plane_type.as_str(), args.name));
-            std::fs::write(&tmp, yaml(&writes))
+            std::fs::write(&tmp, to_yaml(&writes))
                 .and_then(|_| std::fs::rename(&tmp, &file))
                 .or_else(|e| {
                     fail(
@@ -545,11 +548,7 @@ async fn wait_connected(
     args: &ExchangeArgs,
     wait: Duration,
 ) -> Result<Outcome, Failure> {
-    let gvk = GroupVersionKind::gvk(
-        crate::planes::manifest::API_GROUP,
-        "v1alpha1",
-        plane_type.kind(),
-    );
+    let gvk = GroupVersionKind::gvk(API_GROUP, "v1alpha1", plane_type.kind());
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         &args.namespace,

@@ -1,9 +1,12 @@
 //! Certificates: PEM loading, inspection (CA or leaf, SANs, expiry), chain
-//! verification, host matching and issuance.
+//! verification, host matching, issuance, and the rustls configurations built from them
+//! (`tls`; the relaxed verifiers in `danger`).
 //!
-//! This module knows nothing of tokio, kube or hyper: it is pure data in, verdict
-//! out, so every role and every test can use it the same way.
+//! This module knows nothing of kube or hyper, and of tokio only the file watcher that
+//! reloads a serving certificate: data in, verdict out, so every role and every test can
+//! use it the same way.
 
+pub mod danger;
 mod error;
 pub mod hostname;
 pub mod inspect;

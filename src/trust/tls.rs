@@ -1,115 +1,132 @@
-//! rustls glue: a server-certificate verifier that verifies exactly as strictly as
-//! rustls' own WebPKI verifier, but keeps the presented chain and explains a
-//! rejection in the operator's terms (wrong CA, leaf as CA, host not in SANs, expiry).
+//! rustls configuration shared by the roles' listeners: a serving certificate that
+//! follows its files, server configs, and standard client-CA verification. Anything that
+//! relaxes verification lives in [`super::danger`].
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::RootCertStore;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 
-use super::{TrustError, Usage, check_host, verify_chain};
+/// How often certificate files are re-read.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the server presented and what was wrong with it, if anything.
-#[derive(Debug, Default)]
-pub struct ServerVerdict {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub error: Option<String>,
-}
-
-/// Verifies the server chain against `trusted` for serverAuth and the dialed host,
-/// recording the verdict for diagnostics.
+/// A serving certificate loaded from a cert and key file, replaced when either file
+/// changes (Kubernetes swaps mounted Secrets through a symlink, so contents are
+/// compared, not inotify events). A bad update is logged and the old pair kept.
 #[derive(Debug)]
-pub struct DiagnosingServerVerifier {
-    trusted: Vec<CertificateDer<'static>>,
-    host: String,
-    provider: Arc<CryptoProvider>,
-    verdict: Mutex<ServerVerdict>,
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<(Vec<u8>, Arc<CertifiedKey>)>,
 }
 
-impl DiagnosingServerVerifier {
-    pub fn new(
-        trusted: Vec<CertificateDer<'static>>,
-        host: &str,
-        provider: Arc<CryptoProvider>,
-    ) -> Self {
-        DiagnosingServerVerifier {
-            trusted,
-            host: host.to_string(),
-            provider,
-            verdict: Mutex::new(ServerVerdict::default()),
-        }
+fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Arc<CertifiedKey>)> {
+    let cert_bytes = std::fs::read(cert)?;
+    let key_bytes = std::fs::read(key)?;
+    let chain = crate::trust::parse_certificates(&cert_bytes)?;
+    let private = crate::trust::parse_private_key(&key_bytes)?;
+    if !crate::trust::key_matches(&chain[0], &private)? {
+        anyhow::bail!(
+            "{} is not the private key of {}",
+            key.display(),
+            cert.display()
+        );
     }
-
-    /// The chain seen and the diagnosis, once a handshake got that far.
-    pub fn take_verdict(&self) -> ServerVerdict {
-        std::mem::take(&mut *self.verdict.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn judge(&self, chain: &[CertificateDer<'static>], now: SystemTime) -> Result<(), TrustError> {
-        verify_chain(chain, &self.trusted, Usage::ServerAuth, now)?;
-        check_host(&chain[0], &self.host)
-    }
+    let signing = crate::trust::crypto_provider()
+        .key_provider
+        .load_private_key(private.into_der())?;
+    let mut fingerprint = cert_bytes;
+    fingerprint.extend_from_slice(&key_bytes);
+    Ok((fingerprint, Arc::new(CertifiedKey::new(chain, signing))))
 }
 
-impl ServerCertVerifier for DiagnosingServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone().into_owned()];
-        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let result = self.judge(&chain, now);
-        let mut verdict = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
-        verdict.chain = chain;
-        match result {
-            Ok(()) => Ok(ServerCertVerified::assertion()),
+impl ReloadingCert {
+    pub fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<Arc<ReloadingCert>> {
+        let pair = load_pair(cert_path, key_path)?;
+        Ok(Arc::new(ReloadingCert {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: RwLock::new(pair),
+        }))
+    }
+
+    /// Re-reads the files; returns whether the certificate changed.
+    pub fn reload(&self) -> bool {
+        match load_pair(&self.cert_path, &self.key_path) {
+            Ok((fingerprint, key)) => {
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                if current.0 == fingerprint {
+                    return false;
+                }
+                *current = (fingerprint, key);
+                tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
+                true
+            }
             Err(e) => {
-                let message = e.to_string();
-                verdict.error = Some(message.clone());
-                Err(rustls::Error::General(message))
+                tracing::warn!(cert = %self.cert_path.display(), error = %e,
+                    "cannot reload the serving certificate; keeping the current one");
+                false
             }
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
+    /// Polls the files until the process ends.
+    pub fn spawn_watcher(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(this) = this.upgrade() else { return };
+                tokio::task::spawn_blocking(move || this.reload());
+            }
+        });
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .clone(),
         )
     }
+}
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
+/// A server config presenting `cert`, with the given client verification and ALPN.
+pub fn server_config(
+    cert: Arc<ReloadingCert>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(crate::trust::crypto_provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+/// Standard chain verification (clientAuth) against the CAs in `ca_file`.
+pub fn client_ca_verifier(ca_file: &Path) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = RootCertStore::empty();
+    for cert in crate::trust::load_certificates(ca_file)? {
+        roots.add(cert)?;
     }
+    Ok(WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        crate::trust::crypto_provider(),
+    )
+    .build()?)
 }

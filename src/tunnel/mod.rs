@@ -4,6 +4,7 @@
 //! headers and keep-alive pings; upgrades ride as full-duplex streams.
 
 pub mod body;
+pub mod client;
 pub mod headers;
 pub mod protocol;
 pub mod ws;

@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use cluster::*;
+use planelink::planes::PlaneType;
+use planelink::planes::crd::{GatewaySpec, PlaneBuilder, ValueFrom};
+use planelink::planes::manifest::to_yaml;
 use planelink::trust::issue::{self, CaOptions, Issued, LeafOptions, Window};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -119,13 +122,19 @@ fn indent(text: &str, spaces: usize) -> String {
     text.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
-fn dataplane(ns: &str, name: &str, client_ca: &str) -> String {
-    format!(
-        "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-         spec:\n  planeID: {name}-{ns}\n  clusterAgent:\n    clientCA:\n{}  gateway:\n    publicVirtualHost: apps.example.com\n    \
-         organizationVirtualHost: apps.internal\n",
-        indent(client_ca, 6)
-    )
+/// A DataPlane in agent mode with planeID `NAME-NS`.
+fn dataplane_builder(ns: &str, name: &str, client_ca: ValueFrom) -> PlaneBuilder {
+    PlaneBuilder::new(PlaneType::DataPlane, ns, name)
+        .plane_id(&format!("{name}-{ns}"))
+        .client_ca(client_ca)
+        .gateway(GatewaySpec {
+            organization_virtual_host: "apps.internal".into(),
+            ..GatewaySpec::local("apps.example.com")
+        })
+}
+
+fn dataplane(ns: &str, name: &str, client_ca: ValueFrom) -> String {
+    to_yaml(&[dataplane_builder(ns, name, client_ca).build()])
 }
 
 fn secret(ns: &str, name: &str, key: &str, value: &str) -> String {
@@ -253,7 +262,7 @@ fn agent_mode_end_to_end() {
         &dataplane(
             &ns,
             "dp",
-            "secretKeyRef:\n  name: agent-ca\n  key: ca.crt\n",
+            ValueFrom::from_secret(None, "agent-ca", "ca.crt"),
         ),
     );
     let (_controller, ports) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
@@ -485,12 +494,12 @@ fn remote_gateway_and_every_bad_ca_reason() {
     }))
     .unwrap();
     let leaf = std::fs::read_to_string(pki.dir.join("good/tls.crt")).unwrap();
-    let value = |pem: &str| format!("value: |\n{}", indent(pem, 2));
+    let value = |pem: &str| ValueFrom::inline(pem);
     let cases = [
         (
             "missing",
             "ClientCAMissing",
-            "{}\n".to_string(),
+            ValueFrom::default(),
             "neither value nor secretKeyRef",
         ),
         (
@@ -520,14 +529,14 @@ fn remote_gateway_and_every_bad_ca_reason() {
         (
             "nosecret",
             "SecretNotFound",
-            "secretKeyRef: {name: absent, key: ca.crt}\n".to_string(),
+            ValueFrom::from_secret(None, "absent", "ca.crt"),
             "does not exist",
         ),
     ];
     for (name, _, client_ca, _) in &cases {
-        c.apply(&c.control, &dataplane(&ns, name, client_ca));
+        c.apply(&c.control, &dataplane(&ns, name, client_ca.clone()));
     }
-    c.apply(&c.control, &dataplane(&ns, "good", &value(&good)));
+    c.apply(&c.control, &dataplane(&ns, "good", value(&good)));
     let _agent = start_agent(
         &pki,
         &ports,
@@ -595,9 +604,10 @@ fn deletion_waits_for_environments_and_references_are_checked() {
     let pki = Pki::new(dir.path());
     let (_controller, _ports) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
     let ca = pki.agent("a");
-    let mut yaml = dataplane(&ns, "dp", &format!("value: |\n{}", indent(&ca, 2)));
-    yaml.push_str("  observabilityPlaneRef:\n    kind: ObservabilityPlane\n    name: observer\n");
-    c.apply(&c.control, &yaml);
+    let plane = dataplane_builder(&ns, "dp", ValueFrom::inline(&ca))
+        .observability_plane(Some("observer"))
+        .build();
+    c.apply(&c.control, &to_yaml(&[plane]));
     for env in ["dev", "prod"] {
         c.apply(
             &c.control,
@@ -814,10 +824,7 @@ fn leader_election_hands_over() {
         }
     });
     let ca = pki.agent("a");
-    c.apply(
-        &c.control,
-        &dataplane(&ns, "dp", &format!("value: |\n{}", indent(&ca, 2))),
-    );
+    c.apply(&c.control, &dataplane(&ns, "dp", ValueFrom::inline(&ca)));
     await_condition(
         c,
         &ns,
@@ -849,10 +856,7 @@ fn leader_election_hands_over() {
     );
     assert_ne!(next, holder);
     // The new leader reconciles: a new plane gets its status.
-    c.apply(
-        &c.control,
-        &dataplane(&ns, "dp2", &format!("value: |\n{}", indent(&ca, 2))),
-    );
+    c.apply(&c.control, &dataplane(&ns, "dp2", ValueFrom::inline(&ca)));
     await_condition(
         c,
         &ns,
@@ -955,7 +959,11 @@ fn rbac_manifests_grant_what_the_roles_need() {
     c.apply(&c.control, &secret(&ns, "agent-ca", "ca.crt", &ca));
     c.apply(
         &c.control,
-        &dataplane(&ns, "dp", "secretKeyRef: {name: agent-ca, key: ca.crt}\n"),
+        &dataplane(
+            &ns,
+            "dp",
+            ValueFrom::from_secret(None, "agent-ca", "ca.crt"),
+        ),
     );
     let _agent = start_agent(
         &pki,

@@ -17,8 +17,10 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use planelink::cli::{AgentArgs, GatewayArgs, args_from};
-use planelink::planes::Registry;
+use planelink::planes::crd::{PlaneBuilder, ValueFrom};
 use planelink::planes::directory::DirectorySource;
+use planelink::planes::manifest::to_yaml;
+use planelink::planes::{PlaneType, Registry};
 use planelink::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions};
 use planelink::tunnel::body::{self as tbody, Body};
 use sha2::{Digest, Sha256};
@@ -79,12 +81,13 @@ pub fn agent_identity(dir: &Path, name: &str) -> (PathBuf, String) {
     (dir.join(name), ca_pem)
 }
 
+/// A DataPlane `org/NAME` with `plane_id`, trusting the CA `ca_pem`, as a planes-directory manifest.
 pub fn dataplane(name: &str, plane_id: &str, ca_pem: &str) -> String {
-    let indented: String = ca_pem.lines().map(|l| format!("        {l}\n")).collect();
-    format!(
-        "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata:\n  name: {name}\n  namespace: org\n\
-         spec:\n  planeID: {plane_id}\n  clusterAgent:\n    clientCA:\n      value: |\n{indented}"
-    )
+    let plane = PlaneBuilder::new(PlaneType::DataPlane, "org", name)
+        .plane_id(plane_id)
+        .client_ca(ValueFrom::inline(ca_pem))
+        .build();
+    to_yaml(&[plane])
 }
 
 // ---------------------------------------------------------------- upstream
@@ -260,12 +263,12 @@ fn async_stream(release: Arc<Notify>) -> impl futures_util::Stream<Item = Chunk>
 }
 
 pub async fn start_upstream(pki: &Pki) -> Upstream {
-    let cert = planelink::tls::ReloadingCert::load(
+    let cert = planelink::trust::tls::ReloadingCert::load(
         &pki.dir.join("upstream/tls.crt"),
         &pki.dir.join("upstream/tls.key"),
     )
     .unwrap();
-    let config = planelink::tls::server_config(cert, None, &[b"http/1.1"]).unwrap();
+    let config = planelink::trust::tls::server_config(cert, None, &[b"http/1.1"]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

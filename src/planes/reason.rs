@@ -1,0 +1,232 @@
+//! Every condition reason planelink writes or reports, in one place: the controller's
+//! conditions, the registry's refusals and the README's table all come from [`Reason`].
+
+/// Why a plane's condition is what it is. The string form is the condition `reason`;
+/// [`Reason::meaning`] documents each one (and is the README's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Reason {
+    Ready,
+    ClientCAMissing,
+    ClientCAUnparseable,
+    ClientCAIsLeaf,
+    ClientCAExpired,
+    ClientCAIsGatewayCA,
+    SecretNotFound,
+    SecretKeyNotFound,
+    SecretNotReadable,
+    KubernetesClusterInvalid,
+    NoConnectionMode,
+    ObservabilityPlaneNotFound,
+    DeletionBlocked,
+    GatewaySpecInvalid,
+    AgentConnected,
+    AgentNotConnected,
+    GatewayUnreachable,
+    GatewayNotConfigured,
+    APIServerReachable,
+    APIServerUnreachable,
+    AwaitingConnection,
+    GatewayAPIAvailable,
+    GatewayAPIMissing,
+    GatewayAPIUnknown,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 24] = [
+        Reason::Ready,
+        Reason::ClientCAMissing,
+        Reason::ClientCAUnparseable,
+        Reason::ClientCAIsLeaf,
+        Reason::ClientCAExpired,
+        Reason::ClientCAIsGatewayCA,
+        Reason::SecretNotFound,
+        Reason::SecretKeyNotFound,
+        Reason::SecretNotReadable,
+        Reason::KubernetesClusterInvalid,
+        Reason::NoConnectionMode,
+        Reason::ObservabilityPlaneNotFound,
+        Reason::DeletionBlocked,
+        Reason::GatewaySpecInvalid,
+        Reason::AgentConnected,
+        Reason::AgentNotConnected,
+        Reason::GatewayUnreachable,
+        Reason::GatewayNotConfigured,
+        Reason::APIServerReachable,
+        Reason::APIServerUnreachable,
+        Reason::AwaitingConnection,
+        Reason::GatewayAPIAvailable,
+        Reason::GatewayAPIMissing,
+        Reason::GatewayAPIUnknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ready => "Ready",
+            Reason::ClientCAMissing => "ClientCAMissing",
+            Reason::ClientCAUnparseable => "ClientCAUnparseable",
+            Reason::ClientCAIsLeaf => "ClientCAIsLeaf",
+            Reason::ClientCAExpired => "ClientCAExpired",
+            Reason::ClientCAIsGatewayCA => "ClientCAIsGatewayCA",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::SecretKeyNotFound => "SecretKeyNotFound",
+            Reason::SecretNotReadable => "SecretNotReadable",
+            Reason::KubernetesClusterInvalid => "KubernetesClusterInvalid",
+            Reason::NoConnectionMode => "NoConnectionMode",
+            Reason::ObservabilityPlaneNotFound => "ObservabilityPlaneNotFound",
+            Reason::DeletionBlocked => "DeletionBlocked",
+            Reason::GatewaySpecInvalid => "GatewaySpecInvalid",
+            Reason::AgentConnected => "AgentConnected",
+            Reason::AgentNotConnected => "AgentNotConnected",
+            Reason::GatewayUnreachable => "GatewayUnreachable",
+            Reason::GatewayNotConfigured => "GatewayNotConfigured",
+            Reason::APIServerReachable => "APIServerReachable",
+            Reason::APIServerUnreachable => "APIServerUnreachable",
+            Reason::AwaitingConnection => "AwaitingConnection",
+            Reason::GatewayAPIAvailable => "GatewayAPIAvailable",
+            Reason::GatewayAPIMissing => "GatewayAPIMissing",
+            Reason::GatewayAPIUnknown => "GatewayAPIUnknown",
+        }
+    }
+
+    /// The condition this reason is written to.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Reason::AgentConnected
+            | Reason::AgentNotConnected
+            | Reason::GatewayUnreachable
+            | Reason::GatewayNotConfigured
+            | Reason::APIServerReachable
+            | Reason::APIServerUnreachable => "Connected",
+            Reason::AwaitingConnection
+            | Reason::GatewayAPIAvailable
+            | Reason::GatewayAPIMissing
+            | Reason::GatewayAPIUnknown
+            | Reason::GatewaySpecInvalid => "GatewayProvisioned",
+            _ => "Ready",
+        }
+    }
+
+    /// What the reason means and what to do, as the README's table says it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Reason::Ready => "connected, trusted and configured",
+            Reason::ClientCAMissing => {
+                "no `clientCA` (or one with neither value nor Secret): register the agent's `ca.crt`"
+            }
+            Reason::ClientCAUnparseable => {
+                "`clientCA` holds no readable certificate: give the PEM of the agent's `ca.crt`"
+            }
+            Reason::ClientCAIsLeaf => {
+                "`clientCA` holds a leaf: register `ca.crt` of Secret `cluster-agent-tls`, not `tls.crt`"
+            }
+            Reason::ClientCAExpired => {
+                "every CA in `clientCA` has expired: register the agent's current `ca.crt`"
+            }
+            Reason::ClientCAIsGatewayCA => {
+                "`clientCA` is the gateway's own server CA: register the agent's CA from the remote plane"
+            }
+            Reason::SecretNotFound => "a referenced Secret does not exist: create it",
+            Reason::SecretKeyNotFound => {
+                "a referenced Secret lacks the key: fix the reference's `key`"
+            }
+            Reason::SecretNotReadable => {
+                "a referenced Secret cannot be read: let the controller get Secrets there"
+            }
+            Reason::KubernetesClusterInvalid => {
+                "`spec.kubernetesCluster` cannot make a client: fix the field the message names"
+            }
+            Reason::NoConnectionMode => {
+                "neither `spec.clusterAgent` nor `spec.kubernetesCluster`: add one"
+            }
+            Reason::ObservabilityPlaneNotFound => {
+                "`spec.observabilityPlaneRef` names a missing ObservabilityPlane: create it or fix the name"
+            }
+            Reason::DeletionBlocked => {
+                "Environments still reference this DataPlane: delete them or move them to another"
+            }
+            Reason::GatewaySpecInvalid => {
+                "`spec.gateway` has an invalid host or the same HTTP and HTTPS port"
+            }
+            Reason::AgentConnected => "at least one trusted agent is connected",
+            Reason::AgentNotConnected => {
+                "no trusted agent is connected: read the agent's log in the remote cluster"
+            }
+            Reason::GatewayUnreachable => {
+                "the gateway's plane API does not answer: check `--gateway-url` and its certificates"
+            }
+            Reason::GatewayNotConfigured => {
+                "no gateway URL to reach agent-mode planes: give `--gateway-url`"
+            }
+            Reason::APIServerReachable => "direct mode: the API server answers `/version`",
+            Reason::APIServerUnreachable => {
+                "direct mode: the API server does not answer `/version` (address, CA, credentials)"
+            }
+            Reason::AwaitingConnection => {
+                "the remote cluster is probed for the Gateway API once connected"
+            }
+            Reason::GatewayAPIAvailable => "the remote cluster serves `gateway.networking.k8s.io`",
+            Reason::GatewayAPIMissing => {
+                "the remote cluster lacks `gateway.networking.k8s.io`: install the Gateway API CRDs there"
+            }
+            Reason::GatewayAPIUnknown => "the remote cluster's API groups cannot be listed",
+        }
+    }
+
+    /// The README's table of reasons, generated so that it cannot drift.
+    pub fn markdown_table() -> String {
+        let mut out = String::from("| condition | reason | meaning and fix |\n|---|---|---|\n");
+        for reason in Reason::ALL {
+            out.push_str(&format!(
+                "| {} | `{}` | {} |\n",
+                reason.condition(),
+                reason.as_str(),
+                reason.meaning()
+            ));
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_match_the_variants() {
+        let mut names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        for reason in Reason::ALL {
+            assert_eq!(format!("{reason:?}"), reason.as_str());
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
+
+    /// The README's reason table is this enum's; `UPDATE_README=1` rewrites it.
+    #[test]
+    fn readme_table_is_generated() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let (begin, end) = ("<!-- reasons:begin -->\n", "<!-- reasons:end -->");
+        let start = readme.find(begin).expect("README has the reasons markers") + begin.len();
+        let stop = readme[start..].find(end).expect("end marker") + start;
+        let table = Reason::markdown_table();
+        if readme[start..stop] != table {
+            if std::env::var_os("UPDATE_README").is_some() {
+                let updated = format!("{}{table}{}", &readme[..start], &readme[stop..]);
+                std::fs::write(path, updated).expect("write README.md");
+            } else {
+                panic!(
+                    "README.md's reason table differs from Reason::markdown_table(); run with UPDATE_README=1"
+                );
+            }
+        }
+    }
+}
