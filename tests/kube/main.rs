@@ -7,6 +7,7 @@
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod model;
 mod register;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,164 @@
+//! One plane model: the same manifests fed to both registry sources (a planes directory and
+//! the Kubernetes API) give the same snapshot and the same accept/refuse decision for
+//! every agent, including planes without an agent block, disabled agents, a leaf as CA,
+//! a Secret reference, and the same planeID in two namespaces.
+
+use std::time::SystemTime;
+
+use planelink::planes::crd::{AnyPlane, PlaneBuilder, ValueFrom};
+use planelink::planes::directory::DirectorySource;
+use planelink::planes::kubernetes::{KubernetesSource, kube_client};
+use planelink::planes::manifest::to_yaml;
+use planelink::planes::{PlaneKey, PlaneType, Registry, Snapshot};
+
+use super::cluster::clusters;
+use super::{Pki, WAIT};
+
+/// Waits (bounded) until `registry` publishes a snapshot with `entries` planes.
+async fn snapshot_with(registry: &Registry, entries: usize, what: &str) -> Snapshot {
+    let mut changes = registry.subscribe();
+    let wait = async {
+        loop {
+            if let Some(snapshot) = changes.borrow_and_update().clone()
+                && snapshot.entries.len() == entries
+            {
+                return (*snapshot).clone();
+            }
+            if changes.changed().await.is_err() {
+                panic!("{what}: the source stopped");
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no snapshot with {entries} planes within {WAIT:?}"))
+}
+
+fn manifests(ns: &str, other_ns: &str, pki: &Pki) -> String {
+    let (a, b, c) = (
+        pki.agent("model-a"),
+        pki.agent("model-b"),
+        pki.agent("model-c"),
+    );
+    let leaf = std::fs::read_to_string(pki.dir.join("model-a/tls.crt")).unwrap();
+    let mut no_agent = PlaneBuilder::new(PlaneType::ObservabilityPlane, ns, "no-agent").build();
+    if let AnyPlane::ObservabilityPlane(p) = &mut no_agent {
+        p.spec.cluster_agent = None;
+    }
+    let mut disabled = PlaneBuilder::new(PlaneType::DataPlane, ns, "disabled")
+        .client_ca(ValueFrom::inline(&a))
+        .build();
+    if let AnyPlane::DataPlane(p) = &mut disabled {
+        p.spec.cluster_agent.as_mut().unwrap().enabled = Some(false);
+    }
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: b-ca, namespace: {ns}}}\nstringData:\n  ca.crt: |\n{}",
+        b.lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    let planes = [
+        PlaneBuilder::new(PlaneType::DataPlane, ns, "inline")
+            .plane_id("shared")
+            .client_ca(ValueFrom::inline(&a))
+            .build(),
+        PlaneBuilder::new(PlaneType::DataPlane, ns, "from-secret")
+            .plane_id("shared")
+            .client_ca(ValueFrom::from_secret(None, "b-ca", "ca.crt"))
+            .build(),
+        PlaneBuilder::new(PlaneType::DataPlane, other_ns, "tenant")
+            .plane_id("shared")
+            .client_ca(ValueFrom::inline(&c))
+            .build(),
+        PlaneBuilder::new(PlaneType::BuildPlane, ns, "leaf")
+            .client_ca(ValueFrom::inline(&leaf))
+            .build(),
+        PlaneBuilder::new(PlaneType::BuildPlane, ns, "missing-secret")
+            .client_ca(ValueFrom::from_secret(None, "absent", "ca.crt"))
+            .build(),
+        no_agent,
+        disabled,
+    ];
+    format!("{secret}{}", to_yaml(&planes))
+}
+
+/// What a snapshot says, without what only a server sets (generation).
+fn comparable(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .entries
+        .iter()
+        .map(|e| format!("{} {} {:?}", e.key, e.cr, e.client_ca))
+        .collect()
+}
+
+#[test]
+fn both_sources_give_the_same_snapshot_and_decisions() {
+    let c = clusters();
+    let (ns, other_ns) = (c.namespace("model"), c.namespace("model-tenant"));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let yaml = manifests(&ns, &other_ns, &pki);
+    c.apply(&c.control, &yaml);
+    let planes_dir = dir.path().join("planes");
+    std::fs::create_dir_all(&planes_dir).unwrap();
+    std::fs::write(planes_dir.join("planes.yaml"), &yaml).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // 5 agent-enabled planes: inline, from-secret, tenant, leaf, missing-secret.
+        let from_dir = Registry::spawn(Box::new(DirectorySource::new(&planes_dir)));
+        let directory = snapshot_with(&from_dir, 5, "planes directory").await;
+        let mut seen = Vec::new();
+        for namespace in [&ns, &other_ns] {
+            let client = kube_client(Some(&c.kubeconfig_for(&c.control)), None)
+                .await
+                .unwrap();
+            let source = KubernetesSource::new(client, Some(namespace.clone()));
+            let registry = Registry::spawn(Box::new(source));
+            let expected = if namespace == &ns { 4 } else { 1 };
+            seen.extend(
+                snapshot_with(&registry, expected, "Kubernetes")
+                    .await
+                    .entries,
+            );
+        }
+        seen.sort_by(|a, b| (&a.key, &a.cr).cmp(&(&b.key, &b.cr)));
+        let kubernetes = Snapshot { entries: seen };
+        assert_eq!(comparable(&directory), comparable(&kubernetes));
+
+        let now = SystemTime::now();
+        let keys = [
+            PlaneKey {
+                plane_type: PlaneType::DataPlane,
+                plane_id: "shared".into(),
+            },
+            PlaneKey {
+                plane_type: PlaneType::BuildPlane,
+                plane_id: "leaf".into(),
+            },
+            PlaneKey {
+                plane_type: PlaneType::ObservabilityPlane,
+                plane_id: "no-agent".into(),
+            },
+            PlaneKey {
+                plane_type: PlaneType::DataPlane,
+                plane_id: "disabled".into(),
+            },
+        ];
+        for agent in ["model-a", "model-b", "model-c"] {
+            let chain =
+                planelink::trust::load_certificates(&pki.dir.join(agent).join("tls.crt")).unwrap();
+            for key in &keys {
+                let (d, k) = (
+                    directory.authorise(key, &chain, now),
+                    kubernetes.authorise(key, &chain, now),
+                );
+                assert_eq!(d, k, "agent {agent} for {key}");
+            }
+            let granted = directory.authorise(&keys[0], &chain, now).granted;
+            assert_eq!(
+                granted.len(),
+                1,
+                "agent {agent} is trusted by exactly one CR of planeID shared"
+            );
+        }
+    });
+}
