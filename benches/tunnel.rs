@@ -466,7 +466,7 @@ async fn spawn_idle_agent(
     port: u16,
     token: tokio_util::sync::CancellationToken,
 ) -> planelink::agent::Agent {
-    let args: planelink::cli::AgentArgs = planelink::cli::args_from(vec![
+    let args: planelink::agent::AgentArgs = planelink::cli::args_from(vec![
         "agent".into(),
         "--plane-id=bench".into(),
         "--health-port=0".into(),
@@ -477,7 +477,8 @@ async fn spawn_idle_agent(
         format!("--routes={}", dir.join("routes.yaml").display()),
     ])
     .unwrap();
-    planelink::agent::start(args, token).await.unwrap()
+    let config = planelink::agent::Config::try_from(args).unwrap();
+    planelink::agent::start(config, None, token).await.unwrap()
 }
 
 fn ms(d: Duration) -> f64 {

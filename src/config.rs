@@ -110,6 +110,45 @@ pub fn check_heartbeat(interval: Duration, timeout: Duration) -> Result<(), Conf
     Ok(())
 }
 
+pub fn check_positive(flag: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::new(flag, "must be above zero, e.g. 30s"));
+    }
+    Ok(())
+}
+
+/// Parses durations such as 30s, 1m30s or 500ms (clap value parser).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}; write a duration such as 30s, 1m30s or 500ms"))
+}
+
+/// Parses sizes such as 1048576, 64Ki, 10Mi, 1Gi (binary) or 10M, 1G (decimal).
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write bytes or a size such as 64Mi or 1Gi"))?;
+    let factor: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "k" | "KB" => 1_000,
+        "Ki" | "KiB" => 1 << 10,
+        "M" | "MB" => 1_000_000,
+        "Mi" | "MiB" => 1 << 20,
+        "G" | "GB" => 1_000_000_000,
+        "Gi" | "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?}; use Ki, Mi, Gi (or K, M, G)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s} is too large"))
+}
+
 pub fn check_existing_file(flag: &str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
@@ -138,5 +177,19 @@ pub fn check_existing_dir(flag: &str, path: &Path) -> Result<(), ConfigError> {
                 path.display()
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(byte_size("64Mi").unwrap(), 64 << 20);
+        assert_eq!(byte_size("10M").unwrap(), 10_000_000);
+        assert_eq!(byte_size("0").unwrap(), 0);
+        assert!(byte_size("ten").is_err());
+        assert!(byte_size("5Qi").is_err());
     }
 }

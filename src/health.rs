@@ -2,15 +2,17 @@
 //! `/ready` (able to do its job), `/metrics` (Prometheus text format). The `…z`
 //! spellings Kubernetes tooling expects are accepted too.
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::server::{self, HttpTimeouts};
 
 use crate::tunnel::body::{self, Body};
 
@@ -80,23 +82,37 @@ fn respond(health: &Health, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Probes and scrapes are small and quick: a slow or idle client is cut early, and a
+/// flood of them cannot take more than [`MAX_CONNECTIONS`] descriptors.
+const TIMEOUTS: HttpTimeouts = HttpTimeouts {
+    header_read: Duration::from_secs(10),
+    write: Duration::from_secs(10),
+    idle: Duration::from_secs(30),
+};
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, health: Health, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => return,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let health = health.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = respond(&health, &req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let builder = server::http_builder(&TIMEOUTS);
+    let stop = shutdown.clone();
+    server::accept_loop(
+        listener,
+        "health",
+        MAX_CONNECTIONS,
+        shutdown,
+        TaskTracker::new(),
+        move |tcp, _| {
+            let health = health.clone();
+            let builder = builder.clone();
+            let stop = stop.clone();
+            async move {
+                server::serve_http(tcp, &builder, TIMEOUTS, stop, move |req| {
+                    let response = respond(&health, &req);
+                    async move { response }
+                })
+                .await
+            }
+        },
+    )
+    .await;
 }

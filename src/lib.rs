@@ -21,6 +21,7 @@ pub mod logging;
 pub mod manpages;
 pub mod planes;
 pub mod register;
+pub mod server;
 pub mod signals;
 pub mod trust;
 pub mod tunnel;

@@ -42,21 +42,27 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> ExitCode {
     match command {
-        Command::Gateway(args) => serve("gateway", planelink::gateway::validate(&args), || {
-            planelink::gateway::run(args)
-        }),
-        Command::Agent(args) => serve("agent", planelink::agent::validate(&args), || {
-            planelink::agent::run(args)
-        }),
-        Command::Up(args) => serve("up", Ok(()), || planelink::up::run(args)),
+        Command::Gateway(args) => serve(
+            "gateway",
+            planelink::gateway::Config::try_from(args),
+            planelink::gateway::run,
+        ),
+        Command::Agent(args) => serve(
+            "agent",
+            planelink::agent::Config::try_from(args),
+            planelink::agent::run,
+        ),
+        Command::Up(args) => serve("up", Ok(args), planelink::up::run),
         Command::Controller(args) => match args.command {
-            Some(cli::ControllerCommand::Crds) => {
+            Some(planelink::controller::ControllerCommand::Crds) => {
                 print!("{}", planelink::planes::crd::crds_yaml());
                 ExitCode::SUCCESS
             }
-            None => serve("controller", planelink::controller::validate(&args), || {
-                planelink::controller::run(args)
-            }),
+            None => serve(
+                "controller",
+                planelink::controller::Config::try_from(args),
+                planelink::controller::run,
+            ),
         },
         Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),
         Command::Version => {
@@ -76,17 +82,20 @@ fn run(command: Command) -> ExitCode {
     }
 }
 
-/// Runs a long-lived role: configuration problems exit 64 before anything is bound;
+/// Runs a long-lived role: an invalid configuration exits 64 before anything is bound;
 /// failures at run time exit 1.
-fn serve<F, Fut>(role: &str, validated: Result<(), ConfigError>, run: F) -> ExitCode
+fn serve<C, F, Fut>(role: &str, config: Result<C, ConfigError>, run: F) -> ExitCode
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(C) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    if let Err(e) = validated {
-        eprintln!("planelink {role}: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("planelink {role}: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // kube builds its TLS configs with the process-wide provider; make it ours.
     let _ = rustls::crypto::CryptoProvider::install_default(std::sync::Arc::unwrap_or_clone(
         planelink::trust::crypto_provider(),
@@ -101,7 +110,7 @@ where
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -9,13 +9,47 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{AgentArgs, GatewayArgs, UpArgs};
+use crate::agent::AgentArgs;
+use crate::gateway::GatewayArgs;
 use crate::planes::crd::{DEFAULT_NAMESPACE, PlaneBuilder, ValueFrom};
 use crate::planes::manifest::to_yaml;
 use crate::planes::{PlaneType, Registry, directory::DirectorySource};
 use crate::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Where certificates, the planes directory and the kubeconfig are kept (reused on the next run).
+    /// Default: $XDG_STATE_HOME/planelink or ~/.local/state/planelink.
+    #[arg(long, env = "PLANELINK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The plane ID (and DataPlane name) of the local agent.
+    #[arg(long, default_value = "local")]
+    pub plane_id: String,
+
+    /// Address the listeners bind to; loopback unless you want other hosts to reach them.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_address: IpAddr,
+
+    /// The gateway's public (agent) port.
+    #[arg(long, default_value_t = 8443)]
+    pub port: u16,
+
+    /// The gateway's internal (caller) port.
+    #[arg(long, default_value_t = 8444)]
+    pub internal_port: u16,
+
+    /// The gateway's health and metrics port.
+    #[arg(long, default_value_t = 8080)]
+    pub health_port: u16,
+
+    /// Kubeconfig for the agent's k8s target; by default the current kubeconfig (KUBECONFIG, ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
 
 /// The state directory when `--state-dir` is not given.
 pub fn default_state_dir() -> PathBuf {
@@ -141,10 +175,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         format!("--planes-dir={}", path_arg(&planes)),
         "--shutdown-timeout=5s".into(),
     ])?;
-    crate::gateway::validate(&gateway_args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway_config = crate::gateway::Config::try_from(gateway_args)?;
+    let listeners = crate::gateway::Listeners::bind(&gateway_config.server).await?;
     let shutdown = CancellationToken::new();
     let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
-    let gateway = crate::gateway::start(&gateway_args, registry, shutdown.clone()).await?;
+    let gateway = crate::gateway::start(
+        &gateway_config.server,
+        listeners,
+        registry,
+        shutdown.clone(),
+    )
+    .await?;
 
     let mut agent_argv = vec![
         "agent".into(),
@@ -164,8 +205,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         agent_argv.push(format!("--kubeconfig={}", path_arg(kubeconfig)));
     }
     let agent_args: AgentArgs = crate::cli::args_from(agent_argv)?;
-    crate::agent::validate(&agent_args).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let agent = crate::agent::start(agent_args, shutdown.clone()).await?;
+    let agent_config = crate::agent::Config::try_from(agent_args)?;
+    let agent = crate::agent::start(agent_config, None, shutdown.clone()).await?;
     for _ in 0..100 {
         if agent.is_connected() {
             break;

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use planelink::planes::PlaneType;
+use planelink::planes::crd::{PlaneBuilder, ValueFrom};
+use planelink::planes::manifest::to_yaml;
 use planelink::trust::issue::{Issued, Window};
 use planelink::trust::{self};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -249,21 +252,112 @@ fn nothing_listening() {
     );
 }
 
+/// A real planelink gateway on 127.0.0.1 whose planes directory registers DataPlane
+/// `p1` trusting `agent_ca`.
+fn planelink_gateway(
+    dir: &Path,
+    gateway: (&Issued, &Issued),
+    agent_ca: &Issued,
+) -> (tokio::runtime::Runtime, u16) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (ca, leaf) = gateway;
+    let gw = dir.join("gw");
+    std::fs::create_dir_all(&gw).unwrap();
+    planelink::trust::issue::write_bundle(&gw, ca, false, leaf).unwrap();
+    let planes = dir.join("planes");
+    std::fs::create_dir_all(&planes).unwrap();
+    let plane = PlaneBuilder::new(PlaneType::DataPlane, "default", "p1")
+        .client_ca(ValueFrom::inline(&agent_ca.cert_pem))
+        .build();
+    write(&planes.join("p1.yaml"), &to_yaml(&[plane]));
+    let argv: Vec<String> = [
+        "gateway",
+        "--port=0",
+        "--internal-port=0",
+        "--health-port=0",
+        "--bind-address=127.0.0.1",
+        "--internal-mtls=false",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("--server-cert={}", gw.join("tls.crt").display()),
+        format!("--server-key={}", gw.join("tls.key").display()),
+        format!("--planes-dir={}", planes.display()),
+    ])
+    .collect();
+    let config = planelink::gateway::Config::try_from(
+        planelink::cli::args_from::<planelink::gateway::GatewayArgs>(argv).unwrap(),
+    )
+    .unwrap();
+    let port = runtime.block_on(async {
+        let listeners = planelink::gateway::Listeners::bind(&config.server)
+            .await
+            .unwrap();
+        let registry = planelink::planes::Registry::spawn(Box::new(
+            planelink::planes::directory::DirectorySource::new(&planes),
+        ));
+        let gateway = planelink::gateway::start(
+            &config.server,
+            listeners,
+            registry.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut loaded = registry.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), loaded.wait_for(|s| s.is_some()))
+            .await
+            .expect("the planes directory loads")
+            .unwrap();
+        gateway.public_addr.port()
+    });
+    (runtime, port)
+}
+
 #[test]
 fn client_certificate_accepted_and_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (gw_ca, gw_leaf) = gateway_pki(&["localhost"], &["127.0.0.1"]);
     let (agent_ca, agent_leaf) = agent_pki("p1");
-    let server = serve(&gw_leaf, Some(&agent_ca));
-    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
+    let (_gateway, port) = planelink_gateway(dir.path(), (&gw_ca, &gw_leaf), &agent_ca);
+    let url = format!("wss://127.0.0.1:{port}/ws");
     let (c, text) = check(dir.path(), &url, &gw_ca.cert_pem, Some(&agent_leaf));
     assert_eq!(c, 0, "{text}");
-    assert!(text.contains("accepted the client certificate"), "{text}");
+    assert!(
+        text.contains("  agent     the gateway accepted the client certificate (planelink "),
+        "{text}"
+    );
 
     let (_, stranger) = agent_pki("stranger");
     let (c, text) = check(dir.path(), &url, &gw_ca.cert_pem, Some(&stranger));
     assert_eq!(c, 1, "{text}");
-    assert!(text.contains("clientCA"), "{text}");
+    assert!(
+        text.contains("  agent     FAILED: the gateway answered 401 ("),
+        "{text}"
+    );
+    assert!(
+        text.contains("register the agent's ca.crt (not tls.crt) as the plane's clientCA"),
+        "{text}"
+    );
+}
+
+/// A TLS server that requires client certificates of `agent_ca` refuses a stranger in the
+/// handshake itself (as a TLS-terminating proxy in front of a gateway would).
+#[test]
+fn client_certificate_refused_in_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gw_ca, gw_leaf) = gateway_pki(&["localhost"], &["127.0.0.1"]);
+    let (agent_ca, _) = agent_pki("p1");
+    let server = serve(&gw_leaf, Some(&agent_ca));
+    let url = format!("wss://127.0.0.1:{}/ws", server.addr.port());
+    let (_, stranger) = agent_pki("stranger");
+    let (c, text) = check(dir.path(), &url, &gw_ca.cert_pem, Some(&stranger));
+    assert_eq!(c, 1, "{text}");
+    assert!(
+        text.contains("register the agent's ca.crt as the plane's clientCA"),
+        "{text}"
+    );
 }
 
 fn free_port() -> u16 {

@@ -1,128 +1,244 @@
-//! Dialling the gateway: resolve, TCP, TLS (trusting only `--server-ca`, presenting
-//! `--client-cert`, both re-read on every dial), then the WebSocket upgrade naming
-//! the plane and offering planelink's subprotocol.
+//! Dialling the gateway in three steps, each its own function so that `register check`
+//! walks the same path and reports each step: TCP (resolved on every dial), TLS
+//! (trusting only the server CA, presenting the client certificate), and the WebSocket
+//! upgrade naming the plane and offering planelink's subprotocol (tungstenite's client
+//! handshake).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
 
-use crate::cli::AgentArgs;
+use super::config::{Config, TlsFiles};
 use crate::trust::{self, danger::DiagnosingServerVerifier};
 use crate::tunnel::protocol::{HELLO_HEADER, SUBPROTOCOL};
 use crate::tunnel::{Hello, WsIo, ws};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each step of a dial (connect, TLS, upgrade) must finish within this.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The byte stream of an established tunnel, whatever carries it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
+/// What an agent presents and trusts, in memory.
+pub struct TlsIdentity {
+    /// The only CA trusted for the gateway's certificate.
+    pub server_ca: Vec<CertificateDer<'static>>,
+    /// The client certificate chain and its key; `None` to only check the server.
+    pub client: Option<(Vec<CertificateDer<'static>>, trust::PrivateKey)>,
+}
+
+impl TlsIdentity {
+    /// Reads the files (on every dial, so renewed files are picked up).
+    pub fn load(files: &TlsFiles) -> Result<TlsIdentity, DialError> {
+        let read =
+            |what: &str, e: &dyn std::fmt::Display| DialError::Identity(format!("{what}: {e}"));
+        Ok(TlsIdentity {
+            server_ca: trust::load_certificates(&files.server_ca)
+                .map_err(|e| read("--server-ca", &e))?,
+            client: Some((
+                trust::load_certificates(&files.client_cert)
+                    .map_err(|e| read("--client-cert", &e))?,
+                trust::load_private_key(&files.client_key).map_err(|e| read("--client-key", &e))?,
+            )),
+        })
+    }
+}
+
+/// Why a dial failed, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Identity(String),
+    #[error("cannot connect to {addr}: {error}")]
+    Connect { addr: String, error: String },
+    #[error("TLS handshake with {addr} failed: {detail}")]
+    Tls {
+        addr: String,
+        detail: String,
+        /// What the server presented, when it got that far.
+        chain: Vec<CertificateDer<'static>>,
+    },
+    #[error("the gateway refused the agent ({status}): {reason}")]
+    Refused { status: u16, reason: String },
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(String),
+    #[error("{0}")]
+    NotPlanelink(String),
+}
+
+/// A connected tunnel's byte stream and what the gateway said about itself.
 pub struct Dialled {
     pub io: WsIo<Box<dyn Stream>>,
     pub gateway: Hello,
 }
 
-/// The `/ws` URL with the plane named in the query.
-pub fn ws_url(args: &AgentArgs) -> anyhow::Result<url::Url> {
-    let mut url = url::Url::parse(&args.server_url).context("--server-url")?;
-    url.query_pairs_mut()
-        .append_pair("planeType", args.plane_type.as_str())
-        .append_pair("planeID", args.plane_id.as_deref().unwrap_or_default());
-    Ok(url)
+/// `(host, port)` of a `ws://` or `wss://` URL, IPv6 brackets removed.
+pub fn host_port(url: &url::Url) -> (String, u16) {
+    let host = url.host_str().unwrap_or_default();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    (host, url.port_or_known_default().unwrap_or(443))
 }
 
-fn tls_config(
-    args: &AgentArgs,
+/// Step 1: TCP, resolving the host now (a gateway behind a load balancer may move).
+pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
+    let addr = format!("{host}:{port}");
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(DialError::Connect {
+                addr,
+                error: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(DialError::Connect {
+                addr,
+                error: format!("no answer within {}", humantime::format_duration(timeout)),
+            });
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Step 2: TLS. On success, also the chain the server presented.
+pub async fn tls(
+    tcp: TcpStream,
     host: &str,
-) -> anyhow::Result<(rustls::ClientConfig, Arc<DiagnosingServerVerifier>)> {
-    let server_ca = trust::load_certificates(&args.server_ca).context("--server-ca")?;
-    let chain = trust::load_certificates(&args.client_cert).context("--client-cert")?;
-    let key = trust::load_private_key(&args.client_key).context("--client-key")?;
+    identity: &TlsIdentity,
+    alpn: &[u8],
+    timeout: Duration,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        Vec<CertificateDer<'static>>,
+    ),
+    DialError,
+> {
+    let addr = format!(
+        "{host}:{}",
+        tcp.peer_addr().map(|a| a.port()).unwrap_or_default()
+    );
+    let failed = |detail: String, chain| DialError::Tls {
+        addr: addr.clone(),
+        detail,
+        chain,
+    };
     let verifier = Arc::new(DiagnosingServerVerifier::new(
-        server_ca,
+        identity.server_ca.clone(),
         host,
         trust::crypto_provider(),
     ));
-    let config = rustls::ClientConfig::builder_with_provider(trust::crypto_provider())
-        .with_safe_default_protocol_versions()?
+    let builder = rustls::ClientConfig::builder_with_provider(trust::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string(), Vec::new()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_client_auth_cert(chain, key.into_der())
-        .context("--client-cert/--client-key")?;
-    Ok((config, verifier))
+        .with_custom_certificate_verifier(verifier.clone());
+    let mut config = match &identity.client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.der().clone_key())
+            .map_err(|e| DialError::Identity(format!("the client key cannot be used: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+        failed(
+            format!("{host} is not a valid TLS server name: {e}"),
+            Vec::new(),
+        )
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let handshake = tokio::time::timeout(timeout, connector.connect(name, tcp)).await;
+    let verdict = verifier.take_verdict();
+    match handshake {
+        Ok(Ok(stream)) => Ok((stream, verdict.chain)),
+        Ok(Err(e)) => Err(failed(
+            verdict.error.unwrap_or_else(|| explain_tls_error(&e)),
+            verdict.chain,
+        )),
+        Err(_) => Err(failed(
+            format!(
+                "no TLS handshake within {}; is this port serving TLS?",
+                humantime::format_duration(timeout)
+            ),
+            verdict.chain,
+        )),
+    }
 }
 
-pub async fn dial(args: &AgentArgs) -> anyhow::Result<Dialled> {
-    let url = ws_url(args)?;
-    let host = url
-        .host_str()
-        .context("--server-url names no host")?
-        .to_string();
-    let port = url.port_or_known_default().unwrap_or(443);
-    // Resolved on every dial: a gateway behind a load balancer may move.
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((host.trim_matches(['[', ']']), port)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("connecting to {host}:{port} timed out"))?
-    .with_context(|| format!("cannot connect to {host}:{port}"))?;
-    tcp.set_nodelay(true)?;
-    let stream: Box<dyn Stream> = if url.scheme() == "wss" {
-        let (config, verifier) = tls_config(args, &host)?;
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .with_context(|| format!("{host} is not a valid TLS server name"))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(e)) => {
-                let verdict = verifier.take_verdict();
-                let detail = verdict.error.unwrap_or_else(|| e.to_string());
-                anyhow::bail!(
-                    "TLS handshake with {host}:{port} failed: {detail} (check with: planelink register check \
-                     --server-url {} --server-ca {})",
-                    args.server_url,
-                    args.server_ca.display()
-                );
-            }
-            Err(_) => anyhow::bail!("TLS handshake with {host}:{port} timed out"),
+/// A TLS failure the server caused, in the operator's terms (classified by the rustls
+/// error, not by its text).
+pub fn explain_tls_error(e: &std::io::Error) -> String {
+    use rustls::{AlertDescription, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::AlertReceived(AlertDescription::CertificateRequired)) => {
+            "the gateway requires a client certificate; pass --client-cert and --client-key".into()
         }
-    } else {
-        Box::new(tcp)
-    };
+        Some(Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::DecryptError,
+        )) => format!(
+            "the gateway rejected the client certificate ({e}); register the agent's ca.crt as the plane's clientCA"
+        ),
+        Some(Error::InvalidMessage(_)) => {
+            format!("the server did not answer with TLS ({e}); is this the gateway's TLS port?")
+        }
+        _ => e.to_string(),
+    }
+}
 
-    let mut request = url.as_str().into_client_request()?;
+/// Step 3: the WebSocket upgrade on `/ws?planeType=…&planeID=…`, offering planelink's
+/// subprotocol and hello; the gateway must answer with its own hello.
+pub async fn upgrade<S: Stream>(
+    stream: S,
+    url: &url::Url,
+    timeout: Duration,
+) -> Result<Dialled, DialError> {
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| DialError::Upgrade(e.to_string()))?;
     let headers = request.headers_mut();
     headers.insert(
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    headers.insert(
-        HELLO_HEADER,
-        HeaderValue::from_str(&Hello::ours("agent").to_header())?,
-    );
-    let handshake =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ws::config()));
-    let (ws, response) = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-        Err(_) => anyhow::bail!("the gateway did not answer the WebSocket upgrade in time"),
+    if let Ok(hello) = HeaderValue::from_str(&Hello::ours("agent").to_header()) {
+        headers.insert(HELLO_HEADER, hello);
+    }
+    let boxed: Box<dyn Stream> = Box::new(stream);
+    let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(ws::config()));
+    let (ws, response) = match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => {
+            return Err(DialError::Upgrade(
+                "the gateway did not answer the WebSocket upgrade in time".into(),
+            ));
+        }
         Ok(Err(tungstenite::Error::Http(response))) => {
-            let body = response
+            let reason = response
                 .body()
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).trim().to_string())
                 .unwrap_or_default();
-            anyhow::bail!(
-                "the gateway refused the agent ({}): {body}",
-                response.status()
-            );
+            return Err(DialError::Refused {
+                status: response.status().as_u16(),
+                reason,
+            });
         }
-        Ok(Err(e)) => return Err(e).context("WebSocket upgrade failed"),
+        Ok(Err(tungstenite::Error::Io(e))) => {
+            return Err(DialError::Upgrade(explain_tls_error(&e)));
+        }
+        Ok(Err(e)) => return Err(DialError::Upgrade(e.to_string())),
         Ok(Ok(pair)) => pair,
     };
     let gateway = response
@@ -131,13 +247,36 @@ pub async fn dial(args: &AgentArgs) -> anyhow::Result<Dialled> {
         .and_then(|v| v.to_str().ok())
         .map(Hello::parse)
         .transpose()
-        .map_err(|e| anyhow::anyhow!(e))?
-        .context(
-            "the server answered without a planelink hello; is --server-url a planelink gateway?",
-        )?;
-    gateway.compatible().map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(DialError::NotPlanelink)?
+        .ok_or_else(|| {
+            DialError::NotPlanelink(
+                "the server answered without a planelink hello; is --server-url a planelink gateway?".into(),
+            )
+        })?;
+    gateway.compatible().map_err(DialError::NotPlanelink)?;
     Ok(Dialled {
         io: WsIo::new(ws),
         gateway,
     })
+}
+
+/// The agent's dial: all three steps with the configured files.
+pub async fn dial_gateway(config: &Config) -> anyhow::Result<Dialled> {
+    let (host, port) = host_port(&config.dial_url);
+    let tcp = connect(&host, port, STEP_TIMEOUT).await?;
+    let dialled = match &config.tls {
+        Some(files) => {
+            let identity = TlsIdentity::load(files)?;
+            match tls(tcp, &host, &identity, b"http/1.1", STEP_TIMEOUT).await {
+                Ok((stream, _)) => upgrade(stream, &config.dial_url, STEP_TIMEOUT).await?,
+                Err(e) => anyhow::bail!(
+                    "{e} (check with: planelink register check --server-url {} --server-ca {})",
+                    config.server_url,
+                    files.server_ca.display()
+                ),
+            }
+        }
+        None => upgrade(tcp, &config.dial_url, STEP_TIMEOUT).await?,
+    };
+    Ok(dialled)
 }

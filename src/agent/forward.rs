@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use super::State;
-
+use super::upstream::Upstream;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::headers::end_to_end_headers;
 use crate::tunnel::protocol::{
     REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
 };
+use crate::tunnel::proxy::{self, ProxyError, Target};
 
 const SOURCE: &str = "agent";
 
@@ -23,34 +23,44 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let id = header(&req, REQUEST_ID_HEADER).unwrap_or("-").to_string();
-    let mut response = forward(state, req, id.clone()).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
+    let mut response = match forward(&state, req, &id).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(SOURCE, &id),
+    };
+    proxy::set_request_id(response.headers_mut(), &id);
     response
 }
 
-async fn forward(state: Arc<State>, req: Request<Incoming>, id: String) -> Response<Body> {
-    let id = id.as_str();
-    let Some(target) = header(&req, TARGET_HEADER).map(str::to_owned) else {
-        return body::error_response(
-            StatusCode::BAD_REQUEST,
-            SOURCE,
-            "the tunnelled request names no target",
-        );
-    };
-    if target == "agent" {
-        return state.info_response();
+/// The upstream a request's target names.
+fn upstream(state: &State, req: &Request<Incoming>) -> Result<Option<Upstream>, ProxyError> {
+    let target: Target = header(req, TARGET_HEADER)
+        .ok_or_else(|| ProxyError::BadRequest("the tunnelled request names no target".into()))?
+        .parse()
+        .map_err(ProxyError::BadRequest)?;
+    if target == Target::Agent {
+        return Ok(None);
     }
-    let Some(upstream) = state.targets.get(&target).cloned() else {
-        return body::error_response(
-            StatusCode::NOT_FOUND,
-            SOURCE,
-            &format!(
-                "this agent has no target {target:?}; it serves: {}",
+    state
+        .targets
+        .get(target.as_str())
+        .cloned()
+        .map(Some)
+        .ok_or_else(|| {
+            ProxyError::NotFound(format!(
+                "this agent has no target {:?}; it serves: {}",
+                target.as_str(),
                 state.target_names().join(", ")
-            ),
-        );
+            ))
+        })
+}
+
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(upstream) = upstream(state, &req)? else {
+        return Ok(state.info_response());
     };
     let upgrade = req.headers().get(UPGRADE_HEADER).cloned();
     let streaming = header(&req, STREAMING_HEADER) == Some("true");
@@ -60,21 +70,12 @@ async fn forward(state: Arc<State>, req: Request<Incoming>, id: String) -> Respo
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_owned();
-    let uri = match upstream.uri_for(&path_and_query) {
-        Ok(uri) => uri,
-        Err(e) => {
-            return body::error_response(
-                StatusCode::BAD_REQUEST,
-                SOURCE,
-                &format!("bad path: {e}"),
-            );
-        }
-    };
+    let uri = upstream
+        .uri_for(&path_and_query)
+        .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?;
     let (parts, incoming) = req.into_parts();
     let mut headers = end_to_end_headers(&parts.headers);
-    if let Ok(value) = HeaderValue::from_str(id) {
-        headers.insert(REQUEST_ID_HEADER, value);
-    }
+    proxy::set_request_id(&mut headers, id);
     if upstream.has_auth {
         // The agent's identity, never a caller's credentials, reaches this upstream.
         headers.remove(header::AUTHORIZATION);
@@ -83,46 +84,30 @@ async fn forward(state: Arc<State>, req: Request<Incoming>, id: String) -> Respo
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = uri;
     *out.headers_mut() = headers;
-    let downstream = if let Some(protocol) = &upgrade {
-        out.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        out.headers_mut().insert(header::UPGRADE, protocol.clone());
-        Some(incoming)
-    } else {
-        *out.body_mut() = body::boxed(incoming);
-        None
+    let downstream = match &upgrade {
+        Some(protocol) => {
+            out.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            out.headers_mut().insert(header::UPGRADE, protocol.clone());
+            Some(incoming)
+        }
+        None => {
+            *out.body_mut() = body::boxed(incoming);
+            None
+        }
     };
+    let target = upstream.name.as_str();
     tracing::debug!(request_id = %id, target, method = %parts.method, path = %path_and_query, "forwarding");
-    let sent = upstream.send(out);
-    let result = if streaming {
-        sent.await
-    } else {
-        match tokio::time::timeout(state.request_timeout, sent).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(request_id = %id, target, "upstream did not answer within --request-timeout");
-                return body::error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    SOURCE,
-                    &format!(
-                        "target {target} did not answer within {}",
-                        humantime::format_duration(state.request_timeout)
-                    ),
-                );
-            }
-        }
-    };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(e) => {
-            tracing::warn!(request_id = %id, target, error = %e, "upstream request failed");
-            return body::error_response(
-                StatusCode::BAD_GATEWAY,
-                SOURCE,
-                &format!("target {target} ({}) failed: {e}", upstream.base),
-            );
-        }
-    };
+    let what = format!("target {target} ({})", upstream.base);
+    let mut response = proxy::response_head(
+        upstream.send(out),
+        streaming,
+        state.config.request_timeout,
+        &what,
+        "failed",
+    )
+    .await
+    .inspect_err(|e| tracing::warn!(request_id = %id, target, "upstream request failed: {e}"))?;
     tracing::info!(request_id = %id, target, method = %parts.method, path = %path_and_query,
         status = response.status().as_u16(), "request served");
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) = (response.status(), downstream) {
@@ -134,24 +119,20 @@ async fn forward(state: Arc<State>, req: Request<Incoming>, id: String) -> Respo
             protocol.unwrap_or_else(|| HeaderValue::from_static("unknown")),
         );
         let (tx, body) = body::channel();
-        let id = id.to_owned();
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upstream_io) => {
-                    let (sent, received) =
-                        body::pump(TokioIo::new(upstream_io), body::boxed(downstream), tx).await;
-                    tracing::info!(request_id = %id, sent, received, "upgraded stream closed");
-                }
-                Err(e) => tracing::warn!(request_id = %id, error = %e, "upstream upgrade failed"),
-            }
-        });
+        tokio::spawn(proxy::pump_upgraded(
+            on_upgrade,
+            body::boxed(downstream),
+            tx,
+            id.to_string(),
+            "upstream",
+        ));
         let mut out = Response::new(body);
         *out.headers_mut() = headers;
-        return out;
+        return Ok(out);
     }
     let (parts, incoming) = response.into_parts();
     let mut out = Response::new(body::boxed(incoming));
     *out.status_mut() = parts.status;
     *out.headers_mut() = end_to_end_headers(&parts.headers);
-    out
+    Ok(out)
 }

@@ -1,7 +1,9 @@
 //! The agent role: dials the gateway, keeps the tunnel up (backoff with jitter,
 //! heartbeats), and serves the gateway's requests from local upstreams.
 
-mod dial;
+pub mod args;
+pub mod config;
+pub mod dial;
 mod forward;
 pub mod upstream;
 
@@ -13,107 +15,22 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::AgentArgs;
-use crate::config::{self, ConfigError};
-use crate::health::{self, Health};
-use crate::trust::Purpose;
-use crate::tunnel::body::{self, Body};
-use crate::tunnel::protocol::{self, Heartbeat};
-use upstream::Upstream;
+pub use args::AgentArgs;
+pub use config::Config;
 
-/// Validates the agent's flags the way the running agent will rely on them.
-pub fn validate(args: &AgentArgs) -> Result<(), ConfigError> {
-    match args.plane_id.as_deref() {
-        None | Some("") => {
-            return Err(ConfigError::new(
-                "--plane-id",
-                "required (env PLANE_ID): the planeID of this plane's CR in the control plane \
-                 (spec.planeID, or the CR's name when unset)",
-            ));
-        }
-        Some(_) => {}
-    }
-    let url = url::Url::parse(&args.server_url).map_err(|e| {
-        ConfigError::new(
-            "--server-url",
-            format!(
-                "{:?} is not a URL ({e}); write it like wss://cluster-gateway.example.com:8443/ws",
-                args.server_url
-            ),
-        )
-    })?;
-    match (url.scheme(), args.tls_enabled) {
-        ("wss", _) => {}
-        ("ws", false) => {}
-        ("ws", true) => {
-            return Err(ConfigError::new(
-                "--server-url",
-                "ws:// is plain text; use wss:// (or --tls-enabled=false for single-host tests)",
-            ));
-        }
-        (other, _) => {
-            return Err(ConfigError::new(
-                "--server-url",
-                format!("scheme {other}:// is not a WebSocket URL; use wss://HOST:PORT/ws"),
-            ));
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::new(
-            "--server-url",
-            "the URL names no host; use wss://HOST:PORT/ws",
-        ));
-    }
-    if args.tls_enabled {
-        config::check_cert_file(
-            "--server-ca",
-            &args.server_ca,
-            Purpose::ServerCa,
-            "mount ca.crt of Secret cluster-gateway-ca (via ConfigMap cluster-gateway-ca in this plane), \
-             or --tls-enabled=false for single-host tests",
-        )?;
-        config::check_cert_file(
-            "--client-cert",
-            &args.client_cert,
-            Purpose::ClientCert,
-            "mount Secret cluster-agent-tls there, or issue one with `planelink register certs agent`",
-        )?;
-        config::check_key_pair(
-            "--client-cert",
-            &args.client_cert,
-            "--client-key",
-            &args.client_key,
-        )?;
-    }
-    config::check_heartbeat(args.heartbeat_interval, args.heartbeat_timeout)?;
-    if args.reconnect_delay.is_zero() {
-        return Err(ConfigError::new(
-            "--reconnect-delay",
-            "must be above zero, e.g. 5s",
-        ));
-    }
-    if args.max_reconnect_delay < args.reconnect_delay {
-        return Err(ConfigError::new(
-            "--max-reconnect-delay",
-            "is shorter than --reconnect-delay; raise it (default 2m)",
-        ));
-    }
-    if let Some(routes) = &args.routes {
-        config::check_existing_file("--routes", routes)?;
-    }
-    if let Some(kubeconfig) = &args.kubeconfig {
-        config::check_existing_file("--kubeconfig", kubeconfig)?;
-    }
-    Ok(())
-}
+use crate::health::{self, Health};
+use crate::tunnel::body::{self, Body};
+use crate::tunnel::protocol;
+use crate::tunnel::proxy::Target;
+use upstream::Upstream;
 
 /// What the tunnel's request handler needs.
 pub(crate) struct State {
-    args: AgentArgs,
+    config: Config,
     targets: BTreeMap<String, Upstream>,
-    request_timeout: Duration,
     started: Instant,
     /// Tells HA replicas apart in the `agent` target's answer.
     instance: String,
@@ -125,7 +42,7 @@ pub(crate) struct State {
 impl State {
     fn target_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.targets.keys().cloned().collect();
-        names.push("agent".into());
+        names.push(Target::AGENT.into());
         names
     }
 
@@ -139,9 +56,9 @@ impl State {
         let info = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "commit": crate::GIT_COMMIT.unwrap_or("unknown"),
-            "planeType": self.args.plane_type.as_str(),
-            "planeID": self.args.plane_id,
-            "serverURL": self.args.server_url,
+            "planeType": self.config.plane_type.as_str(),
+            "planeID": self.config.plane_id,
+            "serverURL": self.config.server_url,
             "targets": self.target_names(),
             "routes": routes,
             "uptimeSeconds": self.started.elapsed().as_secs(),
@@ -159,18 +76,15 @@ impl State {
 
 /// Builds the targets: `k8s` unless no Kubernetes configuration exists at all (then
 /// the agent still serves its routes and says so), and the `--routes`.
-async fn targets(args: &AgentArgs) -> anyhow::Result<BTreeMap<String, Upstream>> {
-    let mut targets = match &args.routes {
-        Some(path) => upstream::load_routes(path)?,
-        None => BTreeMap::new(),
-    };
-    match upstream::kubernetes(args.kubeconfig.as_deref()).await {
+async fn targets(config: &Config) -> anyhow::Result<BTreeMap<String, Upstream>> {
+    let mut targets = config.routes.clone();
+    match upstream::kubernetes(config.kubeconfig.as_deref()).await {
         Ok(k8s) => {
             tracing::info!(server = %k8s.base, "target k8s ready");
-            targets.insert("k8s".into(), k8s);
+            targets.insert(Target::KUBERNETES.into(), k8s);
         }
         // An explicit kubeconfig that does not work is a configuration error.
-        Err(e) if args.kubeconfig.is_some() => return Err(e),
+        Err(e) if config.kubeconfig.is_some() => return Err(e),
         Err(e) => tracing::warn!("no k8s target: {e:#}"),
     }
     Ok(targets)
@@ -199,7 +113,10 @@ impl Agent {
 
     /// The Kubernetes API the `k8s` target reaches, when there is one.
     pub fn k8s_server(&self) -> Option<String> {
-        self.state.targets.get("k8s").map(|u| u.base.to_string())
+        self.state
+            .targets
+            .get(Target::KUBERNETES)
+            .map(|u| u.base.to_string())
     }
 
     pub async fn wait(self) {
@@ -207,38 +124,39 @@ impl Agent {
     }
 }
 
-/// Starts the agent; it runs until `shutdown` is cancelled.
-pub async fn start(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<Agent> {
+/// Starts the agent on the health listener the caller bound (none: no health
+/// endpoint); it runs until `shutdown` is cancelled.
+pub async fn start(
+    config: Config,
+    health: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Agent> {
     let state = Arc::new(State {
-        targets: targets(&args).await?,
-        request_timeout: args.request_timeout,
+        targets: targets(&config).await?,
         started: Instant::now(),
         instance: format!("{:016x}", rand::random::<u64>()),
         connected: AtomicBool::new(false),
         last_error: std::sync::Mutex::new(None),
-        args,
+        config,
     });
-    let health_addr = if state.args.health_port == 0 {
-        None
-    } else {
-        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], state.args.health_port));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--health-port): {e}"))?;
-        let ready_state = state.clone();
-        let health = Health {
-            ready: Arc::new(move || {
-                if ready_state.connected.load(Ordering::Relaxed) {
-                    Ok(())
-                } else {
-                    Err("not connected to the gateway".into())
-                }
-            }),
-            metrics: Arc::new(prometheus_client::registry::Registry::default()),
-        };
-        let local = listener.local_addr()?;
-        tokio::spawn(health::serve(listener, health, shutdown.clone()));
-        Some(local)
+    let health_addr = match health {
+        None => None,
+        Some(listener) => {
+            let ready_state = state.clone();
+            let health = Health {
+                ready: Arc::new(move || {
+                    if ready_state.connected.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        Err("not connected to the gateway".into())
+                    }
+                }),
+                metrics: Arc::new(prometheus_client::registry::Registry::default()),
+            };
+            let local = listener.local_addr()?;
+            tokio::spawn(health::serve(listener, health, shutdown.clone()));
+            Some(local)
+        }
     };
     let done = tokio::spawn(connect_loop(state.clone(), shutdown));
     Ok(Agent {
@@ -257,21 +175,17 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 }
 
 async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
-    let args = &state.args;
-    let heartbeat = Heartbeat {
-        interval: args.heartbeat_interval,
-        timeout: args.heartbeat_timeout,
-    };
+    let config = &state.config;
     let mut attempt = 0u32;
     loop {
         let dialled = tokio::select! {
-            d = dial::dial(args) => d,
+            d = dial::dial_gateway(config) => d,
             _ = shutdown.cancelled() => return,
         };
         match dialled {
             Ok(dialled) => {
-                tracing::info!(server = %args.server_url, plane_type = %args.plane_type,
-                    plane_id = args.plane_id.as_deref().unwrap_or_default(), gateway_version = %dialled.gateway.version,
+                tracing::info!(server = %config.server_url, plane_type = %config.plane_type,
+                    plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
                     "connected to control plane");
                 state.connected.store(true, Ordering::Relaxed);
                 let connected_at = Instant::now();
@@ -280,7 +194,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     let state = handler_state.clone();
                     async move { Ok::<_, std::convert::Infallible>(forward::handle(state, req).await) }
                 });
-                let connection = protocol::server_builder(heartbeat)
+                let connection = protocol::server_builder(config.heartbeat)
                     .serve_connection(TokioIo::new(dialled.io), service);
                 tokio::pin!(connection);
                 let result = tokio::select! {
@@ -300,17 +214,17 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),
                 }
                 // A tunnel that lived a while resets the backoff.
-                if connected_at.elapsed() > args.max_reconnect_delay.max(Duration::from_secs(30)) {
+                if connected_at.elapsed() > config.backoff.max.max(Duration::from_secs(30)) {
                     attempt = 0;
                 }
             }
             Err(e) => {
-                tracing::error!(server = %args.server_url, "cannot connect to control plane: {e:#}");
+                tracing::error!(server = %config.server_url, "cannot connect to control plane: {e:#}");
                 *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(format!("{e:#}"));
             }
         }
-        let delay = backoff(args.reconnect_delay, args.max_reconnect_delay, attempt);
+        let delay = backoff(config.backoff.base, config.backoff.max, attempt);
         attempt = attempt.saturating_add(1);
         tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
         tokio::select! {
@@ -321,9 +235,13 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
 }
 
 /// `planelink agent`: runs until SIGTERM or SIGINT.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let health = match config.health {
+        Some(addr) => Some(crate::server::bind(addr.ip(), addr.port(), "--health-port").await?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
-    let agent = start(args, shutdown.clone()).await?;
+    let agent = start(config, health, shutdown.clone()).await?;
     crate::signals::cancel_on_terminate(shutdown).await;
     agent.wait().await;
     Ok(())

@@ -26,6 +26,21 @@ pub struct GatewayAccess {
     pub client_key_pem: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for GatewayAccess {
+    /// Never prints the client key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayAccess")
+            .field("url", &self.url)
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .field(
+                "client_key",
+                &self.client_key_pem.as_ref().map(|_| "(hidden)"),
+            )
+            .finish()
+    }
+}
+
 pub struct PlaneClients {
     control: Client,
     gateway: Option<GatewayAccess>,

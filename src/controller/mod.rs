@@ -2,22 +2,25 @@
 //! kube-runtime Controller per kind), keeps their status true from the gateway, and elects
 //! one active replica with a Lease.
 
+pub mod args;
 mod clients;
 mod conditions;
+pub mod config;
 mod leader;
 mod metrics;
 mod reconcile;
 mod remote;
 mod status;
 
+pub use args::{ControllerArgs, ControllerCommand};
 pub use conditions::{CONNECTED, GATEWAY_PROVISIONED, READY};
+pub use config::{Config, GatewayMode};
 pub use status::GATEWAY_API_GROUP;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Controller;
@@ -27,128 +30,52 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::ControllerArgs;
-use crate::config::{self, ConfigError};
 use crate::planes::connection::GatewayLink;
 use crate::planes::crd::{
     BuildPlane, DataPlane, Environment, ObservabilityPlane, PlaneResource, ValueFrom,
 };
-use clients::{GatewayAccess, PlaneClients};
+use clients::PlaneClients;
 use reconcile::{Context, GatewayCa};
-
-/// Validates the controller's flags (and the gateway's, with --with-gateway).
-pub fn validate(args: &ControllerArgs) -> Result<(), ConfigError> {
-    if args.with_gateway {
-        return crate::gateway::validate(&args.gateway);
-    }
-    let url = url::Url::parse(&args.gateway_url).map_err(|e| {
-        ConfigError::new(
-            "--gateway-url",
-            format!(
-                "{:?} is not a URL ({e}); e.g. https://cluster-gateway:8444",
-                args.gateway_url
-            ),
-        )
-    })?;
-    if url.scheme() != "https" {
-        return Err(ConfigError::new(
-            "--gateway-url",
-            "the gateway's internal listener speaks TLS; use https://HOST:8444",
-        ));
-    }
-    match (&args.gateway_client_cert, &args.gateway_client_key) {
-        (Some(cert), Some(key)) => {
-            config::check_key_pair("--gateway-client-cert", cert, "--gateway-client-key", key)?
-        }
-        (None, None) => {}
-        (Some(_), None) => {
-            return Err(ConfigError::new(
-                "--gateway-client-key",
-                "required with --gateway-client-cert",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::new(
-                "--gateway-client-cert",
-                "required with --gateway-client-key",
-            ));
-        }
-    }
-    match &args.gateway_ca {
-        Some(ca) => config::check_existing_file("--gateway-ca", ca)?,
-        None => {
-            return Err(ConfigError::new(
-                "--gateway-ca",
-                format!(
-                    "required to reach the gateway at {} over TLS: give ca.crt of Secret \
-                     cluster-gateway-ca (or run the gateway in this process with --with-gateway)",
-                    args.gateway_url
-                ),
-            ));
-        }
-    }
-    if let Some(kubeconfig) = &args.gateway.kubeconfig {
-        config::check_existing_file("--kubeconfig", kubeconfig)?;
-    }
-    Ok(())
-}
-
-/// The namespace of the control plane's own objects: the Lease and Secret
-/// `cluster-gateway-ca`.
-fn control_plane_namespace(args: &ControllerArgs) -> String {
-    args.leader_election_namespace
-        .clone()
-        .or_else(|| std::env::var("POD_NAMESPACE").ok())
-        .unwrap_or_else(|| "openchoreo-control-plane".into())
-}
-
-fn read_optional(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    path.map(|p| std::fs::read(p).with_context(|| format!("{flag} {}", p.display())))
-        .transpose()
-}
 
 /// Runs the controller until SIGTERM; with `--with-gateway`, the gateway too, in this
 /// process (they meet through the gateway's public [`GatewayLink`]).
-pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::signals::cancel_on_terminate(shutdown.clone()));
-    let client =
-        crate::planes::kubernetes::kube_client(args.gateway.kubeconfig.as_deref(), None).await?;
-    let mut access = GatewayAccess {
-        url: args.gateway_url.clone(),
-        ca_pem: read_optional(args.gateway_ca.as_deref(), "--gateway-ca")?,
-        client_cert_pem: read_optional(
-            args.gateway_client_cert.as_deref(),
-            "--gateway-client-cert",
-        )?,
-        client_key_pem: read_optional(args.gateway_client_key.as_deref(), "--gateway-client-key")?,
-    };
+    let health = crate::server::bind(
+        config.health.ip(),
+        config.health.port(),
+        "--controller-health-port",
+    )
+    .await?;
+    let client = crate::planes::kubernetes::kube_client(config.kubeconfig.as_deref(), None).await?;
     let mut gateway = None;
-    let link: Arc<dyn GatewayLink> = if args.with_gateway {
-        let registry = crate::planes::Registry::spawn(Box::new(
-            crate::planes::kubernetes::KubernetesSource::new(
-                client.clone(),
-                args.namespace.clone(),
-            ),
-        ));
-        let started = crate::gateway::start(&args.gateway, registry, shutdown.clone()).await?;
-        let internal = started.internal_addr;
-        let host = if internal.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            internal.ip().to_string()
-        };
-        access.url = format!(
-            "https://{}",
-            std::net::SocketAddr::new(host.parse()?, internal.port())
-        );
-        let link = started.link();
-        gateway = Some(started);
-        link
-    } else {
-        remote::link(&access)?
+    let link: Arc<dyn GatewayLink> = match &config.gateway {
+        GatewayMode::Embedded(server) => {
+            let listeners = crate::gateway::Listeners::bind(server).await?;
+            let registry = crate::planes::Registry::spawn(Box::new(
+                crate::planes::kubernetes::KubernetesSource::new(
+                    client.clone(),
+                    config.namespace.clone(),
+                ),
+            ));
+            let started =
+                crate::gateway::start(server, listeners, registry, shutdown.clone()).await?;
+            let internal = started.internal_addr;
+            let ip = if internal.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                internal.ip()
+            };
+            config.access.url =
+                format!("https://{}", std::net::SocketAddr::new(ip, internal.port()));
+            let link = started.link();
+            gateway = Some(started);
+            link
+        }
+        GatewayMode::Remote => remote::link(&config.access)?,
     };
-    let result = run_controllers(&args, client, link, access, shutdown.clone()).await;
+    let result = run_controllers(&config, client, health, link, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(gateway) = gateway {
         gateway.wait().await;
@@ -157,23 +84,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 async fn run_controllers(
-    args: &ControllerArgs,
+    config: &Config,
     client: Client,
+    health_listener: tokio::net::TcpListener,
     link: Arc<dyn GatewayLink>,
-    access: GatewayAccess,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
-    let health_listener =
-        tokio::net::TcpListener::bind((args.gateway.bind_address, args.controller_health_port))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on port {} (--controller-health-port)",
-                    args.controller_health_port
-                )
-            })?;
     let health = crate::health::Health {
         ready: Arc::new(|| Ok(())),
         metrics: Arc::new(registry),
@@ -184,14 +102,13 @@ async fn run_controllers(
         shutdown.clone(),
     ));
 
-    let namespace = control_plane_namespace(args);
     let lost = CancellationToken::new();
     let mut election = None;
-    if args.leader_elect {
+    if let Some(lease) = &config.leader_election {
         let le = Arc::new(leader::LeaderElection::new(
             client.clone(),
-            &namespace,
-            &args.leader_election_id,
+            &config.control_plane_namespace,
+            lease,
         ));
         if !le.acquire(&shutdown).await {
             return Ok(());
@@ -209,20 +126,23 @@ async fn run_controllers(
         client.clone(),
         link,
         Recorder::new(client.clone(), reporter),
-        PlaneClients::new(client.clone(), Some(access)),
+        PlaneClients::new(client.clone(), Some(config.access.clone())),
         GatewayCa {
-            file: args.gateway_ca.clone(),
-            secret: Some((namespace, "cluster-gateway-ca".into())),
+            file: config.gateway_ca.clone(),
+            secret: Some((
+                config.control_plane_namespace.clone(),
+                "cluster-gateway-ca".into(),
+            )),
         },
         metrics,
-        args.resync_period,
+        config.resync,
     ));
-    tracing::info!(gateway = %ctx.link.describe(), namespace = ?args.namespace, "controller running");
+    tracing::info!(gateway = %ctx.link.describe(), namespace = ?config.namespace, "controller running");
     let stop = CancellationToken::new();
     let controllers = futures_util::future::join3(
-        run_kind::<DataPlane>(ctx.clone(), args.namespace.clone(), stop.clone()),
-        run_kind::<BuildPlane>(ctx.clone(), args.namespace.clone(), stop.clone()),
-        run_kind::<ObservabilityPlane>(ctx.clone(), args.namespace.clone(), stop.clone()),
+        run_kind::<DataPlane>(ctx.clone(), config.namespace.clone(), stop.clone()),
+        run_kind::<BuildPlane>(ctx.clone(), config.namespace.clone(), stop.clone()),
+        run_kind::<ObservabilityPlane>(ctx.clone(), config.namespace.clone(), stop.clone()),
     );
     tokio::pin!(controllers);
     let lost_leadership = tokio::select! {

@@ -2,11 +2,13 @@
 //! known targets, blocked paths (cluster-wide Secrets, service-account tokens),
 //! traversal and NUL bytes. Targets and blocked paths are configurable.
 
-use http::{Method, StatusCode};
+use http::Method;
+
+use crate::tunnel::proxy::{ProxyError, Target};
 
 #[derive(Debug, Clone)]
 pub struct RequestChecks {
-    pub allowed_targets: Vec<String>,
+    pub allowed_targets: Vec<Target>,
     pub blocked_paths: Vec<String>,
 }
 
@@ -49,43 +51,33 @@ fn is_token_request(method: &Method, path: &str) -> bool {
 
 impl RequestChecks {
     /// `path` is the decoded path below the target.
-    pub fn check(
-        &self,
-        method: &Method,
-        target: &str,
-        path: &str,
-    ) -> Result<(), (StatusCode, String)> {
+    pub fn check(&self, method: &Method, target: &Target, path: &str) -> Result<(), ProxyError> {
         if !ALLOWED_METHODS.contains(method) {
-            return Err((
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("HTTP method not allowed: {method}"),
-            ));
+            return Err(ProxyError::MethodNotAllowed(format!(
+                "HTTP method not allowed: {method}"
+            )));
         }
-        if !self.allowed_targets.iter().any(|t| t == target) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "target not allowed: {target} (allowed: {}; add it with --allowed-targets)",
-                    self.allowed_targets.join(", ")
-                ),
-            ));
+        if !self.allowed_targets.contains(target) {
+            let allowed: Vec<&str> = self.allowed_targets.iter().map(Target::as_str).collect();
+            return Err(ProxyError::Forbidden(format!(
+                "target not allowed: {target} (allowed: {}; add it with --allowed-targets)",
+                allowed.join(", ")
+            )));
         }
         if path.contains('\0') {
-            return Err((StatusCode::BAD_REQUEST, "path contains null bytes".into()));
+            return Err(ProxyError::BadRequest("path contains null bytes".into()));
         }
         if path.contains("..") {
-            return Err((
-                StatusCode::BAD_REQUEST,
+            return Err(ProxyError::BadRequest(
                 "path contains directory traversal".into(),
             ));
         }
         if self.blocked_paths.iter().any(|b| matches_prefix(path, b))
             || is_token_request(method, path)
         {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!("access to path is blocked: {path}"),
-            ));
+            return Err(ProxyError::Forbidden(format!(
+                "access to path is blocked: {path}"
+            )));
         }
         Ok(())
     }
@@ -94,66 +86,69 @@ impl RequestChecks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     fn checks() -> RequestChecks {
         RequestChecks {
-            allowed_targets: DEFAULT_TARGETS.split(',').map(String::from).collect(),
+            allowed_targets: DEFAULT_TARGETS
+                .split(',')
+                .map(|t| t.parse().unwrap())
+                .collect(),
             blocked_paths: DEFAULT_BLOCKED_PATHS.split(',').map(String::from).collect(),
         }
+    }
+
+    fn status(result: Result<(), ProxyError>) -> StatusCode {
+        result.unwrap_err().status()
     }
 
     #[test]
     fn openchoreo_rules() {
         let c = checks();
+        let k8s = Target::Kubernetes;
         assert!(
-            c.check(&Method::GET, "k8s", "/api/v1/namespaces/default/pods")
+            c.check(&Method::GET, &k8s, "/api/v1/namespaces/default/pods")
                 .is_ok()
         );
         assert_eq!(
-            c.check(&Method::TRACE, "k8s", "/").unwrap_err().0,
+            status(c.check(&Method::TRACE, &k8s, "/")),
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            c.check(&Method::GET, "db", "/").unwrap_err().0,
+            status(c.check(&Method::GET, &"db".parse().unwrap(), "/")),
             StatusCode::FORBIDDEN
         );
         assert_eq!(
-            c.check(&Method::GET, "k8s", "/api/v1/secrets")
-                .unwrap_err()
-                .0,
+            status(c.check(&Method::GET, &k8s, "/api/v1/secrets")),
             StatusCode::FORBIDDEN
         );
         assert_eq!(
-            c.check(&Method::GET, "k8s", "/api/v1/secrets/")
-                .unwrap_err()
-                .0,
+            status(c.check(&Method::GET, &k8s, "/api/v1/secrets/")),
             StatusCode::FORBIDDEN
         );
-        assert!(c.check(&Method::GET, "k8s", "/api/v1/secretsx").is_ok());
+        assert!(c.check(&Method::GET, &k8s, "/api/v1/secretsx").is_ok());
         assert_eq!(
-            c.check(
+            status(c.check(
                 &Method::POST,
-                "k8s",
+                &k8s,
                 "/api/v1/namespaces/a/serviceaccounts/b/token"
-            )
-            .unwrap_err()
-            .0,
+            )),
             StatusCode::FORBIDDEN
         );
         assert!(
             c.check(
                 &Method::GET,
-                "k8s",
+                &k8s,
                 "/api/v1/namespaces/a/serviceaccounts/b/token"
             )
             .is_ok()
         );
         assert_eq!(
-            c.check(&Method::GET, "k8s", "/a/../b").unwrap_err().0,
+            status(c.check(&Method::GET, &k8s, "/a/../b")),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            c.check(&Method::GET, "k8s", "/a\0").unwrap_err().0,
+            status(c.check(&Method::GET, &k8s, "/a\0")),
             StatusCode::BAD_REQUEST
         );
     }

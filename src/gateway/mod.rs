@@ -3,7 +3,9 @@
 //! with health and metrics on a third.
 
 mod api;
+pub mod args;
 mod checks;
+pub mod config;
 mod hub;
 mod internal;
 mod link;
@@ -15,101 +17,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use crate::planes::connection::ConnectionStatus as PlaneStatus;
+pub use args::{GatewayArgs, ServerArgs};
 pub use checks::{DEFAULT_BLOCKED_PATHS, DEFAULT_TARGETS, RequestChecks};
+pub use config::{Config, Listeners, RegistrySource, ServerConfig};
 pub use hub::Reverified;
 
-use crate::cli::GatewayArgs;
-use crate::config::{self, ConfigError};
 use crate::health::{self, Health};
 use crate::planes::{CrRef, PlaneKey, Registry};
-use crate::trust::Purpose;
 use crate::trust::danger::DeferredClientVerifier;
 use crate::trust::tls::{self, ReloadingCert};
-use crate::tunnel::protocol::Heartbeat;
 
-/// Validates the gateway's flags the way the running gateway will rely on them.
-pub fn validate(args: &GatewayArgs) -> Result<(), ConfigError> {
-    let ports = [
-        ("--port", args.port),
-        ("--internal-port", args.internal_port),
-        ("--health-port", args.health_port),
-    ];
-    for (i, (flag, port)) in ports.iter().enumerate() {
-        for (other_flag, other) in &ports[..i] {
-            if *port != 0 && port == other {
-                return Err(ConfigError::new(
-                    *flag,
-                    format!(
-                        "port {port} is already used by {other_flag}; give each listener its own port"
-                    ),
-                ));
-            }
-        }
-    }
-    config::check_cert_file(
-        "--server-cert",
-        &args.server_cert,
-        Purpose::ServerCert,
-        "mount the gateway's serving certificate (Secret cluster-gateway-tls) there, or issue one with \
-         `planelink register certs gateway`",
-    )?;
-    config::check_key_pair(
-        "--server-cert",
-        &args.server_cert,
-        "--server-key",
-        &args.server_key,
-    )?;
-    match (&args.internal_client_ca_cert, args.internal_mtls) {
-        (None, true) => {
-            return Err(ConfigError::new(
-                "--internal-client-ca-cert",
-                "required with --internal-mtls (the default): give the CA bundle internal callers' client \
-                 certificates chain to, or turn internal mTLS off with --internal-mtls=false",
-            ));
-        }
-        (Some(ca), true) => config::check_cert_file(
-            "--internal-client-ca-cert",
-            ca,
-            Purpose::ClientCa,
-            "give the CA that issued the internal callers' client certificates",
-        )?,
-        (_, false) => {}
-    }
-    if args.skip_client_cert_verify {
-        tracing::warn!(
-            "--skip-client-cert-verify is deprecated and has no effect: agents are always verified against \
-             their plane's CA; use --internal-mtls=false to turn off internal caller verification"
-        );
-    }
-    config::check_heartbeat(args.heartbeat_interval, args.heartbeat_timeout)?;
-    if let Some(dir) = &args.planes_dir {
-        config::check_existing_dir("--planes-dir", dir)?;
-    }
-    if let Some(kubeconfig) = &args.kubeconfig {
-        config::check_existing_file("--kubeconfig", kubeconfig)?;
-    }
-    Ok(())
-}
+/// Callers' connections served at once on the internal listener.
+const MAX_CALLER_CONNECTIONS: usize = 4096;
 
 /// What every listener of one gateway shares.
 pub(crate) struct Core {
     hub: hub::Hub,
     registry: Registry,
     metrics: Arc<metrics::Metrics>,
-    heartbeat: Heartbeat,
-    checks: RequestChecks,
-    request_timeout: Duration,
-    max_body_size: u64,
-    /// Upgraded streams, which outlive their HTTP connection's request.
+    config: ServerConfig,
+    /// Callers' connections and upgraded streams, which shutdown waits for.
     tracker: TaskTracker,
 }
 
@@ -147,23 +79,17 @@ impl Gateway {
     }
 }
 
-async fn bind(args: &GatewayArgs, port: u16, flag: &str) -> anyhow::Result<TcpListener> {
-    let addr = SocketAddr::new(args.bind_address, port);
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({flag}); is another process using it?"))
-}
-
-/// Binds every listener and starts serving; `shutdown` stops accepting, lets open
-/// streams finish for up to `--shutdown-timeout`, then closes the agents.
+/// Starts serving on the listeners the caller bound; `shutdown` stops accepting, lets
+/// open streams finish for up to `--shutdown-timeout`, then closes the agents.
 pub async fn start(
-    args: &GatewayArgs,
+    config: &ServerConfig,
+    listeners: Listeners,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Gateway> {
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::new(&mut metrics_registry));
-    let cert = ReloadingCert::load(&args.server_cert, &args.server_key)
+    let cert = ReloadingCert::load(&config.server_cert, &config.server_key)
         .context("--server-cert/--server-key")?;
     cert.spawn_watcher();
     let public_tls = tls::server_config(
@@ -171,37 +97,23 @@ pub async fn start(
         Some(DeferredClientVerifier::new(crate::trust::crypto_provider())),
         &[b"http/1.1"],
     )?;
-    let internal_verifier = match (&args.internal_client_ca_cert, args.internal_mtls) {
-        (Some(ca), true) => Some(tls::client_ca_verifier(ca).context("--internal-client-ca-cert")?),
-        _ => None,
+    let internal_verifier = match &config.internal_client_ca {
+        Some(ca) => Some(tls::client_ca_verifier(ca).context("--internal-client-ca-cert")?),
+        None => None,
     };
     let internal_tls = tls::server_config(cert, internal_verifier, &[b"h2", b"http/1.1"])?;
-
-    let public = bind(args, args.port, "--port").await?;
-    let internal = bind(args, args.internal_port, "--internal-port").await?;
-    let health_listener = bind(args, args.health_port, "--health-port").await?;
-
+    let (public_addr, internal_addr, health_addr) = (
+        listeners.public.local_addr()?,
+        listeners.internal.local_addr()?,
+        listeners.health.local_addr()?,
+    );
     let core = Arc::new(Core {
         hub: hub::Hub::new(metrics.clone()),
         registry: registry.clone(),
         metrics,
-        heartbeat: Heartbeat {
-            interval: args.heartbeat_interval,
-            timeout: args.heartbeat_timeout,
-        },
-        checks: RequestChecks {
-            allowed_targets: args.allowed_targets.clone(),
-            blocked_paths: args.blocked_paths.clone(),
-        },
-        request_timeout: args.request_timeout,
-        max_body_size: args.max_body_size,
+        config: config.clone(),
         tracker: TaskTracker::new(),
     });
-    let (public_addr, internal_addr, health_addr) = (
-        public.local_addr()?,
-        internal.local_addr()?,
-        health_listener.local_addr()?,
-    );
 
     let ready_registry = registry.clone();
     let health = Health {
@@ -211,61 +123,68 @@ pub async fn start(
         }),
         metrics: Arc::new(metrics_registry),
     };
-    tokio::spawn(health::serve(health_listener, health, shutdown.clone()));
+    tokio::spawn(health::serve(listeners.health, health, shutdown.clone()));
     tokio::spawn(reverify_on_change(core.clone(), shutdown.clone()));
 
     let listeners_stop = CancellationToken::new();
     let public_task = tokio::spawn(public::serve(
         core.clone(),
-        public,
+        listeners.public,
         TlsAcceptor::from(Arc::new(public_tls)),
         listeners_stop.clone(),
     ));
-    let graceful = GracefulShutdown::new();
-    let internal_task = tokio::spawn(serve_internal(
+    let internal_task = tokio::spawn(internal::serve(
         core.clone(),
-        internal,
+        listeners.internal,
         TlsAcceptor::from(Arc::new(internal_tls)),
         listeners_stop.clone(),
-        graceful,
     ));
     tracing::info!(public = %public_addr, internal = %internal_addr,
-        health = %health_addr, internal_mtls = args.internal_mtls, "gateway listening");
-
-    let shutdown_timeout = args.shutdown_timeout;
-    let status_core = core.clone();
-    let done = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        tracing::info!(
-            "shutting down: no new connections; open streams may finish for {}",
-            humantime::format_duration(shutdown_timeout)
-        );
-        listeners_stop.cancel();
-        let _ = public_task.await;
-        let graceful = internal_task.await.ok();
-        core.tracker.close();
-        let drained = tokio::time::timeout(shutdown_timeout, async {
-            if let Some(graceful) = graceful {
-                graceful.shutdown().await;
-            }
-            core.tracker.wait().await;
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("open streams did not finish within --shutdown-timeout; closing them");
-        }
-        for agent in core.hub.agents() {
-            agent.close.cancel();
-        }
-        tracing::info!("gateway stopped");
-    });
+        health = %health_addr, internal_mtls = config.internal_client_ca.is_some(), "gateway listening");
+    let done = tokio::spawn(drain(
+        core.clone(),
+        shutdown,
+        listeners_stop,
+        [public_task, internal_task],
+    ));
     Ok(Gateway {
-        core: status_core,
+        core,
         public_addr,
         internal_addr,
         health_addr,
         done,
     })
+}
+
+/// On shutdown: stop accepting, let open streams finish for `--shutdown-timeout`, then
+/// close the agents.
+async fn drain(
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+    listeners_stop: CancellationToken,
+    listeners: [tokio::task::JoinHandle<()>; 2],
+) {
+    shutdown.cancelled().await;
+    let limit = core.config.shutdown_timeout;
+    tracing::info!(
+        "shutting down: no new connections; open streams may finish for {}",
+        humantime::format_duration(limit)
+    );
+    listeners_stop.cancel();
+    for listener in listeners {
+        let _ = listener.await;
+    }
+    core.tracker.close();
+    if tokio::time::timeout(limit, core.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open streams did not finish within --shutdown-timeout; closing them");
+    }
+    for agent in core.hub.agents() {
+        agent.close.cancel();
+    }
+    tracing::info!("gateway stopped");
 }
 
 /// Re-verifies connected agents whenever the registry publishes, and every minute
@@ -291,79 +210,23 @@ async fn reverify_on_change(core: Arc<Core>, shutdown: CancellationToken) {
     }
 }
 
-async fn serve_internal(
-    core: Arc<Core>,
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    stop: CancellationToken,
-    graceful: GracefulShutdown,
-) -> GracefulShutdown {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(crate::tunnel::protocol::STREAM_WINDOW)
-        .initial_connection_window_size(crate::tunnel::protocol::CONNECTION_WINDOW)
-        .max_frame_size(crate::tunnel::protocol::MAX_FRAME_SIZE);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.cancelled() => return graceful,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a caller connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let core = core.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::warn!(%remote, error = %e, "caller TLS handshake failed on the internal listener");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let core = core.clone();
-                async move { Ok::<_, std::convert::Infallible>(internal::handle(core, req).await) }
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            let _ = watcher.watch(connection.into_owned()).await;
-        });
-    }
-}
-
 /// `planelink gateway`: runs until SIGTERM or SIGINT.
-pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let registry = match &args.planes_dir {
-        Some(dir) => Registry::spawn(Box::new(crate::planes::directory::DirectorySource::new(
-            dir,
-        ))),
-        None => {
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config.server).await?;
+    let registry = match &config.registry {
+        RegistrySource::Directory(dir) => Registry::spawn(Box::new(
+            crate::planes::directory::DirectorySource::new(dir),
+        )),
+        RegistrySource::Kubernetes { kubeconfig } => {
             let client =
-                crate::planes::kubernetes::kube_client(args.kubeconfig.as_deref(), None).await?;
+                crate::planes::kubernetes::kube_client(kubeconfig.as_deref(), None).await?;
             Registry::spawn(Box::new(crate::planes::kubernetes::KubernetesSource::new(
                 client, None,
             )))
         }
     };
     let shutdown = CancellationToken::new();
-    let gateway = start(&args, registry, shutdown.clone()).await?;
+    let gateway = start(&config.server, listeners, registry, shutdown.clone()).await?;
     crate::signals::cancel_on_terminate(shutdown).await;
     gateway.wait().await;
     Ok(())

@@ -17,20 +17,24 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::handshake::server::create_response_with_body;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::Core;
 use super::hub::NewAgent;
 use crate::planes::{PlaneKey, PlaneType};
+use crate::server;
 use crate::trust::CertInfo;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::protocol::{self, HELLO_HEADER, SUBPROTOCOL};
 use crate::tunnel::{Hello, WsIo, ws};
 
-/// Time a client gets to finish the TLS handshake and send its `/ws` request.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to send its `/ws` request once TLS is up.
+const UPGRADE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agents' connections being set up or carrying tunnels at once.
+const MAX_AGENT_CONNECTIONS: usize = 16384;
 
 pub async fn serve(
     core: Arc<Core>,
@@ -38,23 +42,38 @@ pub async fn serve(
     acceptor: TlsAcceptor,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => return,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting an agent connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let core = core.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move { handle_connection(core, tcp, remote, acceptor).await });
+    let tracker = TaskTracker::new();
+    server::accept_loop(
+        listener,
+        "public",
+        MAX_AGENT_CONNECTIONS,
+        shutdown,
+        tracker,
+        move |tcp, remote| handle_connection(core.clone(), tcp, remote, acceptor.clone()),
+    )
+    .await;
+}
+
+/// Why a TLS handshake failed, as the rejection metric's label and a hint for the log.
+fn handshake_failure(e: &server::HandshakeError) -> (&'static str, &'static str) {
+    use rustls::Error;
+    match e.rustls() {
+        Some(Error::NoCertificatesPresented) => (
+            "no_client_certificate",
+            "agents must present their client certificate (--client-cert, Secret cluster-agent-tls)",
+        ),
+        Some(Error::InvalidCertificate(_)) => (
+            "bad_client_certificate",
+            "the client certificate cannot be parsed or its signature is wrong",
+        ),
+        _ if matches!(e, server::HandshakeError::TimedOut) => (
+            "tls_timeout",
+            "a client opened a connection and did not finish TLS",
+        ),
+        _ => (
+            "tls_handshake",
+            "see the agent's log for its side of the handshake",
+        ),
     }
 }
 
@@ -64,30 +83,12 @@ async fn handle_connection(
     remote: SocketAddr,
     acceptor: TlsAcceptor,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let text = e.to_string();
-            let (reason, hint) = if text.contains("PeerSentNoCertificates")
-                || text.contains("no certificates")
-            {
-                (
-                    "no_client_certificate",
-                    "agents must present their client certificate (--client-cert, Secret cluster-agent-tls)",
-                )
-            } else {
-                (
-                    "tls_handshake",
-                    "see the agent's log for its side of the handshake",
-                )
-            };
+    let tls = match server::tls_handshake(&acceptor, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            let (reason, hint) = handshake_failure(&e);
             core.metrics.reject(reason);
-            tracing::warn!(%remote, error = %text, "agent TLS handshake failed; {hint}");
-            return;
-        }
-        Err(_) => {
-            core.metrics.reject("tls_timeout");
-            tracing::warn!(%remote, "agent TLS handshake timed out");
+            tracing::warn!(%remote, "agent {e}; {hint}");
             return;
         }
     };
@@ -104,7 +105,7 @@ async fn handle_connection(
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(UPGRADE_REQUEST_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await;
@@ -170,31 +171,22 @@ fn upgrade_request(
             "the /ws request must name planeType and planeID as query parameters".into(),
         );
     };
-    let Some(plane_type) = PlaneType::parse(&plane_type) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!(
-                "unknown planeType {plane_type:?}; use dataplane, buildplane (or workflowplane) or observabilityplane"
-            ),
-        );
+    let plane_type: PlaneType = match plane_type.parse() {
+        Ok(plane_type) => plane_type,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e),
     };
-    let websocket =
-        header_str(&req, header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    let Some(ws_key) = header_str(&req, header::SEC_WEBSOCKET_KEY).map(str::to_owned) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "not a WebSocket upgrade (no Sec-WebSocket-Key)".into(),
-        );
+    // tungstenite checks the upgrade (GET, HTTP/1.1, Connection: Upgrade, Upgrade:
+    // websocket, version 13, a key) and computes the accept key.
+    let switching = match create_response_with_body(&req, body::empty) {
+        Ok(response) => response,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("not a WebSocket upgrade: {e}"),
+            );
+        }
     };
-    if !websocket || header_str(&req, header::SEC_WEBSOCKET_VERSION) != Some("13") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "not a WebSocket version 13 upgrade".into(),
-        );
-    }
     let offers_planelink = req
         .headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -247,14 +239,8 @@ fn upgrade_request(
         return refuse(status, reason, decision.refusal_summary(&key));
     }
 
-    let mut response = Response::new(body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut response = switching;
     let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(ws_key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
     headers.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(SUBPROTOCOL),
@@ -287,7 +273,7 @@ async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent)
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::config()))
             .await;
-    let (sender, connection) = match protocol::client_builder(core.heartbeat)
+    let (sender, connection) = match protocol::client_builder(core.config.heartbeat)
         .handshake(TokioIo::new(WsIo::new(ws)))
         .await
     {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::cli::{AgentCertsArgs, GatewayCertsArgs};
+use super::args::{AgentCertsArgs, GatewayCertsArgs};
 use crate::trust::inspect::format_time;
 use crate::trust::issue::{self, CaOptions, Issued, LeafOptions, Window};
 use crate::trust::{CertInfo, TrustError};

@@ -2,7 +2,6 @@
 //! exchange (Steps 1-4) as one command that reads the right objects, checks each
 //! certificate before it is used, and writes idempotently with server-side apply.
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::ByteString;
@@ -16,7 +15,8 @@ use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
 
 use super::Outcome;
-use crate::cli::{CheckArgs, ExchangeArgs};
+use super::args::ExchangeArgs;
+use crate::agent::dial::TlsIdentity;
 use crate::planes::crd::{AnyPlane, GatewaySpec, PlaneBuilder, ValueFrom};
 use crate::planes::kubernetes::kube_client;
 use crate::planes::manifest::{API_GROUP, to_yaml};
@@ -192,50 +192,37 @@ async fn gateway_ca(
 }
 
 /// Step 1 also: the gateway's serving certificate must cover --server-url's host.
-async fn check_server_url(url: &str, ca: &[CertificateDer<'_>], dir: &Path) -> Result<(), Failure> {
-    let ca_file = dir.join("server-ca.crt");
-    std::fs::write(&ca_file, pem_of(ca)).or_else(|e| {
-        fail(
-            "step 1 (control plane CA)",
-            format!("cannot write a temporary file: {e}"),
-        )
-    })?;
-    let args = CheckArgs {
-        server_url: url.to_string(),
-        server_ca: ca_file,
-        client_cert: None,
-        client_key: None,
+async fn check_server_url(url: &str, ca: &[CertificateDer<'static>]) -> Result<(), Failure> {
+    const STEP: &str = "step 1 (gateway certificate)";
+    let parsed = super::check::url(url).or_else(|e| fail(STEP, format!("--server-url: {e}")))?;
+    // The gateway may not be exposed yet when planes are registered: check what can be.
+    let (host, port) = crate::agent::dial::host_port(&parsed);
+    if crate::agent::dial::connect(&host, port, Duration::from_secs(5))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "warning: cannot reach {url} from here, so the gateway certificate's SANs are not \
+             checked; run `planelink register check --server-url {url} --server-ca ca.crt` where \
+             the agents run"
+        );
+        return Ok(());
+    }
+    eprintln!("checking {url} against the control plane CA:");
+    let input = super::check::CheckInput {
+        url: parsed,
+        identity: TlsIdentity {
+            server_ca: ca.to_vec(),
+            client: None,
+        },
         plane_type: PlaneType::DataPlane,
         plane_id: None,
         timeout: Duration::from_secs(10),
     };
-    // The gateway may not be exposed yet when planes are registered: check what can be.
-    if let Ok(parsed) = url::Url::parse(url)
-        && let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default())
-    {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let reachable = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await;
-        if !matches!(reachable, Ok(Ok(_))) {
-            eprintln!(
-                "warning: cannot reach {url} from here, so the gateway certificate's SANs are not \
-                 checked; run `planelink register check --server-url {url} --server-ca ca.crt` where \
-                 the agents run"
-            );
-            return Ok(());
-        }
-    }
-    eprintln!("checking {url} against the control plane CA:");
-    match super::check::check(&args).await {
+    match super::check::check(&input).await {
         Outcome::Ok => Ok(()),
         _ => fail(
-            "step 1 (gateway certificate)",
+            STEP,
             format!(
                 "agents dialling {url} would fail TLS (diagnosis above); fix the gateway certificate's \
                  SANs (Step 0) or the URL"
@@ -446,10 +433,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         gateway_ca.len()
     );
     if let Some(url) = &args.server_url {
-        let dir = tempfile_dir().or_else(|e| fail("step 1 (gateway certificate)", e))?;
-        let result = check_server_url(url, &gateway_ca, &dir).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        result?;
+        check_server_url(url, &gateway_ca).await?;
     }
 
     let remote_ns = remote_namespace(plane_type, args);
@@ -533,12 +517,6 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         return wait_connected(client, plane_type, args, wait).await;
     }
     Ok(Outcome::Ok)
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("planelink-register-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Step 5: until the plane's status says its agent is connected.

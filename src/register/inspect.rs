@@ -3,7 +3,7 @@
 use std::io::Read as _;
 use std::time::SystemTime;
 
-use crate::cli::{InspectArgs, InspectPurpose};
+use super::args::{InspectArgs, InspectPurpose};
 use crate::trust::inspect::format_time;
 use crate::trust::{self, CertInfo, Purpose, Report, Severity, TrustError};
 

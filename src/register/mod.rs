@@ -5,7 +5,9 @@ mod check;
 mod exchange;
 mod inspect;
 
-use crate::cli::{CertsCommand, RegisterArgs, RegisterCommand};
+pub mod args;
+
+pub use args::{CertsCommand, RegisterArgs, RegisterCommand};
 
 /// Outcome of a register command, mapped to the process exit code by main.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

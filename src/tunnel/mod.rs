@@ -7,6 +7,7 @@ pub mod body;
 pub mod client;
 pub mod headers;
 pub mod protocol;
+pub mod proxy;
 pub mod ws;
 
 pub use body::{Body, BoxError};

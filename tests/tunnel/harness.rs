@@ -16,7 +16,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use planelink::cli::{AgentArgs, GatewayArgs, args_from};
+use planelink::agent::AgentArgs;
+use planelink::cli::args_from;
+use planelink::gateway::GatewayArgs;
 use planelink::planes::crd::{PlaneBuilder, ValueFrom};
 use planelink::planes::directory::DirectorySource;
 use planelink::planes::manifest::to_yaml;
@@ -356,11 +358,16 @@ impl Topology {
             argv.push("--internal-mtls=false".into());
         }
         let args: GatewayArgs = args_from(argv).unwrap();
-        let shutdown = CancellationToken::new();
-        let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
-        let gateway = planelink::gateway::start(&args, registry, shutdown.clone())
+        let config = planelink::gateway::Config::try_from(args).unwrap();
+        let listeners = planelink::gateway::Listeners::bind(&config.server)
             .await
             .unwrap();
+        let shutdown = CancellationToken::new();
+        let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
+        let gateway =
+            planelink::gateway::start(&config.server, listeners, registry, shutdown.clone())
+                .await
+                .unwrap();
         Topology {
             _dir: dir,
             pki,
@@ -393,12 +400,21 @@ impl Topology {
         ]
     }
 
+    /// The validated configuration of an agent with `identity` for `plane_id`.
+    pub fn agent_config(&self, identity: &str, plane_id: &str) -> planelink::agent::Config {
+        let args: AgentArgs = args_from(self.agent_argv(identity, plane_id)).unwrap();
+        planelink::agent::Config::try_from(args).unwrap()
+    }
+
     /// Starts an in-process agent and waits (bounded) until it is connected.
     pub async fn agent(&self, identity: &str, plane_id: &str) -> planelink::agent::Agent {
-        let args: AgentArgs = args_from(self.agent_argv(identity, plane_id)).unwrap();
-        let agent = planelink::agent::start(args, self.shutdown.child_token())
-            .await
-            .unwrap();
+        let agent = planelink::agent::start(
+            self.agent_config(identity, plane_id),
+            None,
+            self.shutdown.child_token(),
+        )
+        .await
+        .unwrap();
         for _ in 0..100 {
             if agent.is_connected() {
                 break;

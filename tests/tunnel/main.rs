@@ -294,8 +294,7 @@ async fn unregistered_agent_is_refused() {
         let all = format!("{}{}", text(&out), err(&out));
         assert!(all.contains(&status.to_string()), "{identity}: {all}");
         // The gateway says why, in the body the agent logs.
-        let args: planelink::cli::AgentArgs =
-            planelink::cli::args_from(topo.agent_argv(identity, plane)).unwrap();
+        let args = topo.agent_config(identity, plane);
         let refusal = match dial_once(args).await {
             Ok(()) => panic!("{identity} was accepted"),
             Err(e) => e,
@@ -312,9 +311,9 @@ fn harness_binary() -> std::path::PathBuf {
 }
 
 /// One dial by the real agent code, reporting the gateway's refusal.
-async fn dial_once(args: planelink::cli::AgentArgs) -> Result<(), String> {
+async fn dial_once(args: planelink::agent::Config) -> Result<(), String> {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let agent = planelink::agent::start(args, shutdown.clone())
+    let agent = planelink::agent::start(args, None, shutdown.clone())
         .await
         .map_err(|e| e.to_string())?;
     for _ in 0..100 {

@@ -1,0 +1,111 @@
+//! The agent's flags and env vars, named as OpenChoreo's cluster-agent names them.
+//! Validation lives in [`super::config`].
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
+
+use crate::config::duration;
+use crate::planes::PlaneType;
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The gateway's WebSocket URL.
+    #[arg(
+        long,
+        env = "SERVER_URL",
+        default_value = "wss://cluster-gateway:8443/ws",
+        help_heading = "Gateway"
+    )]
+    pub server_url: String,
+
+    /// The kind of plane this agent serves.
+    #[arg(long, env = "PLANE_TYPE", value_enum, default_value_t = PlaneType::DataPlane, help_heading = "Gateway")]
+    pub plane_type: PlaneType,
+
+    /// Logical plane identifier, matching spec.planeID (or the name) of the plane's CR.
+    #[arg(long, env = "PLANE_ID", help_heading = "Gateway")]
+    pub plane_id: Option<String>,
+
+    /// Use mutual TLS to the gateway. --tls-enabled=false is for single-host tests only.
+    #[arg(long, env = "TLS_ENABLED", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new(),
+          help_heading = "TLS")]
+    pub tls_enabled: bool,
+
+    /// Client certificate (PEM) presented to the gateway; re-read on every dial.
+    #[arg(
+        long,
+        env = "CLIENT_CERT_PATH",
+        default_value = "/certs/tls.crt",
+        help_heading = "TLS"
+    )]
+    pub client_cert: PathBuf,
+
+    /// Private key of the client certificate; re-read on every dial.
+    #[arg(
+        long,
+        env = "CLIENT_KEY_PATH",
+        default_value = "/certs/tls.key",
+        help_heading = "TLS"
+    )]
+    pub client_key: PathBuf,
+
+    /// The only CA trusted for the gateway's certificate: ca.crt of Secret cluster-gateway-ca.
+    #[arg(
+        long,
+        env = "SERVER_CA_PATH",
+        default_value = "/ca-certs/server-ca.crt",
+        help_heading = "TLS"
+    )]
+    pub server_ca: PathBuf,
+
+    /// Kubeconfig for the local Kubernetes API (target k8s); in-cluster service account when unset.
+    #[arg(long, env = "KUBECONFIG", help_heading = "Upstreams")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// YAML file of extra named routes (URL, auth, CA file) served as proxy targets.
+    #[arg(long, env = "ROUTES_FILE", help_heading = "Upstreams")]
+    pub routes: Option<PathBuf>,
+
+    /// First delay before reconnecting; doubles with jitter on each failure.
+    #[arg(long, env = "RECONNECT_DELAY", default_value = "5s", value_parser = duration, help_heading = "Timeouts")]
+    pub reconnect_delay: Duration,
+
+    /// Upper bound of the reconnect delay.
+    #[arg(long, env = "MAX_RECONNECT_DELAY", default_value = "2m", value_parser = duration, help_heading = "Timeouts")]
+    pub max_reconnect_delay: Duration,
+
+    /// Interval between heartbeat pings to the gateway.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "30s", value_parser = duration, help_heading = "Timeouts")]
+    pub heartbeat_interval: Duration,
+
+    /// A gateway silent for this long is considered dead and the agent reconnects.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT", default_value = "90s", value_parser = duration, help_heading = "Timeouts")]
+    pub heartbeat_timeout: Duration,
+
+    /// Time limit for a non-streaming request to a local upstream.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = duration, help_heading = "Timeouts")]
+    pub request_timeout: Duration,
+
+    /// Port serving /health, /ready and /metrics over plain HTTP (0 disables it).
+    #[arg(
+        long,
+        env = "HEALTH_PORT",
+        default_value_t = 8081,
+        help_heading = "Listeners"
+    )]
+    pub health_port: u16,
+
+    /// Address the health listener binds to.
+    #[arg(
+        long,
+        env = "BIND_ADDRESS",
+        default_value = "0.0.0.0",
+        help_heading = "Listeners"
+    )]
+    pub bind_address: IpAddr,
+}

@@ -1,0 +1,109 @@
+//! The controller's flags. With `--with-gateway` it embeds a gateway, whose serving
+//! flags ([`ServerArgs`]) it then reads; its own Kubernetes client and health listener
+//! have their own `--kubeconfig` and `--bind-address`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Subcommand};
+
+use crate::config::duration;
+use crate::gateway::ServerArgs;
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControllerArgs {
+    #[command(subcommand)]
+    pub command: Option<ControllerCommand>,
+
+    /// Run the gateway in this process too; the flags under "Embedded gateway" then apply.
+    #[arg(long, env = "WITH_GATEWAY", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub with_gateway: bool,
+
+    /// Internal URL of a separately running gateway, for agent status and notify calls.
+    #[arg(
+        long,
+        env = "GATEWAY_URL",
+        default_value = "https://cluster-gateway:8444",
+        help_heading = "Remote gateway"
+    )]
+    pub gateway_url: String,
+
+    /// Client certificate for the gateway's internal mTLS.
+    #[arg(
+        long,
+        env = "GATEWAY_CLIENT_CERT_PATH",
+        help_heading = "Remote gateway"
+    )]
+    pub gateway_client_cert: Option<PathBuf>,
+
+    /// Private key of --gateway-client-cert.
+    #[arg(long, env = "GATEWAY_CLIENT_KEY_PATH", help_heading = "Remote gateway")]
+    pub gateway_client_key: Option<PathBuf>,
+
+    /// CA that signed the gateway's serving certificate.
+    #[arg(long, env = "GATEWAY_CA_PATH", help_heading = "Remote gateway")]
+    pub gateway_ca: Option<PathBuf>,
+
+    /// Only reconcile plane resources in this namespace (all namespaces when unset).
+    #[arg(long, env = "WATCH_NAMESPACE", help_heading = "Controller")]
+    pub namespace: Option<String>,
+
+    /// Elect one active replica with a coordination.k8s.io Lease.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new(),
+          help_heading = "Controller")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease (the pod's namespace when unset).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE", help_heading = "Controller")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_ID",
+        default_value = "planelink-controller",
+        help_heading = "Controller"
+    )]
+    pub leader_election_id: String,
+
+    /// Port serving /healthz, /readyz and /metrics for the controller.
+    #[arg(
+        long,
+        env = "CONTROLLER_HEALTH_PORT",
+        default_value_t = 8081,
+        help_heading = "Controller"
+    )]
+    pub controller_health_port: u16,
+
+    /// Re-check every plane this often even without changes (status, connectivity).
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = duration, help_heading = "Controller")]
+    pub resync_period: Duration,
+
+    /// Kubeconfig of the control plane; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG", help_heading = "Controller")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Address the health listener (and, with --with-gateway, the gateway's) binds to.
+    #[arg(
+        long,
+        env = "BIND_ADDRESS",
+        default_value = "0.0.0.0",
+        help_heading = "Controller"
+    )]
+    pub bind_address: IpAddr,
+
+    #[command(flatten, next_help_heading = "Embedded gateway (with --with-gateway)")]
+    pub gateway: ServerArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ControllerCommand {
+    /// Print the CustomResourceDefinitions (DataPlane, BuildPlane, ObservabilityPlane,
+    /// Environment) as YAML, for `kubectl apply -f -`.
+    Crds,
+}

@@ -1,0 +1,248 @@
+//! The register role's flags: certificates, inspection, the handshake check and the
+//! trust exchange of each plane kind.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::config::duration;
+use crate::planes::PlaneType;
+
+#[derive(Debug, Clone, Args)]
+pub struct RegisterArgs {
+    #[command(subcommand)]
+    pub command: RegisterCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RegisterCommand {
+    /// Issue CAs and certificates into a directory, named like cert-manager's Secrets.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Say what a certificate or key file holds, and whether it suits a use.
+    Inspect(InspectArgs),
+    /// Perform a real TLS handshake with a gateway and diagnose every failure.
+    Check(CheckArgs),
+    /// Register a data plane: the whole trust exchange between the two clusters.
+    #[command(name = "dataplane")]
+    DataPlane(ExchangeArgs),
+    /// Register a build plane: the whole trust exchange between the two clusters.
+    #[command(name = "buildplane", alias = "workflowplane")]
+    BuildPlane(ExchangeArgs),
+    /// Register an observability plane: the whole trust exchange between the two clusters.
+    #[command(name = "observabilityplane")]
+    ObservabilityPlane(ExchangeArgs),
+}
+
+/// The trust exchange of the reference guide (Steps 1-4), as one command.
+#[derive(Debug, Clone, Args)]
+pub struct ExchangeArgs {
+    /// Name of the plane resource in the control plane.
+    pub name: String,
+
+    /// Kube context of the control plane (the gateway's cluster).
+    #[arg(
+        long,
+        required_unless_present = "planes_dir",
+        conflicts_with = "planes_dir"
+    )]
+    pub control_plane_context: Option<String>,
+
+    /// Kube context of the remote plane (where the agent runs).
+    #[arg(long)]
+    pub remote_context: String,
+
+    /// Kubeconfig files (a list separated by `:`); the default kubeconfig when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the plane resource in the control plane (the organization's).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+
+    /// The plane ID the agent sends; the name when unset.
+    #[arg(long)]
+    pub plane_id: Option<String>,
+
+    /// The gateway URL agents dial (wss://HOST/ws); checked against the gateway certificate.
+    #[arg(long)]
+    pub server_url: Option<String>,
+
+    /// Namespace of the plane's agent in the remote cluster (default: openchoreo-data-plane,
+    /// -build-plane or -observability-plane).
+    #[arg(long)]
+    pub remote_namespace: Option<String>,
+
+    /// Namespace of the control plane's gateway (Secret cluster-gateway-ca).
+    #[arg(long, default_value = "openchoreo-control-plane")]
+    pub control_plane_namespace: String,
+
+    /// Store the agent's CA in a Secret of the control plane and reference it (recommended
+    /// for production) instead of inline in the plane resource.
+    #[arg(long, conflicts_with = "ca_inline")]
+    pub ca_from_secret: bool,
+
+    /// Put the agent's CA inline in clientCA.value (the default).
+    #[arg(long)]
+    pub ca_inline: bool,
+
+    /// DataPlane: public virtual host for external traffic.
+    #[arg(long, help_heading = "DataPlane")]
+    pub public_virtual_host: Option<String>,
+
+    /// DataPlane: organization virtual host for internal traffic.
+    #[arg(long, help_heading = "DataPlane")]
+    pub organization_virtual_host: Option<String>,
+
+    /// DataPlane: port the data plane's gateway is reachable on for HTTP.
+    #[arg(long, default_value_t = 19080, help_heading = "DataPlane")]
+    pub public_http_port: u16,
+
+    /// DataPlane: port the data plane's gateway is reachable on for HTTPS.
+    #[arg(long, default_value_t = 19443, help_heading = "DataPlane")]
+    pub public_https_port: u16,
+
+    /// DataPlane and BuildPlane: name of the ClusterSecretStore in the remote plane.
+    #[arg(long)]
+    pub secret_store: Option<String>,
+
+    /// ObservabilityPlane: the Observer URL, reachable from the control plane.
+    #[arg(long, help_heading = "ObservabilityPlane")]
+    pub observer_url: Option<String>,
+
+    /// DataPlane and BuildPlane: the ObservabilityPlane to send telemetry to.
+    #[arg(long)]
+    pub observability_plane: Option<String>,
+
+    /// How long to wait for the agent's Secret, and (when given) for the agent to connect.
+    #[arg(long, value_parser = duration)]
+    pub wait: Option<Duration>,
+
+    /// Print every object that would be written, as YAML, and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Bare hosts: write the plane manifest (and Secret) into this gateway planes directory
+    /// instead of a control-plane cluster.
+    #[arg(long, requires = "gateway_ca")]
+    pub planes_dir: Option<PathBuf>,
+
+    /// With --planes-dir: the gateway's CA file (ca.crt written by `register certs gateway`).
+    #[arg(long)]
+    pub gateway_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CertsCommand {
+    /// The control plane's CA and the gateway's serving certificate: ca.crt ca.key tls.crt tls.key.
+    Gateway(GatewayCertsArgs),
+    /// A remote plane's self-signed CA and its agent's client certificate: ca.crt ca.key tls.crt tls.key.
+    Agent(AgentCertsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayCertsArgs {
+    /// Directory to write into (created when missing).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Directory holding the CA (ca.crt, ca.key) to sign with; defaults to --out. A new CA is
+    /// created only when neither holds one.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+
+    /// DNS name agents dial; repeat for several. An IP address given here goes into the IP SANs.
+    #[arg(long = "dns-name", value_name = "NAME")]
+    pub dns_names: Vec<String>,
+
+    /// IP address agents dial; repeat for several.
+    #[arg(long = "ip-address", value_name = "IP")]
+    pub ip_addresses: Vec<IpAddr>,
+
+    /// Lifetime of the serving certificate, in days.
+    #[arg(long, default_value_t = crate::trust::issue::DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub days: u32,
+
+    /// Lifetime of a newly created CA, in days.
+    #[arg(long, default_value_t = crate::trust::issue::DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ca_days: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentCertsArgs {
+    /// Directory to write into (created when missing).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// The plane ID this agent serves; it names the certificates.
+    #[arg(long)]
+    pub plane_id: String,
+
+    /// Lifetime of the client certificate, in days.
+    #[arg(long, default_value_t = crate::trust::issue::DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub days: u32,
+
+    /// Lifetime of a newly created CA, in days.
+    #[arg(long, default_value_t = crate::trust::issue::DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ca_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InspectPurpose {
+    /// The CA registered in a plane CR to verify agents (ca.crt of Secret cluster-agent-tls).
+    ClientCa,
+    /// The CA agents trust for the gateway (ca.crt of Secret cluster-gateway-ca).
+    ServerCa,
+    /// An agent's client certificate (tls.crt of Secret cluster-agent-tls).
+    ClientCert,
+    /// The gateway's serving certificate (tls.crt of Secret cluster-gateway-tls).
+    ServerCert,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Certificate or key file (PEM, base64 of PEM, or DER); - reads standard input.
+    pub file: PathBuf,
+
+    /// The use the file is meant for; a wrong fit exits 1 with the fix.
+    #[arg(long = "for", value_enum)]
+    pub purpose: Option<InspectPurpose>,
+
+    /// The control plane's gateway CA (ca.crt of Secret cluster-gateway-ca): with
+    /// --for client-ca, catches that CA registered as an agent's client CA by mistake.
+    #[arg(long)]
+    pub gateway_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The gateway URL agents dial, e.g. wss://cluster-gateway.example.com/ws.
+    #[arg(long, env = "SERVER_URL")]
+    pub server_url: String,
+
+    /// The CA trusted for the gateway's certificate (what the agent's --server-ca will hold).
+    #[arg(long, env = "SERVER_CA_PATH")]
+    pub server_ca: PathBuf,
+
+    /// Client certificate to present, as the agent would.
+    #[arg(long, env = "CLIENT_CERT_PATH", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key of --client-cert.
+    #[arg(long, env = "CLIENT_KEY_PATH", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
+    /// With a client certificate: the plane type to ask the gateway to authorise.
+    #[arg(long, env = "PLANE_TYPE", value_enum, default_value_t = PlaneType::DataPlane)]
+    pub plane_type: PlaneType,
+
+    /// With a client certificate: the plane ID to ask the gateway to authorise.
+    #[arg(long, env = "PLANE_ID")]
+    pub plane_id: Option<String>,
+
+    /// Give up on connecting after this long.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub timeout: Duration,
+}
