@@ -329,6 +329,11 @@ pub struct Topology {
 impl Topology {
     /// A gateway whose planes directory registers `dataplane/p1` (CR org/dp1) for agent identity `a1`.
     pub async fn start(internal_mtls: bool) -> Topology {
+        Topology::start_with(internal_mtls, &[]).await
+    }
+
+    /// [`Topology::start`] with extra gateway flags.
+    pub async fn start_with(internal_mtls: bool, extra: &[&str]) -> Topology {
         let dir = tempfile::tempdir().unwrap();
         let pki = pki(dir.path());
         let upstream = start_upstream(&pki).await;
@@ -349,6 +354,7 @@ impl Topology {
             "--shutdown-timeout=2s".into(),
             "--allowed-targets=k8s,agent,svc".into(),
         ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
         if internal_mtls {
             argv.push(format!(
                 "--internal-client-ca-cert={}",

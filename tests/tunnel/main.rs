@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod timeouts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
