@@ -307,8 +307,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for StallLimitedIo<IO> {
         self.on_write(cx, polled)
     }
 
+    /// Bounded too: a TLS close_notify to a peer that reads nothing would wait forever.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.on_write(cx, polled)
     }
 }
 

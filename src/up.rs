@@ -113,22 +113,23 @@ fn kubeconfig(server: &str, state: &Path) -> String {
     )
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let state = match &args.state_dir {
-        Some(dir) => dir.clone(),
-        None => default_state_dir(),
-    };
-    std::fs::create_dir_all(&state)
-        .with_context(|| format!("cannot create {}", state.display()))?;
-    let state = state.canonicalize()?;
-    let plane = &args.plane_id;
-    let host = args.bind_address;
-    let host_name = if host.is_loopback() {
+/// The host name agents and callers use for `--bind-address`.
+fn host_name(host: IpAddr) -> String {
+    if host.is_loopback() {
         "localhost".to_string()
     } else {
         host.to_string()
-    };
+    }
+}
 
+/// Issues what the state directory lacks and registers the agent's CA in a planes
+/// directory; returns the canonical state directory.
+fn prepare_state(args: &UpArgs) -> anyhow::Result<PathBuf> {
+    let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create {}", state.display()))?;
+    let state = state.canonicalize()?;
+    let (plane, host) = (&args.plane_id, args.bind_address);
     let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     if !host.is_unspecified() && !ips.contains(&host) {
         ips.push(host);
@@ -159,13 +160,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &dataplane_manifest(plane, &agent_ca),
         FileKind::Public,
     )?;
+    Ok(state)
+}
 
+async fn start_gateway(
+    args: &UpArgs,
+    state: &Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<crate::gateway::Gateway> {
+    let planes = state.join("planes");
     let gateway_args: GatewayArgs = crate::cli::args_from(vec![
         "gateway".into(),
         format!("--port={}", args.port),
         format!("--internal-port={}", args.internal_port),
         format!("--health-port={}", args.health_port),
-        format!("--bind-address={host}"),
+        format!("--bind-address={}", args.bind_address),
         format!("--server-cert={}", path_arg(&state.join("gateway/tls.crt"))),
         format!("--server-key={}", path_arg(&state.join("gateway/tls.key"))),
         format!(
@@ -175,26 +184,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         format!("--planes-dir={}", path_arg(&planes)),
         "--shutdown-timeout=5s".into(),
     ])?;
-    let gateway_config = crate::gateway::Config::try_from(gateway_args)?;
-    let listeners = crate::gateway::Listeners::bind(&gateway_config.server).await?;
-    let shutdown = CancellationToken::new();
+    let config = crate::gateway::Config::try_from(gateway_args)?;
+    let listeners = crate::gateway::Listeners::bind(&config.server).await?;
     let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
-    let gateway = crate::gateway::start(
-        &gateway_config.server,
-        listeners,
-        registry,
-        shutdown.clone(),
-    )
-    .await?;
+    crate::gateway::start(&config.server, listeners, registry, shutdown.clone()).await
+}
 
-    let mut agent_argv = vec![
+async fn start_agent(
+    args: &UpArgs,
+    state: &Path,
+    gateway: &crate::gateway::Gateway,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<crate::agent::Agent> {
+    let mut argv = vec![
         "agent".into(),
         format!(
-            "--server-url=wss://{host_name}:{}/ws",
+            "--server-url=wss://{}:{}/ws",
+            host_name(args.bind_address),
             gateway.public_addr.port()
         ),
         "--plane-type=dataplane".into(),
-        format!("--plane-id={plane}"),
+        format!("--plane-id={}", args.plane_id),
         format!("--client-cert={}", path_arg(&state.join("agent/tls.crt"))),
         format!("--client-key={}", path_arg(&state.join("agent/tls.key"))),
         format!("--server-ca={}", path_arg(&state.join("gateway/ca.crt"))),
@@ -202,21 +212,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "--health-port=0".into(),
     ];
     if let Some(kubeconfig) = &args.kubeconfig {
-        agent_argv.push(format!("--kubeconfig={}", path_arg(kubeconfig)));
+        argv.push(format!("--kubeconfig={}", path_arg(kubeconfig)));
     }
-    let agent_args: AgentArgs = crate::cli::args_from(agent_argv)?;
-    let agent_config = crate::agent::Config::try_from(agent_args)?;
-    let agent = crate::agent::start(agent_config, None, shutdown.clone()).await?;
-    for _ in 0..100 {
-        if agent.is_connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let agent_args: AgentArgs = crate::cli::args_from(argv)?;
+    let config = crate::agent::Config::try_from(agent_args)?;
+    let agent = crate::agent::start(config, None, shutdown.clone()).await?;
+    if !agent.wait_connected(CONNECT_WAIT).await {
+        anyhow::bail!(
+            "the agent did not connect to the gateway within {}; see the log above",
+            humantime::format_duration(CONNECT_WAIT)
+        );
     }
-    if !agent.is_connected() {
-        anyhow::bail!("the agent did not connect to the gateway within 10 s; see the log above");
-    }
+    Ok(agent)
+}
 
+/// How long `up` waits for its agent to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let state = prepare_state(&args)?;
+    let shutdown = CancellationToken::new();
+    let gateway = start_gateway(&args, &state, &shutdown).await?;
+    let agent = start_agent(&args, &state, &gateway, &shutdown).await?;
+    let (plane, host_name) = (&args.plane_id, host_name(args.bind_address));
+    let caller = state.join("caller");
     let internal = format!("https://{host_name}:{}", gateway.internal_addr.port());
     let proxy = format!("{internal}/api/proxy/dataplane/{plane}/default/{plane}");
     let kubeconfig_path = state.join("kubeconfig");
@@ -248,7 +267,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .map(|s| format!("the cluster at {s}"))
             .unwrap_or_else(|| "off: no kubeconfig or in-cluster service account was found".into()),
     );
-
     crate::signals::cancel_on_terminate(shutdown).await;
     agent.wait().await;
     gateway.wait().await;

@@ -54,6 +54,29 @@ fn upstream(state: &State, req: &Request<Incoming>) -> Result<Option<Upstream>, 
         })
 }
 
+/// The upstream answered 101: its upgraded connection is pumped to and from the tunnel
+/// stream, whose response names the protocol in [`UPGRADED_HEADER`].
+fn switched(mut response: Response<Incoming>, downstream: Incoming, id: &str) -> Response<Body> {
+    let protocol = response.headers().get(header::UPGRADE).cloned();
+    let on_upgrade = hyper::upgrade::on(&mut response);
+    let mut headers = end_to_end_headers(response.headers());
+    headers.insert(
+        UPGRADED_HEADER,
+        protocol.unwrap_or_else(|| HeaderValue::from_static("unknown")),
+    );
+    let (tx, body) = body::channel();
+    tokio::spawn(proxy::pump_upgraded(
+        on_upgrade,
+        body::boxed(downstream),
+        tx,
+        id.to_string(),
+        "upstream",
+    ));
+    let mut out = Response::new(body);
+    *out.headers_mut() = headers;
+    out
+}
+
 async fn forward(
     state: &State,
     req: Request<Incoming>,
@@ -99,7 +122,7 @@ async fn forward(
     let target = upstream.name.as_str();
     tracing::debug!(request_id = %id, target, method = %parts.method, path = %path_and_query, "forwarding");
     let what = format!("target {target} ({})", upstream.base);
-    let mut response = proxy::response_head(
+    let response = proxy::response_head(
         upstream.send(out),
         streaming,
         state.config.request_timeout,
@@ -111,24 +134,7 @@ async fn forward(
     tracing::info!(request_id = %id, target, method = %parts.method, path = %path_and_query,
         status = response.status().as_u16(), "request served");
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) = (response.status(), downstream) {
-        let protocol = response.headers().get(header::UPGRADE).cloned();
-        let on_upgrade = hyper::upgrade::on(&mut response);
-        let mut headers = end_to_end_headers(response.headers());
-        headers.insert(
-            UPGRADED_HEADER,
-            protocol.unwrap_or_else(|| HeaderValue::from_static("unknown")),
-        );
-        let (tx, body) = body::channel();
-        tokio::spawn(proxy::pump_upgraded(
-            on_upgrade,
-            body::boxed(downstream),
-            tx,
-            id.to_string(),
-            "upstream",
-        ));
-        let mut out = Response::new(body);
-        *out.headers_mut() = headers;
-        return Ok(out);
+        return Ok(switched(response, downstream, id));
     }
     let (parts, incoming) = response.into_parts();
     let mut out = Response::new(body::boxed(incoming));

@@ -9,7 +9,6 @@ pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Response, StatusCode, header};
@@ -34,7 +33,8 @@ pub(crate) struct State {
     started: Instant,
     /// Tells HA replicas apart in the `agent` target's answer.
     instance: String,
-    connected: AtomicBool,
+    /// Whether a tunnel is up; `Agent::wait_connected` waits on it.
+    connected: tokio::sync::watch::Sender<bool>,
     /// Why the last dial failed, for `up` and tests to report.
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -99,7 +99,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn is_connected(&self) -> bool {
-        self.state.connected.load(Ordering::Relaxed)
+        *self.state.connected.borrow()
+    }
+
+    /// Waits until a tunnel is up, at most `limit`; whether it is.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let mut connected = self.state.connected.subscribe();
+        tokio::time::timeout(limit, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Why the last attempt to connect failed, if it did.
@@ -135,7 +143,7 @@ pub async fn start(
         targets: targets(&config).await?,
         started: Instant::now(),
         instance: format!("{:016x}", rand::random::<u64>()),
-        connected: AtomicBool::new(false),
+        connected: tokio::sync::watch::channel(false).0,
         last_error: std::sync::Mutex::new(None),
         config,
     });
@@ -145,7 +153,7 @@ pub async fn start(
             let ready_state = state.clone();
             let health = Health {
                 ready: Arc::new(move || {
-                    if ready_state.connected.load(Ordering::Relaxed) {
+                    if *ready_state.connected.borrow() {
                         Ok(())
                     } else {
                         Err("not connected to the gateway".into())
@@ -187,7 +195,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 tracing::info!(server = %config.server_url, plane_type = %config.plane_type,
                     plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
                     "connected to control plane");
-                state.connected.store(true, Ordering::Relaxed);
+                state.connected.send_replace(true);
                 let connected_at = Instant::now();
                 let handler_state = state.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -203,12 +211,12 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                         // GOAWAY: the gateway sends nothing new; open streams finish.
                         connection.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
-                        state.connected.store(false, Ordering::Relaxed);
+                        state.connected.send_replace(false);
                         tracing::info!("agent stopped");
                         return;
                     }
                 };
-                state.connected.store(false, Ordering::Relaxed);
+                state.connected.send_replace(false);
                 match result {
                     Ok(()) => tracing::warn!("the gateway closed the tunnel; reconnecting"),
                     Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),

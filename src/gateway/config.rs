@@ -119,20 +119,7 @@ impl ServerConfig {
             );
         }
         config::check_heartbeat(args.heartbeat_interval, args.heartbeat_timeout)?;
-        for (flag, value) in [
-            ("--request-timeout", args.request_timeout),
-            ("--read-timeout", args.read_timeout),
-            ("--write-timeout", args.write_timeout),
-            ("--idle-timeout", args.idle_timeout),
-        ] {
-            config::check_positive(flag, value)?;
-        }
-        let allowed_targets = args
-            .allowed_targets
-            .iter()
-            .map(|t| t.trim().parse::<Target>())
-            .collect::<Result<Vec<Target>, String>>()
-            .map_err(|e| ConfigError::new("--allowed-targets", e))?;
+        let allowed_targets = check_timeouts_and_targets(args)?;
         Ok(ServerConfig {
             bind_address,
             port: args.port,
@@ -159,6 +146,23 @@ impl ServerConfig {
             max_body_size: args.max_body_size,
         })
     }
+}
+
+/// The four time limits are above zero; the allowed targets are names.
+fn check_timeouts_and_targets(args: &ServerArgs) -> Result<Vec<Target>, ConfigError> {
+    for (flag, value) in [
+        ("--request-timeout", args.request_timeout),
+        ("--read-timeout", args.read_timeout),
+        ("--write-timeout", args.write_timeout),
+        ("--idle-timeout", args.idle_timeout),
+    ] {
+        config::check_positive(flag, value)?;
+    }
+    args.allowed_targets
+        .iter()
+        .map(|t| t.trim().parse::<Target>())
+        .collect::<Result<Vec<Target>, String>>()
+        .map_err(|e| ConfigError::new("--allowed-targets", e))
 }
 
 fn check_ports(args: &ServerArgs) -> Result<(), ConfigError> {

@@ -242,23 +242,8 @@ async fn proxy(
     if let (Some(protocol), Some(on_upgrade), Some(upstream_tx)) =
         (upgraded_to, on_upgrade, upstream_tx)
     {
-        parts.headers.insert(header::UPGRADE, protocol);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        parts.status = StatusCode::SWITCHING_PROTOCOLS;
-        let pump = proxy::pump_upgraded(
-            on_upgrade,
-            body::boxed(incoming),
-            upstream_tx,
-            id.to_string(),
-            "caller",
-        );
-        core.tracker.spawn(async move {
-            let _open = open;
-            pump.await;
-        });
-        return Ok(Response::from_parts(parts, body::empty()));
+        let pump = (on_upgrade, body::boxed(incoming), upstream_tx);
+        return Ok(switch_protocols(core, parts, protocol, pump, id, open));
     }
     let metrics = core.metrics.clone();
     let body = body::metered(body::boxed(incoming), core.config.max_body_size, move |n| {
@@ -266,6 +251,29 @@ async fn proxy(
         drop(open);
     });
     Ok(Response::from_parts(parts, body))
+}
+
+/// The caller's 101: the upgraded connection is pumped to and from the tunnel stream,
+/// which stays accounted for until both directions end.
+fn switch_protocols(
+    core: &Arc<Core>,
+    mut parts: http::response::Parts,
+    protocol: HeaderValue,
+    (on_upgrade, incoming, upstream_tx): (hyper::upgrade::OnUpgrade, Body, UpgradeSender),
+    id: &str,
+    open: OpenStream,
+) -> Response<Body> {
+    parts.headers.insert(header::UPGRADE, protocol);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    parts.status = StatusCode::SWITCHING_PROTOCOLS;
+    let pump = proxy::pump_upgraded(on_upgrade, incoming, upstream_tx, id.to_string(), "caller");
+    core.tracker.spawn(async move {
+        let _open = open;
+        pump.await;
+    });
+    Response::from_parts(parts, body::empty())
 }
 
 type UpgradeSender = http_body_util::channel::Sender<bytes::Bytes, crate::tunnel::BoxError>;

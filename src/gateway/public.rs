@@ -143,6 +143,86 @@ fn subject_of(chain: &[CertificateDer<'_>]) -> String {
         .unwrap_or_else(|| "(no certificate)".into())
 }
 
+/// Why an agent's `/ws` request is refused: status, metric label, message.
+struct Refusal(StatusCode, &'static str, String);
+
+fn bad_request(message: String) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// What a well-formed `/ws` request says: the plane, the agent's hello, and the 101 that
+/// tungstenite built for it (GET, HTTP/1.1, Connection: Upgrade, Upgrade: websocket,
+/// version 13 and a key all checked).
+fn parse_ws_request(req: &Request<Incoming>) -> Result<(PlaneKey, Hello, Response<Body>), Refusal> {
+    let (Some(plane_type), Some(plane_id)) = (
+        query_param(req, "planeType"),
+        query_param(req, "planeID").filter(|id| !id.is_empty()),
+    ) else {
+        return Err(bad_request(
+            "the /ws request must name planeType and planeID as query parameters".into(),
+        ));
+    };
+    let plane_type: PlaneType = plane_type.parse().map_err(bad_request)?;
+    let switching = create_response_with_body(req, body::empty)
+        .map_err(|e| bad_request(format!("not a WebSocket upgrade: {e}")))?;
+    let offers_planelink = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    if !offers_planelink {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "legacy_protocol",
+            format!(
+                "the agent offers no {SUBPROTOCOL} subprotocol; this gateway carries planelink agents only \
+                 (run planelink agent in the remote plane)"
+            ),
+        ));
+    }
+    let hello = header_str(req, HELLO_HEADER)
+        .ok_or_else(|| bad_request(format!("the agent sent no {HELLO_HEADER} header")))?;
+    let hello = Hello::parse(hello).map_err(bad_request)?;
+    hello
+        .compatible()
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "incompatible_version", e))?;
+    Ok((
+        PlaneKey {
+            plane_type,
+            plane_id,
+        },
+        hello,
+        switching,
+    ))
+}
+
+/// The plane CRs whose client CA verifies `chain`, or why none does.
+fn authorise(
+    core: &Core,
+    key: &PlaneKey,
+    chain: &[CertificateDer<'static>],
+) -> Result<Vec<crate::planes::CrRef>, Refusal> {
+    let Some(snapshot) = core.registry.current() else {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "registry_not_loaded",
+            "the gateway has not loaded its plane registry yet; retry shortly".into(),
+        ));
+    };
+    let decision = snapshot.authorise(key, chain, SystemTime::now());
+    if !decision.granted.is_empty() {
+        return Ok(decision.granted);
+    }
+    let (status, reason) = if decision.refused.is_empty() {
+        (StatusCode::FORBIDDEN, "unknown_plane")
+    } else {
+        (StatusCode::UNAUTHORIZED, "untrusted_certificate")
+    };
+    Err(Refusal(status, reason, decision.refusal_summary(key)))
+}
+
 /// Answers an agent's `/ws` request: 101 and a tunnel, or the reason it is refused.
 fn upgrade_request(
     core: Arc<Core>,
@@ -156,90 +236,18 @@ fn upgrade_request(
             "planelink gateway: agents connect to /ws".into(),
         );
     }
-    let refuse = |status: StatusCode, reason: &str, message: String| {
-        core.metrics.reject(reason);
-        tracing::warn!(%remote, subject = %subject_of(&chain), %status, "agent refused: {message}");
-        plain(status, message)
-    };
-    let (Some(plane_type), Some(plane_id)) = (
-        query_param(&req, "planeType"),
-        query_param(&req, "planeID").filter(|id| !id.is_empty()),
-    ) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the /ws request must name planeType and planeID as query parameters".into(),
-        );
-    };
-    let plane_type: PlaneType = match plane_type.parse() {
-        Ok(plane_type) => plane_type,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e),
-    };
-    // tungstenite checks the upgrade (GET, HTTP/1.1, Connection: Upgrade, Upgrade:
-    // websocket, version 13, a key) and computes the accept key.
-    let switching = match create_response_with_body(&req, body::empty) {
-        Ok(response) => response,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("not a WebSocket upgrade: {e}"),
-            );
+    let admitted = parse_ws_request(&req).and_then(|(key, hello, switching)| {
+        let granted = authorise(&core, &key, &chain)?;
+        Ok((key, hello, switching, granted))
+    });
+    let (key, hello, mut response, granted) = match admitted {
+        Ok(admitted) => admitted,
+        Err(Refusal(status, reason, message)) => {
+            core.metrics.reject(reason);
+            tracing::warn!(%remote, subject = %subject_of(&chain), %status, "agent refused: {message}");
+            return plain(status, message);
         }
     };
-    let offers_planelink = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
-    if !offers_planelink {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "legacy_protocol",
-            format!(
-                "the agent offers no {SUBPROTOCOL} subprotocol; this gateway carries planelink agents only \
-                 (run planelink agent in the remote plane)"
-            ),
-        );
-    }
-    let hello = match header_str(&req, HELLO_HEADER).map(Hello::parse) {
-        Some(Ok(hello)) => hello,
-        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e),
-        None => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("the agent sent no {HELLO_HEADER} header"),
-            );
-        }
-    };
-    if let Err(e) = hello.compatible() {
-        return refuse(StatusCode::BAD_REQUEST, "incompatible_version", e);
-    }
-    let key = PlaneKey {
-        plane_type,
-        plane_id,
-    };
-    let Some(snapshot) = core.registry.current() else {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry_not_loaded",
-            "the gateway has not loaded its plane registry yet; retry shortly".into(),
-        );
-    };
-    let decision = snapshot.authorise(&key, &chain, SystemTime::now());
-    if decision.granted.is_empty() {
-        let (status, reason) = if decision.refused.is_empty() {
-            (StatusCode::FORBIDDEN, "unknown_plane")
-        } else {
-            (StatusCode::UNAUTHORIZED, "untrusted_certificate")
-        };
-        return refuse(status, reason, decision.refusal_summary(&key));
-    }
-
-    let mut response = switching;
     let headers = response.headers_mut();
     headers.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
@@ -254,7 +262,7 @@ fn upgrade_request(
         subject: subject_of(&chain),
         hello,
         chain: chain.as_ref().clone(),
-        granted: decision.granted,
+        granted,
     };
     tokio::spawn(run_agent(core, req, new_agent));
     response

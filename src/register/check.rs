@@ -140,33 +140,44 @@ pub async fn check(input: &CheckInput) -> Outcome {
         "tls",
         format!("handshake ok; the chain verifies against --server-ca and covers {host}"),
     );
-    if input.identity.client.is_some() {
-        let mut url = input.url.clone();
-        url.query_pairs_mut()
-            .append_pair("planeType", input.plane_type.as_str())
-            .append_pair("planeID", input.plane_id.as_deref().unwrap_or_default());
-        match dial::upgrade(stream, &url, input.timeout).await {
-            Ok(dialled) => step(
+    if input.identity.client.is_some()
+        && let Err(outcome) = agent_step(input, stream).await
+    {
+        return outcome;
+    }
+    println!("verdict: OK, an agent with this --server-url and --server-ca will connect");
+    Outcome::Ok
+}
+
+/// With a client certificate: the agent's upgrade, as the gateway answers it.
+async fn agent_step(
+    input: &CheckInput,
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Result<(), Outcome> {
+    let mut url = input.url.clone();
+    url.query_pairs_mut()
+        .append_pair("planeType", input.plane_type.as_str())
+        .append_pair("planeID", input.plane_id.as_deref().unwrap_or_default());
+    match dial::upgrade(stream, &url, input.timeout).await {
+        Ok(dialled) => {
+            step(
                 "agent",
                 format!(
                     "the gateway accepted the client certificate (planelink {})",
                     dialled.gateway.version
                 ),
-            ),
-            Err(DialError::Refused { status, reason }) => {
-                return failed(
-                    "agent",
-                    format!(
-                        "the gateway answered {status} ({reason}); when it says the certificate is not trusted, \
-                         register the agent's ca.crt (not tls.crt) as the plane's clientCA"
-                    ),
-                );
-            }
-            Err(e) => return failed("agent", e.to_string()),
+            );
+            Ok(())
         }
+        Err(DialError::Refused { status, reason }) => Err(failed(
+            "agent",
+            format!(
+                "the gateway answered {status} ({reason}); when it says the certificate is not trusted, \
+                 register the agent's ca.crt (not tls.crt) as the plane's clientCA"
+            ),
+        )),
+        Err(e) => Err(failed("agent", e.to_string())),
     }
-    println!("verdict: OK, an agent with this --server-url and --server-ca will connect");
-    Outcome::Ok
 }
 
 fn load_server_ca(args: &CheckArgs) -> Result<Vec<CertificateDer<'static>>, String> {

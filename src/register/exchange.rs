@@ -261,18 +261,14 @@ async fn apply_object(client: &Client, object: &Value, step: &'static str) -> Re
         })
 }
 
-/// Step 3: the agent's CA from Secret cluster-agent-tls, checked.
-async fn agent_ca(
+/// Waits (with a progress line) for the agent's Secret, up to `--wait`.
+async fn wait_for_secret(
     remote: &Client,
     namespace: &str,
+    origin: &str,
     args: &ExchangeArgs,
-    gateway_ca: &[CertificateDer<'_>],
-) -> Result<Vec<CertificateDer<'static>>, Failure> {
+) -> Result<Secret, Failure> {
     const STEP: &str = "step 3 (agent CA)";
-    let origin = format!(
-        "Secret {namespace}/{AGENT_TLS} in context {}",
-        args.remote_context
-    );
     let api = Api::<Secret>::namespaced(remote.clone(), namespace);
     let wait = args.wait.unwrap_or(DEFAULT_WAIT);
     let started = Instant::now();
@@ -306,6 +302,22 @@ async fn agent_ca(
     if started.elapsed() >= Duration::from_secs(1) {
         eprintln!();
     }
+    Ok(secret)
+}
+
+/// Step 3: the agent's CA from Secret cluster-agent-tls, checked.
+async fn agent_ca(
+    remote: &Client,
+    namespace: &str,
+    args: &ExchangeArgs,
+    gateway_ca: &[CertificateDer<'_>],
+) -> Result<Vec<CertificateDer<'static>>, Failure> {
+    const STEP: &str = "step 3 (agent CA)";
+    let origin = format!(
+        "Secret {namespace}/{AGENT_TLS} in context {}",
+        args.remote_context
+    );
+    let secret = wait_for_secret(remote, namespace, &origin, args).await?;
     let data = secret_data(&secret);
     let Some(ca_bytes) = data.get("ca.crt") else {
         return fail(
@@ -408,6 +420,79 @@ fn to_value<T: serde::Serialize>(object: &T) -> Value {
     serde_json::to_value(object).unwrap_or(Value::Null)
 }
 
+/// Step 4: the plane (and its CA Secret) into the control plane, or a planes directory.
+async fn register_plane(
+    control: Option<&Client>,
+    plane_type: PlaneType,
+    args: &ExchangeArgs,
+    writes: &[Value],
+) -> Result<(), Failure> {
+    match (control, &args.planes_dir) {
+        (Some(client), _) => {
+            for object in writes {
+                apply_object(client, object, "step 4 (register the plane)").await?;
+            }
+            eprintln!(
+                "step 4: {} {}/{} registered in context {}",
+                plane_type.kind(),
+                args.namespace,
+                args.name,
+                args.control_plane_context.as_deref().unwrap_or_default()
+            );
+        }
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir).or_else(|e| {
+                fail(
+                    "step 4 (register the plane)",
+                    format!("{}: {e}", dir.display()),
+                )
+            })?;
+            let file = dir.join(format!("{}-{}.yaml", plane_type.as_str(), args.name));
+            let tmp = dir.join(format!(".{}-{}.yaml.tmp", plane_type.as_str(), args.name));
+            std::fs::write(&tmp, to_yaml(writes))
+                .and_then(|_| std::fs::rename(&tmp, &file))
+                .or_else(|e| {
+                    fail(
+                        "step 4 (register the plane)",
+                        format!("{}: {e}", file.display()),
+                    )
+                })?;
+            eprintln!(
+                "step 4: {} written; the gateway picks it up within a second",
+                file.display()
+            );
+        }
+        (None, None) => {
+            return fail(
+                "step 4 (register the plane)",
+                "give --control-plane-context or --planes-dir",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Step 2's objects: the remote plane's namespace and ConfigMap `cluster-gateway-ca`.
+fn remote_objects(remote_ns: &str, gateway_ca: &[CertificateDer<'_>]) -> (Value, Value) {
+    let namespace = to_value(&Namespace {
+        metadata: ObjectMeta {
+            name: Some(remote_ns.to_string()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    });
+    let config_map = to_value(&ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(GATEWAY_CA.into()),
+            namespace: Some(remote_ns.to_string()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("ca.crt".to_string(), pem_of(gateway_ca))].into()),
+        ..ConfigMap::default()
+    });
+    (namespace, config_map)
+}
+
 async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome, Failure> {
     let kubeconfig = args.kubeconfig.as_deref();
     let remote = kube_client(kubeconfig, Some(&args.remote_context))
@@ -437,22 +522,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
     }
 
     let remote_ns = remote_namespace(plane_type, args);
-    let namespace = to_value(&Namespace {
-        metadata: ObjectMeta {
-            name: Some(remote_ns.clone()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    });
-    let config_map = to_value(&ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(GATEWAY_CA.into()),
-            namespace: Some(remote_ns.clone()),
-            ..ObjectMeta::default()
-        },
-        data: Some([("ca.crt".to_string(), pem_of(&gateway_ca))].into()),
-        ..ConfigMap::default()
-    });
+    let (namespace, config_map) = remote_objects(&remote_ns, &gateway_ca);
     if !args.dry_run {
         apply_object(&remote, &namespace, "step 2 (server CA for the agent)").await?;
         apply_object(&remote, &config_map, "step 2 (server CA for the agent)").await?;
@@ -475,43 +545,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         print!("{}", to_yaml(&all));
         return Ok(Outcome::Ok);
     }
-    match (&control, &args.planes_dir) {
-        (Some(client), _) => {
-            for object in &writes {
-                apply_object(client, object, "step 4 (register the plane)").await?;
-            }
-            eprintln!(
-                "step 4: {} {}/{} registered in context {}",
-                plane_type.kind(),
-                args.namespace,
-                args.name,
-                args.control_plane_context.as_deref().unwrap_or_default()
-            );
-        }
-        (None, Some(dir)) => {
-            std::fs::create_dir_all(dir).or_else(|e| {
-                fail(
-                    "step 4 (register the plane)",
-                    format!("{}: {e}", dir.display()),
-                )
-            })?;
-            let file = dir.join(format!("{}-{}.yaml", plane_type.as_str(), args.name));
-            let tmp = dir.join(format!(".{}-{}.yaml.tmp", plane_type.as_str(), args.name));
-            std::fs::write(&tmp, to_yaml(&writes))
-                .and_then(|_| std::fs::rename(&tmp, &file))
-                .or_else(|e| {
-                    fail(
-                        "step 4 (register the plane)",
-                        format!("{}: {e}", file.display()),
-                    )
-                })?;
-            eprintln!(
-                "step 4: {} written; the gateway picks it up within a second",
-                file.display()
-            );
-        }
-        (None, None) => unreachable!("clap requires one of them"),
-    }
+    register_plane(control.as_ref(), plane_type, args, &writes).await?;
 
     if let (Some(client), Some(wait)) = (&control, args.wait) {
         return wait_connected(client, plane_type, args, wait).await;

@@ -421,14 +421,8 @@ impl Topology {
         )
         .await
         .unwrap();
-        for _ in 0..100 {
-            if agent.is_connected() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         assert!(
-            agent.is_connected(),
+            agent.wait_connected(Duration::from_secs(5)).await,
             "agent {identity} did not connect within 5 s"
         );
         agent
