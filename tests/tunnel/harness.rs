@@ -412,8 +412,15 @@ impl Topology {
         planelink::agent::Config::try_from(args).unwrap()
     }
 
-    /// Starts an in-process agent and waits (bounded) until it is connected.
+    /// Starts an in-process agent and waits (bounded) until the gateway has registered it:
+    /// the agent counts itself connected after the WebSocket upgrade, the gateway only
+    /// once the tunnel's HTTP/2 handshake is done.
     pub async fn agent(&self, identity: &str, plane_id: &str) -> planelink::agent::Agent {
+        let key = planelink::planes::PlaneKey {
+            plane_type: PlaneType::DataPlane,
+            plane_id: plane_id.to_string(),
+        };
+        let before = self.gateway.status(&key, None).connected_agents;
         let agent = planelink::agent::start(
             self.agent_config(identity, plane_id),
             None,
@@ -425,6 +432,14 @@ impl Topology {
             agent.wait_connected(Duration::from_secs(5)).await,
             "agent {identity} did not connect within 5 s"
         );
+        let registered = async {
+            while self.gateway.status(&key, None).connected_agents <= before {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), registered)
+            .await
+            .unwrap_or_else(|_| panic!("the gateway did not register agent {identity} within 5 s"));
         agent
     }
 
