@@ -186,13 +186,14 @@ fn agent_config_errors_name_flag_and_fix() {
 #[test]
 fn agent_env_vars_are_read() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(binary())
-        .arg("agent")
-        .env("PLANE_ID", "p1")
-        .env("SERVER_URL", "wss://gw.example.com/ws")
-        .env("SERVER_CA_PATH", dir.path().join("missing-ca.crt"))
-        .output()
-        .unwrap();
+    let out = output_within(
+        std::process::Command::new(binary())
+            .arg("agent")
+            .env("PLANE_ID", "p1")
+            .env("SERVER_URL", "wss://gw.example.com/ws")
+            .env("SERVER_CA_PATH", dir.path().join("missing-ca.crt")),
+        COMMAND_LIMIT,
+    );
     expect_stderr(&out, 64, "invalid --server-ca");
     assert!(stderr(&out).contains("missing-ca.crt"), "{}", stderr(&out));
 }
@@ -225,13 +226,14 @@ fn gateway_requires_internal_ca_with_internal_mtls() {
 
     // Without --planes-dir the registry is the Kubernetes API; with no cluster to reach,
     // the gateway says how to give one.
-    let out = Command::new(linked(dir.path(), "cluster-gateway"))
-        .args([&cert, &key, "--internal-mtls=false"])
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(linked(dir.path(), "cluster-gateway"))
+            .args([&cert, &key, "--internal-mtls=false"])
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", dir.path()),
+        COMMAND_LIMIT,
+    );
     expect_stderr(&out, 1, "give --kubeconfig or set KUBECONFIG");
 }
 

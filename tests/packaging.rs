@@ -34,12 +34,13 @@ fn systemd_units_verify() {
         // Point ExecStart at the binary under test so verify can check it exists.
         let local = text.replace("/usr/local/bin/planelink", binary().to_str().unwrap());
         std::fs::write(dir.path().join(unit), local).unwrap();
-        let out = Command::new(&analyze)
-            .arg("verify")
-            .arg(dir.path().join(unit))
-            .env("SYSTEMD_LOG_LEVEL", "warning")
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(&analyze)
+                .arg("verify")
+                .arg(dir.path().join(unit))
+                .env("SYSTEMD_LOG_LEVEL", "warning"),
+            COMMAND_LIMIT,
+        );
         let complaints: Vec<String> = stderr(&out)
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.contains("man planelink"))
@@ -68,7 +69,7 @@ fn env_examples_parse_as_flags() {
             let (k, v) = line.split_once('=').unwrap();
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
+        let out = output_within(&mut cmd, COMMAND_LIMIT);
         assert_eq!(code(&out), 64, "{file}");
         let err = stderr(&out);
         assert!(err.contains("/etc/planelink/"), "{file}: {err}");
@@ -79,10 +80,10 @@ fn env_examples_parse_as_flags() {
 /// `UPDATE_CRDS=1 cargo test --test packaging crds`.
 #[test]
 fn crds_in_packaging_match_the_binary() {
-    let out = Command::new(binary())
-        .args(["controller", "crds"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(binary()).args(["controller", "crds"]),
+        COMMAND_LIMIT,
+    );
     assert!(
         out.status.success(),
         "{}",

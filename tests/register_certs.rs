@@ -9,12 +9,13 @@ use common::*;
 
 fn openssl_verify(dir: &Path, purpose: &str) -> (bool, String) {
     let openssl = require_tool("openssl");
-    let out = Command::new(openssl)
-        .args(["verify", "-purpose", purpose, "-CAfile"])
-        .arg(dir.join("ca.crt"))
-        .arg(dir.join("tls.crt"))
-        .output()
-        .expect("run openssl");
+    let out = output_within(
+        Command::new(openssl)
+            .args(["verify", "-purpose", purpose, "-CAfile"])
+            .arg(dir.join("ca.crt"))
+            .arg(dir.join("tls.crt")),
+        COMMAND_LIMIT,
+    );
     (
         out.status.success(),
         format!("{}{}", stdout(&out), stderr(&out)),
@@ -58,11 +59,12 @@ fn gateway_certs_verify_with_openssl_for_server_use_only() {
         "a serving certificate must not pass as a client certificate: {text}"
     );
 
-    let text = Command::new(require_tool("openssl"))
-        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-        .arg(out_dir.join("tls.crt"))
-        .output()
-        .unwrap();
+    let text = output_within(
+        Command::new(require_tool("openssl"))
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(out_dir.join("tls.crt")),
+        COMMAND_LIMIT,
+    );
     let sans = stdout(&text);
     assert!(
         sans.contains("DNS:cluster-gateway.openchoreo-control-plane.svc"),

@@ -21,13 +21,58 @@ pub fn linked(dir: &Path, name: &str) -> PathBuf {
     link
 }
 
+/// How long any one-shot command of a test may run.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd` to completion with its output captured, killing it (and failing the test)
+/// if it runs longer than `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let (pid, done, overran) = (
+        child.id(),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let watchdog = {
+        let (done, overran) = (done.clone(), overran.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while !done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !done.load(Ordering::Acquire) {
+                overran.store(true, Ordering::Release);
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        })
+    };
+    let out = child.wait_with_output().expect("wait for the command");
+    done.store(true, Ordering::Release);
+    let _ = watchdog.join();
+    assert!(
+        !overran.load(Ordering::Acquire),
+        "{cmd:?} did not finish within {limit:?}; killed"
+    );
+    out
+}
+
 pub fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run planelink")
+    output_within(
+        Command::new(program)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("KUBECONFIG"),
+        COMMAND_LIMIT,
+    )
 }
 
 /// Runs a long-lived role for `duration`, then sends SIGTERM and collects its exit

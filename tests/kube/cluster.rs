@@ -5,7 +5,6 @@
 //! PLANELINK_TEST_CONTROL_CONTEXT and PLANELINK_TEST_REMOTE_CONTEXT name the contexts
 //! (both default to the current one). Each test works in namespaces of its own.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -26,11 +25,12 @@ pub fn root() -> PathBuf {
 }
 
 fn current_context(kubeconfig: &Path) -> String {
-    let out = Command::new("kubectl")
-        .args(["config", "current-context", "--kubeconfig"])
-        .arg(kubeconfig)
-        .output()
-        .expect("kubectl is installed");
+    let out = crate::common::output_within(
+        Command::new("kubectl")
+            .args(["config", "current-context", "--kubeconfig"])
+            .arg(kubeconfig),
+        crate::common::COMMAND_LIMIT,
+    );
     assert!(
         out.status.success(),
         "kubectl config current-context: {}",
@@ -59,16 +59,14 @@ pub fn clusters() -> &'static Clusters {
                 )
             }
             None => {
-                let out = Command::new("bash")
+                let out = crate::common::output_within(Command::new("bash")
                     .arg(root().join("scripts/test-clusters.sh"))
                     .arg("up")
                     .arg(dir.join("clusters"))
                     .arg("--owner-pid")
                     .arg(std::process::id().to_string())
                     .stdin(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .expect("run scripts/test-clusters.sh");
+                    .stderr(Stdio::inherit()), crate::common::COMMAND_LIMIT);
                 assert!(
                     out.status.success(),
                     "scripts/test-clusters.sh could not start the test API servers (see its output \
@@ -108,31 +106,26 @@ impl Clusters {
     }
 
     pub fn kubectl_with_input(&self, context: &str, args: &[&str], input: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--context")
             .arg(context)
             .args(["--request-timeout", "20s"])
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl is installed");
-        if let Some(input) = input {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            .args(args);
+        match input {
+            None => {
+                cmd.stdin(Stdio::null());
+                crate::common::output_within(&mut cmd, crate::common::COMMAND_LIMIT)
+            }
+            Some(input) => {
+                // kubectl reads stdin from a file here, so the bounded wait needs no writer thread.
+                let file = tempfile::NamedTempFile::new().unwrap();
+                std::fs::write(file.path(), input).unwrap();
+                cmd.stdin(std::fs::File::open(file.path()).unwrap());
+                crate::common::output_within(&mut cmd, crate::common::COMMAND_LIMIT)
+            }
         }
-        child.wait_with_output().unwrap()
     }
 
     /// Runs kubectl and returns stdout; a failure fails the test with kubectl's stderr.

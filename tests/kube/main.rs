@@ -316,13 +316,14 @@ fn agent_mode_end_to_end() {
     )
     .unwrap();
     let through = |args: &[&str]| {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&proxy_kubeconfig)
-            .args(["--request-timeout", "20s"])
-            .args(args)
-            .output()
-            .unwrap()
+        crate::common::output_within(
+            Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&proxy_kubeconfig)
+                .args(["--request-timeout", "20s"])
+                .args(args),
+            crate::common::COMMAND_LIMIT,
+        )
     };
     let out = through(&["get", "namespaces", "-o", "name"]);
     assert!(
@@ -399,23 +400,24 @@ fn agent_mode_end_to_end() {
         "the gateway to drop the agent",
         Duration::from_secs(5),
         || {
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    "--cacert",
-                    &pki.path("gateway/ca.crt"),
-                ])
-                .args([
-                    "--cert",
-                    &pki.path("caller.crt"),
-                    "--key",
-                    &pki.path("caller.key"),
-                ])
-                .arg(&status_url)
-                .output()
-                .expect("curl is installed");
+            let out = crate::common::output_within(
+                Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "5",
+                        "--cacert",
+                        &pki.path("gateway/ca.crt"),
+                    ])
+                    .args([
+                        "--cert",
+                        &pki.path("caller.crt"),
+                        "--key",
+                        &pki.path("caller.key"),
+                    ])
+                    .arg(&status_url),
+                crate::common::COMMAND_LIMIT,
+            );
             let body = String::from_utf8_lossy(&out.stdout).into_owned();
             if body.contains("\"connected\":false") {
                 Ok(())
@@ -792,10 +794,7 @@ fn direct_mode_reports_connected() {
         "False",
         "APIServerUnreachable",
     );
-    assert!(
-        message.contains("401") || message.contains("Unauthorized"),
-        "{message}"
-    );
+    assert!(message.contains("Unauthorized"), "{message}");
 }
 
 /// Two controller replicas with --leader-elect: one holds the Lease and reconciles; when
@@ -927,19 +926,20 @@ fn rbac_manifests_grant_what_the_roles_need() {
         "planelink-controller",
     );
     // The gateway may read but not write plane resources.
-    let denied = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&gateway_kubeconfig)
-        .args([
-            "auth",
-            "can-i",
-            "patch",
-            "dataplanes.openchoreo.dev",
-            "-n",
-            &ns,
-        ])
-        .output()
-        .unwrap();
+    let denied = crate::common::output_within(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&gateway_kubeconfig)
+            .args([
+                "auth",
+                "can-i",
+                "patch",
+                "dataplanes.openchoreo.dev",
+                "-n",
+                &ns,
+            ]),
+        crate::common::COMMAND_LIMIT,
+    );
     assert_eq!(String::from_utf8_lossy(&denied.stdout).trim(), "no");
 
     let ports = Ports::new();

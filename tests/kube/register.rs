@@ -4,12 +4,13 @@
 use super::*;
 
 fn planelink(args: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_planelink"))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_planelink"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("NO_COLOR", "1"),
+        crate::common::COMMAND_LIMIT,
+    )
 }
 
 fn stderr(out: &std::process::Output) -> String {

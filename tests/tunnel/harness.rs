@@ -479,7 +479,9 @@ impl Topology {
 
 /// Runs curl in a blocking thread so the runtime keeps serving.
 pub async fn curl(mut cmd: std::process::Command) -> std::process::Output {
-    tokio::task::spawn_blocking(move || cmd.output().expect("curl is installed"))
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        crate::common::output_within(&mut cmd, crate::common::COMMAND_LIMIT)
+    })
+    .await
+    .unwrap()
 }

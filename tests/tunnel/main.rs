@@ -167,14 +167,15 @@ async fn kubectl_through_the_gateway() {
     ] {
         let (server, ca, cert, key) = (server.clone(), ca.clone(), cert.clone(), key.clone());
         let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("kubectl")
-                .env("KUBECONFIG", "/dev/null")
-                .args(["--server", &server, "--certificate-authority", &ca])
-                .args(["--client-certificate", &cert, "--client-key", &key])
-                .arg("--request-timeout=20s")
-                .args(&command)
-                .output()
-                .expect("kubectl is installed")
+            crate::common::output_within(
+                std::process::Command::new("kubectl")
+                    .env("KUBECONFIG", "/dev/null")
+                    .args(["--server", &server, "--certificate-authority", &ca])
+                    .args(["--client-certificate", &cert, "--client-key", &key])
+                    .arg("--request-timeout=20s")
+                    .args(&command),
+                crate::common::COMMAND_LIMIT,
+            )
         })
         .await
         .unwrap();
@@ -274,24 +275,25 @@ async fn unregistered_agent_is_refused() {
         ("stranger", "p1", 401, "not trusted"),
         ("a1", "unknown-plane", 403, "no DataPlane with planeID"),
     ] {
-        let out = std::process::Command::new(harness_binary())
-            .args(["register", "check"])
-            .arg(format!(
-                "--server-url=wss://127.0.0.1:{}/ws",
-                topo.gateway.public_addr.port()
-            ))
-            .arg(format!("--server-ca={}", topo.pki.path("gateway/ca.crt")))
-            .arg(format!(
-                "--client-cert={}",
-                topo.pki.dir.join(identity).join("tls.crt").display()
-            ))
-            .arg(format!(
-                "--client-key={}",
-                topo.pki.dir.join(identity).join("tls.key").display()
-            ))
-            .arg(format!("--plane-id={plane}"))
-            .output()
-            .unwrap();
+        let out = crate::common::output_within(
+            std::process::Command::new(harness_binary())
+                .args(["register", "check"])
+                .arg(format!(
+                    "--server-url=wss://127.0.0.1:{}/ws",
+                    topo.gateway.public_addr.port()
+                ))
+                .arg(format!("--server-ca={}", topo.pki.path("gateway/ca.crt")))
+                .arg(format!(
+                    "--client-cert={}",
+                    topo.pki.dir.join(identity).join("tls.crt").display()
+                ))
+                .arg(format!(
+                    "--client-key={}",
+                    topo.pki.dir.join(identity).join("tls.key").display()
+                ))
+                .arg(format!("--plane-id={plane}")),
+            crate::common::COMMAND_LIMIT,
+        );
         let all = format!("{}{}", text(&out), err(&out));
         assert!(all.contains(&status.to_string()), "{identity}: {all}");
         // The gateway says why, in the body the agent logs.
@@ -407,7 +409,25 @@ async fn killed_agent_ends_requests_promptly() {
             .arg(topo.proxy_url("k8s", path));
         let request = curl(cmd);
         let killer = async {
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            // Kill once the request is inside the tunnel (its stream is open).
+            let metrics = format!("http://{}/metrics", topo.gateway.health_addr);
+            let in_flight = async {
+                loop {
+                    let mut cmd = std::process::Command::new("curl");
+                    cmd.args(["-sS", "--max-time", "5", &metrics]);
+                    let out = curl(cmd).await;
+                    if text(&out)
+                        .lines()
+                        .any(|l| l == "planelink_gateway_open_streams 1")
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), in_flight)
+                .await
+                .expect("the request did not reach the tunnel within 10 s");
             child.kill().unwrap();
             child.wait().unwrap();
             Instant::now()
