@@ -2,7 +2,7 @@
 //! `kubernetesCluster` (direct access) or through the gateway's proxy path (agent mode),
 //! cached, and rebuilt when the CR's generation or the Secrets it reads change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use base64::Engine as _;
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::planes::crd::{KubernetesClusterSpec, ValueFrom};
 use crate::planes::registry::{resolve_value, secret_location};
-use crate::planes::{CrRef, PlaneKey, Problem, Reason, secret_data};
+use crate::planes::{CrRef, PlaneKey, Problem, Reason, SecretKeyLocation, secret_data};
 
 /// How the controller reaches the gateway's internal listener.
 #[derive(Clone)]
@@ -39,6 +39,24 @@ impl std::fmt::Debug for GatewayAccess {
             )
             .finish()
     }
+}
+
+/// The data of the Secret a value reads (`None`: no Secret, or it does not exist).
+pub async fn read_secret(
+    client: &Client,
+    at: Option<&SecretKeyLocation>,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, Problem> {
+    let Some(at) = at else { return Ok(None) };
+    let secret = Api::<Secret>::namespaced(client.clone(), &at.namespace)
+        .get_opt(&at.name)
+        .await
+        .map_err(|e| {
+            Problem::new(
+                Reason::SecretNotReadable,
+                format!("cannot read Secret {}/{}: {e}", at.namespace, at.name),
+            )
+        })?;
+    Ok(secret.map(|s| secret_data(&s)))
 }
 
 pub struct PlaneClients {
@@ -120,19 +138,7 @@ impl PlaneClients {
         value: &ValueFrom,
         field: &str,
     ) -> Result<Vec<u8>, Problem> {
-        let data = match secret_location(namespace, value) {
-            Some(at) => Api::<Secret>::namespaced(self.control.clone(), &at.namespace)
-                .get_opt(&at.name)
-                .await
-                .map_err(|e| {
-                    Problem::new(
-                        Reason::SecretNotReadable,
-                        format!("cannot read Secret {}/{}: {e}", at.namespace, at.name),
-                    )
-                })?
-                .map(|s| secret_data(&s)),
-            None => None,
-        };
+        let data = read_secret(&self.control, secret_location(namespace, value).as_ref()).await?;
         resolve_value(
             namespace,
             value,

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt as _};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use super::clients::PlaneClients;
+use super::clients::{PlaneClients, read_secret};
 use super::conditions;
 use super::metrics::Metrics;
 use super::status::{self, Facts, GATEWAY_API_GROUP, GatewayProbe, Mode};
@@ -358,19 +358,7 @@ async fn validate_client_ca<K: PlaneResource>(
     let location = plane
         .client_ca()
         .and_then(|value| secret_location(&namespace, value));
-    let data = match &location {
-        Some(at) => Api::<Secret>::namespaced(ctx.client.clone(), &at.namespace)
-            .get_opt(&at.name)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    Reason::SecretNotReadable,
-                    format!("cannot read Secret {}/{}: {e}", at.namespace, at.name),
-                )
-            })?
-            .map(|s| secret_data(&s)),
-        None => None,
-    };
+    let data = read_secret(&ctx.client, location.as_ref()).await?;
     let certs = resolve_client_ca(K::PLANE_TYPE, &namespace, plane.client_ca(), |_, _| {
         data.as_ref()
     })?;
