@@ -31,6 +31,30 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     response
 }
 
+/// Identity is the agent's: a caller's `Authorization` never reaches an upstream that
+/// authenticates the agent (`k8s` always), and `Impersonate-*`, `X-Remote-*` (front-proxy
+/// identity) and `X-Forwarded-*` never reach any upstream, unless a route opts in to
+/// impersonation. Otherwise any caller could act as whoever the agent may impersonate.
+fn strip_caller_identity(headers: &mut http::HeaderMap, upstream: &Upstream) {
+    if upstream.drops_caller_auth {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let banned: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            (name.starts_with("impersonate-") && !upstream.pass_impersonation)
+                || name.starts_with("x-remote-")
+                || name.starts_with("x-forwarded-")
+                || name == "forwarded"
+        })
+        .cloned()
+        .collect();
+    for name in banned {
+        headers.remove(name);
+    }
+}
+
 /// The upstream a request's target names.
 fn upstream(state: &State, req: &Request<Incoming>) -> Result<Option<Upstream>, ProxyError> {
     let target: Target = header(req, TARGET_HEADER)
@@ -99,10 +123,7 @@ async fn forward(
     let (parts, incoming) = req.into_parts();
     let mut headers = end_to_end_headers(&parts.headers);
     proxy::set_request_id(&mut headers, id);
-    if upstream.has_auth {
-        // The agent's identity, never a caller's credentials, reaches this upstream.
-        headers.remove(header::AUTHORIZATION);
-    }
+    strip_caller_identity(&mut headers, &upstream);
     let mut out = Request::new(body::empty());
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = uri;

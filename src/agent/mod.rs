@@ -46,21 +46,17 @@ impl State {
         names
     }
 
-    /// The built-in `agent` target: who this agent is, for debugging through the tunnel.
+    /// The built-in `agent` target: versions and health only. No URLs, credentials or
+    /// file paths: anyone allowed to call the proxy can read it.
     fn info_response(&self) -> Response<Body> {
-        let routes: Vec<serde_json::Value> = self
-            .targets
-            .values()
-            .map(|u| serde_json::json!({ "name": u.name, "url": u.base.to_string(), "auth": u.has_auth }))
-            .collect();
         let info = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "commit": crate::GIT_COMMIT.unwrap_or("unknown"),
+            "protocol": protocol::PROTOCOL_VERSION,
             "planeType": self.config.plane_type.as_str(),
             "planeID": self.config.plane_id,
-            "serverURL": self.config.server_url,
             "targets": self.target_names(),
-            "routes": routes,
+            "connected": *self.connected.borrow(),
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "instance": self.instance,
         });

@@ -30,8 +30,11 @@ type Service = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
 pub struct Upstream {
     pub name: String,
     pub base: Uri,
-    /// Whether the upstream authenticates the agent itself (then callers' Authorization is dropped).
-    pub has_auth: bool,
+    /// Callers' `Authorization` never reaches this upstream: it authenticates the agent
+    /// itself (always so for `k8s`, whatever credential the agent uses).
+    pub drops_caller_auth: bool,
+    /// Callers' impersonation headers may pass (a route's explicit `passImpersonation`).
+    pub pass_impersonation: bool,
     service: Service,
 }
 
@@ -40,7 +43,8 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("name", &self.name)
             .field("base", &self.base)
-            .field("has_auth", &self.has_auth)
+            .field("drops_caller_auth", &self.drops_caller_auth)
+            .field("pass_impersonation", &self.pass_impersonation)
             .finish()
     }
 }
@@ -77,7 +81,6 @@ pub async fn kubernetes(kubeconfig: Option<&Path>) -> anyhow::Result<Upstream> {
     let extra = config
         .extra_headers_layer()
         .context("impersonation headers")?;
-    let has_auth = auth.is_some();
     let service = tower::ServiceBuilder::new()
         .layer(extra)
         .option_layer(auth)
@@ -85,7 +88,8 @@ pub async fn kubernetes(kubeconfig: Option<&Path>) -> anyhow::Result<Upstream> {
     Ok(Upstream {
         name: "k8s".into(),
         base: config.cluster_url.clone(),
-        has_auth,
+        drops_caller_auth: true,
+        pass_impersonation: false,
         service: BoxCloneSyncService::new(service),
     })
 }
@@ -108,6 +112,9 @@ pub struct RouteSpec {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub auth: RouteAuth,
+    /// Let callers' `Impersonate-*` headers through to this upstream (off: they are dropped).
+    #[serde(default)]
+    pub pass_impersonation: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,7 +259,7 @@ fn route(spec: RouteSpec) -> anyhow::Result<Upstream> {
         .with_no_client_auth();
     let client = http_client(connector(tls));
     let credential = credential(spec.auth)?.map(Arc::new);
-    let has_auth = credential.is_some();
+    let drops_caller_auth = credential.is_some();
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut req: Request<Body>| {
             if let Some(credential) = &credential {
@@ -269,7 +276,8 @@ fn route(spec: RouteSpec) -> anyhow::Result<Upstream> {
     Ok(Upstream {
         name: spec.name,
         base,
-        has_auth,
+        drops_caller_auth,
+        pass_impersonation: spec.pass_impersonation,
         service: boxed_client_service(service),
     })
 }

@@ -188,6 +188,24 @@ async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Re
                 .insert("content-type", "application/json".parse().unwrap());
             r
         }
+        "/identity" => {
+            // Every identity-bearing header the upstream received, one per line.
+            let mut seen: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(name, _)| {
+                    let name = name.as_str();
+                    name == "authorization"
+                        || name == "forwarded"
+                        || name.starts_with("impersonate-")
+                        || name.starts_with("x-remote-")
+                        || name.starts_with("x-forwarded-")
+                })
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
+                .collect();
+            seen.sort();
+            respond(StatusCode::OK, seen.join("\n"))
+        }
         "/headers" => {
             let id = req
                 .headers()

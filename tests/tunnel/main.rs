@@ -1,6 +1,7 @@
 //! The tunnel end to end: real gateway, real agents, real HTTPS upstream, real clients
 //! (curl, kubectl, a WebSocket client), all over loopback.
 
+mod attacks;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
