@@ -1,4 +1,5 @@
-//! Logging to stderr with tracing, as text or JSON, at the level the operator chose.
+//! Logging to stderr with tracing, as text or JSON, at the level the operator chose; and
+//! the two helpers that make a peer's values safe to log.
 
 use tracing_subscriber::EnvFilter;
 
@@ -22,4 +23,69 @@ pub fn init(args: &LogArgs) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The longest peer value written to a log line; the rest is cut (and said so).
+pub const MAX_LOGGED: usize = 256;
+
+/// A value from a peer (certificate subject, path, planeID, header) made safe for a log
+/// line: control characters are escaped so that no one can forge lines, and the length
+/// is bounded so that no one can flood the log.
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(MAX_LOGGED));
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX_LOGGED {
+            out.push_str("…(cut)");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Query parameters whose values are credentials or commands: masked in logs.
+const SECRET_PARAMETERS: [&str; 6] = ["token", "password", "secret", "key", "auth", "command"];
+
+/// A query string for a debug log: each value of a parameter whose name suggests a
+/// credential (or an exec command) masked, the rest escaped.
+pub fn redacted_query(query: &str) -> String {
+    let parts: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| {
+            let lower = name.to_ascii_lowercase();
+            if SECRET_PARAMETERS.iter().any(|s| lower.contains(s)) {
+                format!("{}=***", escape(&name))
+            } else {
+                format!("{}={}", escape(&name), escape(&value))
+            }
+        })
+        .collect();
+    parts.join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_values_cannot_forge_lines() {
+        assert_eq!(
+            escape("CN=agent\nlevel=error msg=forged"),
+            "CN=agent\\nlevel=error msg=forged"
+        );
+        assert_eq!(escape("a\u{1b}[31mred"), "a\\u{1b}[31mred");
+        let long = "x".repeat(10_000);
+        assert_eq!(escape(&long).len(), MAX_LOGGED + "…(cut)".len());
+    }
+
+    #[test]
+    fn credentials_in_queries_are_masked() {
+        assert_eq!(
+            redacted_query("watch=1&access_token=abc&command=sh&container=app"),
+            "watch=1&access_token=***&command=***&container=app"
+        );
+    }
 }

@@ -117,6 +117,9 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_owned();
+    // The path at info; the query (tokens, exec commands) only at debug, masked.
+    let path = crate::logging::escape(req.uri().path());
+    let query = req.uri().query().map(crate::logging::redacted_query);
     let uri = upstream
         .uri_for(&path_and_query)
         .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?;
@@ -141,7 +144,7 @@ async fn forward(
         }
     };
     let target = upstream.name.as_str();
-    tracing::debug!(request_id = %id, target, method = %parts.method, path = %path_and_query, "forwarding");
+    tracing::debug!(request_id = %id, target, method = %parts.method, %path, query = ?query, "forwarding");
     let what = format!("target {target} ({})", upstream.base);
     let response = proxy::response_head(
         upstream.send(out),
@@ -152,7 +155,7 @@ async fn forward(
     )
     .await
     .inspect_err(|e| tracing::warn!(request_id = %id, target, "upstream request failed: {e}"))?;
-    tracing::info!(request_id = %id, target, method = %parts.method, path = %path_and_query,
+    tracing::info!(request_id = %id, target, method = %parts.method, %path,
         status = response.status().as_u16(), "request served");
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) = (response.status(), downstream) {
         return Ok(switched(response, downstream, id));

@@ -26,6 +26,7 @@ pub use args::{GatewayArgs, ServerArgs};
 pub use checks::{DEFAULT_BLOCKED_PATHS, DEFAULT_TARGETS, RequestChecks};
 pub use config::{Config, Listeners, RegistrySource, ServerConfig};
 pub use hub::Reverified;
+pub use public::UNVERIFIED_REFUSAL;
 
 use crate::health::{self, Health};
 use crate::planes::{CrRef, PlaneKey, Registry};

@@ -139,7 +139,7 @@ fn subject_of(chain: &[CertificateDer<'_>]) -> String {
     chain
         .first()
         .and_then(|c| CertInfo::from_der(c).ok())
-        .map(|info| info.subject)
+        .map(|info| crate::logging::escape(&info.subject))
         .unwrap_or_else(|| "(no certificate)".into())
 }
 
@@ -198,29 +198,38 @@ fn parse_ws_request(req: &Request<Incoming>) -> Result<(PlaneKey, Hello, Respons
     ))
 }
 
-/// The plane CRs whose client CA verifies `chain`, or why none does.
+/// What an agent that no plane CR verifies is told: the same fixed text whether its
+/// plane exists or not, so an unverified peer learns nothing (planeIDs, CR names, CA
+/// subjects). The precise reason goes to the gateway's log and its rejection metric.
+pub const UNVERIFIED_REFUSAL: &str = "client certificate verification failed: this certificate is not \
+    authorised for the plane it names; the gateway's log says why";
+
+/// The plane CRs whose client CA verifies `chain`, or why none does: the refusal the
+/// peer gets, and the precise reason for the log.
 fn authorise(
     core: &Core,
     key: &PlaneKey,
     chain: &[CertificateDer<'static>],
-) -> Result<Vec<crate::planes::CrRef>, Refusal> {
+) -> Result<Vec<crate::planes::CrRef>, (Refusal, Option<String>)> {
     let Some(snapshot) = core.registry.current() else {
-        return Err(Refusal(
+        let refusal = Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "registry_not_loaded",
             "the gateway has not loaded its plane registry yet; retry shortly".into(),
-        ));
+        );
+        return Err((refusal, None));
     };
     let decision = snapshot.authorise(key, chain, SystemTime::now());
     if !decision.granted.is_empty() {
         return Ok(decision.granted);
     }
-    let (status, reason) = if decision.refused.is_empty() {
-        (StatusCode::FORBIDDEN, "unknown_plane")
+    let reason = if decision.refused.is_empty() {
+        "unknown_plane"
     } else {
-        (StatusCode::UNAUTHORIZED, "untrusted_certificate")
+        "untrusted_certificate"
     };
-    Err(Refusal(status, reason, decision.refusal_summary(key)))
+    let refusal = Refusal(StatusCode::UNAUTHORIZED, reason, UNVERIFIED_REFUSAL.into());
+    Err((refusal, Some(decision.refusal_summary(key))))
 }
 
 /// Answers an agent's `/ws` request: 101 and a tunnel, or the reason it is refused.
@@ -236,15 +245,19 @@ fn upgrade_request(
             "planelink gateway: agents connect to /ws".into(),
         );
     }
-    let admitted = parse_ws_request(&req).and_then(|(key, hello, switching)| {
-        let granted = authorise(&core, &key, &chain)?;
-        Ok((key, hello, switching, granted))
-    });
+    let admitted = parse_ws_request(&req)
+        .map_err(|refusal| (refusal, None))
+        .and_then(|(key, hello, switching)| {
+            let granted = authorise(&core, &key, &chain)?;
+            Ok((key, hello, switching, granted))
+        });
     let (key, hello, mut response, granted) = match admitted {
         Ok(admitted) => admitted,
-        Err(Refusal(status, reason, message)) => {
+        Err((Refusal(status, reason, message), why)) => {
             core.metrics.reject(reason);
-            tracing::warn!(%remote, subject = %subject_of(&chain), %status, "agent refused: {message}");
+            let logged = why.as_deref().unwrap_or(&message);
+            tracing::warn!(%remote, subject = %subject_of(&chain), %status, reason,
+                "agent refused: {}", crate::logging::escape(logged));
             return plain(status, message);
         }
     };
@@ -298,7 +311,7 @@ async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent)
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,
-        version = %agent.hello.version, authorised_for = %crs.join(","), "agent connected");
+        version = %crate::logging::escape(&agent.hello.version), authorised_for = %crs.join(","), "agent connected");
     let reason = tokio::select! {
         result = connection => match result {
             Ok(()) => "the agent closed the tunnel".to_string(),

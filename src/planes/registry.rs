@@ -24,9 +24,15 @@ pub struct PlaneKey {
     pub plane_id: String,
 }
 
+/// The planeID comes from a peer: escaped (and bounded) wherever a key is shown.
 impl std::fmt::Display for PlaneKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.plane_type, self.plane_id)
+        write!(
+            f,
+            "{}/{}",
+            self.plane_type,
+            crate::logging::escape(&self.plane_id)
+        )
     }
 }
 

@@ -368,7 +368,7 @@ impl Topology {
             format!("--server-cert={}", pki.path("gateway/tls.crt")),
             format!("--server-key={}", pki.path("gateway/tls.key")),
             format!("--planes-dir={}", planes.display()),
-            "--request-timeout=5s".into(),
+            "--request-timeout=20s".into(),
             "--shutdown-timeout=2s".into(),
             "--allowed-targets=k8s,agent,svc".into(),
         ];
@@ -459,6 +459,14 @@ impl Topology {
             .await
             .unwrap_or_else(|_| panic!("the gateway did not register agent {identity} within 5 s"));
         agent
+    }
+
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10"])
+            .arg(format!("http://{}/metrics", self.gateway.health_addr));
+        String::from_utf8_lossy(&curl(cmd).await.stdout).into_owned()
     }
 
     pub fn proxy_url(&self, target: &str, path: &str) -> String {

@@ -266,15 +266,20 @@ async fn request_ids_checks_and_errors() {
     );
 }
 
-/// An agent whose CA is not registered is refused with 401 and the reason; an agent
-/// naming an unknown plane gets 403.
+/// An agent whose certificate no CR of its plane trusts, and one naming an unknown
+/// plane, get the same fixed 401 text (an unverified peer learns nothing about which
+/// planes exist); the gateway's log and rejection metric keep the precise reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistered_agent_is_refused() {
     let topo = Topology::start(false).await;
     agent_identity(&topo.pki.dir, "stranger");
-    for (identity, plane, status, words) in [
-        ("stranger", "p1", 401, "not trusted"),
-        ("a1", "unknown-plane", 403, "no DataPlane with planeID"),
+    let expected_refusal = format!(
+        "the gateway refused the agent (401): {}",
+        planelink::gateway::UNVERIFIED_REFUSAL
+    );
+    for (identity, plane, metric) in [
+        ("stranger", "p1", "untrusted_certificate"),
+        ("a1", "unknown-plane", "unknown_plane"),
     ] {
         let out = crate::common::output_within(
             std::process::Command::new(harness_binary())
@@ -295,18 +300,27 @@ async fn unregistered_agent_is_refused() {
                 .arg(format!("--plane-id={plane}")),
             crate::common::COMMAND_LIMIT,
         );
-        let all = format!("{}{}", text(&out), err(&out));
-        assert!(all.contains(&status.to_string()), "{identity}: {all}");
-        // The gateway says why, in the body the agent logs.
+        let answered = format!(
+            "  agent     FAILED: the gateway answered 401 ({}); ",
+            planelink::gateway::UNVERIFIED_REFUSAL
+        );
+        assert!(text(&out).contains(&answered), "{identity}: {}", text(&out));
         let args = topo.agent_config(identity, plane);
         let refusal = match dial_once(args).await {
             Ok(()) => panic!("{identity} was accepted"),
             Err(e) => e,
         };
-        assert!(
-            refusal.contains(words) && refusal.contains(&status.to_string()),
-            "{identity}: {refusal}"
-        );
+        assert_eq!(refusal, expected_refusal, "{identity}");
+        let metrics = topo.metrics().await;
+        // register check and at least one dial of the agent, each refused for `metric`.
+        let prefix =
+            format!("planelink_gateway_handshake_rejections_total{{reason=\"{metric}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} not in:\n{metrics}"));
+        assert!(count >= 2, "{prefix}{count}");
     }
 }
 
