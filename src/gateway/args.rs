@@ -137,6 +137,10 @@ pub struct ServerArgs {
     #[arg(long, env = "BLOCKED_PATHS", value_delimiter = ',', default_value = super::checks::DEFAULT_BLOCKED_PATHS, help_heading = "Proxy")]
     pub blocked_paths: Vec<String>,
 
+    /// Agents one plane may have connected at once; more are refused with 429.
+    #[arg(long, env = "MAX_AGENTS_PER_PLANE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Proxy")]
+    pub max_agents_per_plane: u32,
+
     /// Largest request or response body carried through the proxy (0 = no limit); e.g. 64Mi.
     #[arg(long, env = "MAX_BODY_SIZE", default_value = "0", value_parser = byte_size, help_heading = "Proxy")]
     pub max_body_size: u64,

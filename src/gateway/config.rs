@@ -53,6 +53,7 @@ pub struct ServerConfig {
     pub checks: RequestChecks,
     /// 0 = no limit.
     pub max_body_size: u64,
+    pub max_agents_per_plane: usize,
 }
 
 impl TryFrom<GatewayArgs> for Config {
@@ -144,6 +145,7 @@ impl ServerConfig {
                 blocked_paths: args.blocked_paths.clone(),
             },
             max_body_size: args.max_body_size,
+            max_agents_per_plane: args.max_agents_per_plane as usize,
         })
     }
 }

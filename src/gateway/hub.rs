@@ -93,6 +93,14 @@ pub struct Reverified {
     pub authorizations_revoked: usize,
 }
 
+impl Reverified {
+    fn add(&mut self, other: Reverified) {
+        self.disconnected_agents += other.disconnected_agents;
+        self.authorizations_granted += other.authorizations_granted;
+        self.authorizations_revoked += other.authorizations_revoked;
+    }
+}
+
 pub struct Hub {
     agents: RwLock<Vec<Arc<AgentConn>>>,
     next_id: AtomicU64,
@@ -222,39 +230,81 @@ impl Hub {
         let mut result = Reverified::default();
         let now = SystemTime::now();
         for agent in self.agents() {
-            if only.is_some_and(|k| k != &agent.key) || agent.close.is_cancelled() {
+            if only.is_some_and(|k| k != &agent.key) {
                 continue;
             }
-            let decision = snapshot.authorise(&agent.key, &agent.chain, now);
-            let mut granted = agent.granted.write().unwrap_or_else(|p| p.into_inner());
-            let added = decision
-                .granted
-                .iter()
-                .filter(|cr| !granted.contains(cr))
-                .count();
-            let removed = granted
-                .iter()
-                .filter(|cr| !decision.granted.contains(cr))
-                .count();
-            if added == 0 && removed == 0 {
-                continue;
-            }
-            result.authorizations_granted += added;
-            result.authorizations_revoked += removed;
-            if decision.granted.is_empty() {
-                tracing::warn!(agent = agent.id, plane = %agent.key, remote = %agent.remote,
-                    reason = %decision.refusal_summary(&agent.key),
-                    "trust revoked; disconnecting agent");
-                result.disconnected_agents += 1;
-                agent.close.cancel();
-            } else {
-                let crs: Vec<String> = decision.granted.iter().map(ToString::to_string).collect();
-                tracing::info!(agent = agent.id, plane = %agent.key, added, removed,
-                    authorised_for = %crs.join(","), "agent re-verified");
-            }
-            *granted = decision.granted;
+            result.add(self.reverify_agent(snapshot, &agent, now));
         }
         result
+    }
+
+    /// Re-verifies one agent (a newcomer: connecting costs one verification, not one per
+    /// agent of its plane).
+    pub fn reverify_one(&self, snapshot: &Snapshot, agent: &AgentConn) -> Reverified {
+        self.reverify_agent(snapshot, agent, SystemTime::now())
+    }
+
+    fn reverify_agent(
+        &self,
+        snapshot: &Snapshot,
+        agent: &AgentConn,
+        now: SystemTime,
+    ) -> Reverified {
+        let mut result = Reverified::default();
+        if agent.close.is_cancelled() {
+            return result;
+        }
+        let decision = snapshot.authorise(&agent.key, &agent.chain, now);
+        let mut granted = agent.granted.write().unwrap_or_else(|p| p.into_inner());
+        let added = decision
+            .granted
+            .iter()
+            .filter(|cr| !granted.contains(cr))
+            .count();
+        let removed = granted
+            .iter()
+            .filter(|cr| !decision.granted.contains(cr))
+            .count();
+        if added == 0 && removed == 0 {
+            return result;
+        }
+        result.authorizations_granted += added;
+        result.authorizations_revoked += removed;
+        if decision.granted.is_empty() {
+            tracing::warn!(agent = agent.id, plane = %agent.key, remote = %agent.remote,
+                reason = %decision.refusal_summary(&agent.key),
+                "trust revoked; disconnecting agent");
+            result.disconnected_agents += 1;
+            agent.close.cancel();
+        } else {
+            let crs: Vec<String> = decision.granted.iter().map(ToString::to_string).collect();
+            tracing::info!(agent = agent.id, plane = %agent.key, added, removed,
+                authorised_for = %crs.join(","), "agent re-verified");
+        }
+        *granted = decision.granted;
+        result
+    }
+
+    /// Connected agents of a plane.
+    pub fn count(&self, key: &PlaneKey) -> usize {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|a| &a.key == key && a.is_usable())
+            .count()
+    }
+
+    /// Forgets when planes that are neither registered nor connected were last seen, so
+    /// that planeIDs of departed agents do not accumulate.
+    pub fn prune_last_seen(&self, snapshot: &Snapshot) {
+        let connected: Vec<PlaneKey> = self.agents().iter().map(|a| a.key.clone()).collect();
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(key, _), _| {
+                connected.contains(key) || snapshot.entries_for(key).next().is_some()
+            });
     }
 
     /// Disconnects every agent of a plane (the plane API's reconnect).

@@ -352,12 +352,25 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
+/// The `plane_id` label of requests for planes that are not registered: callers cannot
+/// mint a new metric series per made-up planeID.
+const UNREGISTERED: &str = "(unregistered)";
+
 fn record(core: &Core, route: &Route, status: StatusCode, started: Instant) {
+    let registered = core
+        .registry
+        .current()
+        .is_some_and(|s| s.entries_for(&route.key).next().is_some());
+    let plane_id = if registered {
+        route.key.plane_id.clone()
+    } else {
+        UNREGISTERED.to_string()
+    };
     core.metrics
         .requests
         .get_or_create(&RequestLabels {
             plane_type: route.key.plane_type.as_str().to_string(),
-            plane_id: route.key.plane_id.clone(),
+            plane_id,
             target: route.target.to_string(),
             code: status.as_u16().to_string(),
         })

@@ -207,6 +207,7 @@ async fn reverify_on_change(core: Arc<Core>, shutdown: CancellationToken) {
         let snapshot = changes.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
             core.hub.reverify(&snapshot, None);
+            core.hub.prune_last_seen(&snapshot);
         }
     }
 }

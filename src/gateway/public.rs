@@ -232,6 +232,24 @@ fn authorise(
     Err((refusal, Some(decision.refusal_summary(key))))
 }
 
+/// A verified agent beyond `--max-agents-per-plane` is refused, so that connecting
+/// agents cannot grow a plane's state (and its re-verification work) without bound.
+fn check_capacity(core: &Core, key: &PlaneKey) -> Result<(), Refusal> {
+    let limit = core.config.max_agents_per_plane;
+    let connected = core.hub.count(key);
+    if connected >= limit {
+        return Err(Refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_agents",
+            format!(
+                "plane {key} already has {connected} agents connected (--max-agents-per-plane {limit}); \
+                 stop the extra agents or raise the limit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Answers an agent's `/ws` request: 101 and a tunnel, or the reason it is refused.
 fn upgrade_request(
     core: Arc<Core>,
@@ -249,6 +267,7 @@ fn upgrade_request(
         .map_err(|refusal| (refusal, None))
         .and_then(|(key, hello, switching)| {
             let granted = authorise(&core, &key, &chain)?;
+            check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
             Ok((key, hello, switching, granted))
         });
     let (key, hello, mut response, granted) = match admitted {
@@ -281,6 +300,31 @@ fn upgrade_request(
     response
 }
 
+/// How long an agent has, after the WebSocket upgrade, to answer over HTTP/2.
+const TUNNEL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request to the agent's built-in `agent` target: proves the tunnel carries HTTP/2
+/// both ways (SETTINGS exchanged, a stream served).
+async fn probe(sender: &mut hyper::client::conn::http2::SendRequest<Body>) -> Result<(), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let mut request = Request::new(body::empty());
+    *request.uri_mut() = http::Uri::from_static("http://agent/");
+    request.headers_mut().insert(
+        crate::tunnel::protocol::TARGET_HEADER,
+        HeaderValue::from_static(crate::tunnel::proxy::Target::AGENT),
+    );
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    match response.status() {
+        StatusCode::OK => Ok(()),
+        other => Err(format!(
+            "the agent answered its handshake probe with {other}"
+        )),
+    }
+}
+
 /// Runs one agent's tunnel from the upgrade until it closes or is disconnected.
 async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent) {
     let remote = new_agent.remote;
@@ -294,7 +338,7 @@ async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent)
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::config()))
             .await;
-    let (sender, connection) = match protocol::client_builder(core.config.heartbeat)
+    let (mut sender, connection) = match protocol::client_builder(core.config.heartbeat)
         .handshake(TokioIo::new(WsIo::new(ws)))
         .await
     {
@@ -304,10 +348,25 @@ async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent)
             return;
         }
     };
+    tokio::pin!(connection);
+    // Registered only once the agent has answered over HTTP/2: one that never speaks it
+    // is never picked for requests.
+    let answered = tokio::select! {
+        _ = &mut connection => Err("the agent closed the tunnel during its handshake".to_string()),
+        probed = tokio::time::timeout(TUNNEL_HANDSHAKE_TIMEOUT, probe(&mut sender)) => {
+            probed.unwrap_or_else(|_| Err(format!("no HTTP/2 answer within {TUNNEL_HANDSHAKE_TIMEOUT:?}")))
+        }
+    };
+    if let Err(e) = answered {
+        core.metrics.reject("tunnel_handshake");
+        tracing::warn!(%remote, "agent dropped: {}", crate::logging::escape(&e));
+        return;
+    }
     let agent = core.hub.register(new_agent, sender);
-    // A snapshot may have arrived between the authorisation and the registration.
+    // A snapshot may have arrived between the authorisation and the registration: the
+    // newcomer (only) is verified against the current one.
     if let Some(snapshot) = core.registry.current() {
-        core.hub.reverify(&snapshot, Some(&agent.key));
+        core.hub.reverify_one(&snapshot, &agent);
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,

@@ -67,3 +67,97 @@ async fn the_agent_target_shows_no_configuration() {
     );
     assert!(!body(&out).contains("127.0.0.1"), "{}", body(&out));
 }
+
+/// A verified agent beyond `--max-agents-per-plane` is refused with 429 and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_beyond_the_per_plane_limit_are_refused() {
+    let topo = Topology::start_with(false, &["--max-agents-per-plane=1"]).await;
+    let _first = topo.agent("a1", "p1").await;
+    let config = topo.agent_config("a1", "p1");
+    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let refused = match dial(&config.dial_url, &identity).await {
+        Ok(_) => panic!("a second agent was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        refused,
+        "the gateway refused the agent (429): plane dataplane/p1 already has 1 agents connected \
+         (--max-agents-per-plane 1); stop the extra agents or raise the limit"
+    );
+}
+
+/// Requests naming made-up planeIDs are counted under one label: a caller cannot create
+/// a metric series per planeID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_plane_ids_do_not_mint_metric_series() {
+    let topo = Topology::start(false).await;
+    for id in ["made-up-1", "made-up-2"] {
+        let mut cmd = topo.curl();
+        cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!(
+                "https://127.0.0.1:{}/api/proxy/dataplane/{id}/org/dp1/k8s/api",
+                topo.gateway.internal_addr.port()
+            ));
+        assert_eq!(body(&curl(cmd).await), "502");
+    }
+    let metrics = topo.metrics().await;
+    assert!(!metrics.contains("made-up"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "planelink_gateway_proxy_requests_total{plane_type=\"dataplane\",plane_id=\"(unregistered)\",target=\"k8s\",code=\"502\"} 2"
+        )),
+        "{metrics}"
+    );
+}
+
+/// An agent that completes the WebSocket upgrade but never speaks HTTP/2 is never
+/// registered (so never picked for requests) and is dropped after the tunnel handshake
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_speaks_http2_is_not_registered() {
+    let topo = Topology::start(false).await;
+    let config = topo.agent_config("a1", "p1");
+    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let _silent = dial(&config.dial_url, &identity)
+        .await
+        .expect("the upgrade itself succeeds");
+    let key = planelink::planes::PlaneKey {
+        plane_type: planelink::planes::PlaneType::DataPlane,
+        plane_id: "p1".into(),
+    };
+    let dropped = async {
+        loop {
+            let metrics = topo.metrics().await;
+            if metrics.lines().any(|l| {
+                l == "planelink_gateway_handshake_rejections_total{reason=\"tunnel_handshake\"} 1"
+            }) {
+                return;
+            }
+            assert_eq!(
+                topo.gateway.status(&key, None).connected_agents,
+                0,
+                "a silent agent was registered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), dropped)
+        .await
+        .expect("the silent agent was not dropped within 20 s");
+    let mut cmd = topo.curl();
+    cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(topo.proxy_url("k8s", "/version"));
+    assert_eq!(body(&curl(cmd).await), "502");
+}
+
+/// The agent's three dial steps, as a test peer that then does what it likes.
+async fn dial(
+    url: &url::Url,
+    identity: &planelink::agent::dial::TlsIdentity,
+) -> Result<planelink::agent::dial::Dialled, planelink::agent::dial::DialError> {
+    use planelink::agent::dial;
+    let (host, port) = dial::host_port(url);
+    let tcp = dial::connect(&host, port, dial::STEP_TIMEOUT).await?;
+    let (tls, _) = dial::tls(tcp, &host, identity, b"http/1.1", dial::STEP_TIMEOUT).await?;
+    dial::upgrade(tls, url, dial::STEP_TIMEOUT).await
+}
