@@ -132,10 +132,22 @@ pub struct ServerArgs {
     #[arg(long, env = "ALLOWED_TARGETS", value_delimiter = ',', default_value = super::checks::DEFAULT_TARGETS, help_heading = "Proxy")]
     pub allowed_targets: Vec<String>,
 
-    /// Path prefixes (below the target) the proxy refuses (comma-separated). Minting
-    /// service-account tokens is always refused.
+    /// Paths (below the target) the proxy refuses, comma-separated. A Kubernetes API path
+    /// names a resource and covers every spelling of it (watch, //, /./, names,
+    /// subresources): /api/v1/secrets is the all-namespaces form, /api/v1/namespaces/NS/secrets
+    /// one namespace, namespaces/*/ any. Minting service-account tokens is always refused.
     #[arg(long, env = "BLOCKED_PATHS", value_delimiter = ',', default_value = super::checks::DEFAULT_BLOCKED_PATHS, help_heading = "Proxy")]
     pub blocked_paths: Vec<String>,
+
+    /// Allow-list mode: only these paths (written as for --blocked-paths) are served; the
+    /// blocked paths still apply.
+    #[arg(
+        long,
+        env = "ALLOWED_PATHS",
+        value_delimiter = ',',
+        help_heading = "Proxy"
+    )]
+    pub allowed_paths: Option<Vec<String>>,
 
     /// Agents one plane may have connected at once; more are refused with 429.
     #[arg(long, env = "MAX_AGENTS_PER_PLANE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Proxy")]

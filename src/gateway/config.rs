@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use super::args::{GatewayArgs, ServerArgs};
 use super::checks::RequestChecks;
+use super::paths::PathRule;
 use crate::config::{self, ConfigError};
 use crate::server::{self, HttpTimeouts};
 use crate::trust::Purpose;
@@ -142,7 +143,11 @@ impl ServerConfig {
             shutdown_timeout: args.shutdown_timeout,
             checks: RequestChecks {
                 allowed_targets,
-                blocked_paths: args.blocked_paths.clone(),
+                blocked_paths: path_rules("--blocked-paths", &args.blocked_paths)?,
+                allowed_paths: match &args.allowed_paths {
+                    Some(paths) => Some(path_rules("--allowed-paths", paths)?),
+                    None => None,
+                },
             },
             max_body_size: args.max_body_size,
             max_agents_per_plane: args.max_agents_per_plane as usize,
@@ -165,6 +170,14 @@ fn check_timeouts_and_targets(args: &ServerArgs) -> Result<Vec<Target>, ConfigEr
         .map(|t| t.trim().parse::<Target>())
         .collect::<Result<Vec<Target>, String>>()
         .map_err(|e| ConfigError::new("--allowed-targets", e))
+}
+
+fn path_rules(flag: &str, paths: &[String]) -> Result<Vec<PathRule>, ConfigError> {
+    paths
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| PathRule::parse(p).map_err(|e| ConfigError::new(flag, e)))
+        .collect()
 }
 
 fn check_ports(args: &ServerArgs) -> Result<(), ConfigError> {

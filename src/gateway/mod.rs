@@ -10,6 +10,7 @@ mod hub;
 mod internal;
 mod link;
 mod metrics;
+pub mod paths;
 mod public;
 
 use std::net::SocketAddr;

@@ -161,3 +161,43 @@ async fn dial(
     let (tls, _) = dial::tls(tcp, &host, identity, b"http/1.1", dial::STEP_TIMEOUT).await?;
     dial::upgrade(tls, url, dial::STEP_TIMEOUT).await
 }
+
+/// Blocked paths hold for the resource, not a string: the legacy watch paths and the
+/// `//` and `/./` spellings of cluster-wide Secrets and of token minting are refused
+/// before they reach the agent (the upstream would answer 404, never 403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_resources_hold_for_every_spelling() {
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+    for (method, path) in [
+        ("GET", "/api/v1/watch/secrets"),
+        ("GET", "/api/v1/watch/namespaces/kube-system/secrets"),
+        ("GET", "//api/v1/secrets"),
+        ("GET", "/api/%2e/v1/secrets"),
+        ("POST", "/api/v1/namespaces/a//serviceaccounts/b/token"),
+        ("POST", "/api/v1/namespaces/a/./serviceaccounts/b/token"),
+    ] {
+        let mut cmd = topo.curl();
+        cmd.args([
+            "--path-as-is",
+            "-X",
+            method,
+            "-o",
+            "/dev/stdout",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(topo.proxy_url("k8s", path));
+        let out = body(&curl(cmd).await);
+        let (json, code) = out.rsplit_once('\n').unwrap();
+        assert_eq!(code, "403", "{method} {path}: {out}");
+        let message = serde_json::from_str::<serde_json::Value>(json).unwrap()["message"].clone();
+        assert!(
+            message
+                .as_str()
+                .unwrap()
+                .starts_with("access to path is blocked: /api/v1/"),
+            "{method} {path}: {message}"
+        );
+    }
+}
