@@ -181,6 +181,27 @@ fn agent_config_errors_name_flag_and_fix() {
     )]);
     assert_eq!(c, 64);
     assert!(e.contains("is not the private key of"), "{e}");
+    // A broken routes file: exit 64 naming file, line and column, never the token in it.
+    let routes = dir.path().join("routes.yaml");
+    write(
+        &routes,
+        "routes:\n- name: metrics\n  url: http://127.0.0.1:9090\n  auth: {type: bearer, token: \"tok-S3CR3T\"}\n  port: [unclosed\n",
+    );
+    let (c, e) = with(&[&format!("--routes={}", routes.display())]);
+    assert_eq!(c, 64, "{e}");
+    assert!(
+        e.contains(&format!("invalid --routes: {}: line ", routes.display())),
+        "{e}"
+    );
+    assert!(!e.contains("S3CR3T"), "{e}");
+    // A well-formed one with a value of the wrong type: the same.
+    write(
+        &routes,
+        "routes:\n- name: metrics\n  url: http://127.0.0.1:9090\n  auth: {type: bearer, token: [\"tok-S3CR3T\"]}\n",
+    );
+    let (c, e) = with(&[&format!("--routes={}", routes.display())]);
+    assert_eq!(c, 64, "{e}");
+    assert!(!e.contains("S3CR3T"), "{e}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::PlaneType;
 use super::crd::{AnyPlane, DEFAULT_NAMESPACE};
+use crate::config::{redact_values, yaml_error, yaml_options};
 
 pub const API_GROUP: &str = "openchoreo.dev";
 pub const API_VERSION: &str = "openchoreo.dev/v1alpha1";
@@ -49,7 +50,7 @@ pub fn parse_document(doc: serde_json::Value) -> Result<Vec<Object>, String> {
     if doc.is_null() {
         return Ok(Vec::new());
     }
-    let meta = TypeMeta::deserialize(&doc).map_err(|e| e.to_string())?;
+    let meta = TypeMeta::deserialize(&doc).map_err(|e| redact_values(&e.to_string()))?;
     if meta.kind.ends_with("List") {
         let mut out = Vec::new();
         for item in meta.items.unwrap_or_default() {
@@ -67,7 +68,8 @@ pub fn parse_document(doc: serde_json::Value) -> Result<Vec<Object>, String> {
     if kind == "Secret" {
         let mut secret: Secret = serde_json::from_value(doc).map_err(|e| {
             format!(
-                "Secret {name}: {e}; data values are base64, put plain text under stringData instead"
+                "Secret {name}: {}; data values are base64, put plain text under stringData instead",
+                redact_values(&e.to_string())
             )
         })?;
         secret
@@ -95,8 +97,8 @@ pub fn parse_document(doc: serde_json::Value) -> Result<Vec<Object>, String> {
             meta.api_version
         ));
     }
-    let mut plane =
-        AnyPlane::from_value(plane_type, doc).map_err(|e| format!("{kind} {name}: {e}"))?;
+    let mut plane = AnyPlane::from_value(plane_type, doc)
+        .map_err(|e| format!("{kind} {name}: {}", redact_values(&e.to_string())))?;
     plane
         .meta_mut()
         .namespace
@@ -110,9 +112,10 @@ pub fn parse_file(text: &str, is_json: bool) -> Result<Vec<Object>, String> {
         serde_json::Deserializer::from_str(text)
             .into_iter::<serde_json::Value>()
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("invalid JSON: {e}"))?
+            .map_err(|e| format!("invalid JSON: {}", redact_values(&e.to_string())))?
     } else {
-        serde_saphyr::from_multiple(text).map_err(|e| format!("invalid YAML: {e}"))?
+        serde_saphyr::from_multiple_with_options(text, yaml_options())
+            .map_err(|e| format!("invalid YAML: {}", yaml_error(&e)))?
     };
     let mut out = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -214,6 +217,24 @@ stringData: {extra: plain}
             "a plane without an agent block is not agent-enabled, as from Kubernetes"
         );
         assert!(matches!(&objects[1], Object::Other { kind, .. } if kind == "ConfigMap"));
+    }
+
+    /// A mistake in a file holding a private key names where, never what.
+    #[test]
+    fn errors_never_echo_values() {
+        let secret = "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC";
+        let yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData:\n  tls.key: {secret}\n  bad: [unclosed\n"
+        );
+        let err = parse_file(&yaml, false).unwrap_err();
+        assert!(!err.contains("MIIEvQ"), "{err}");
+        assert!(err.starts_with("invalid YAML: line "), "{err}");
+        let typed = format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: a}}\nspec: {{gateway: {{publicVirtualHost: a, organizationVirtualHost: b, publicHTTPPort: \"{secret}\"}}}}\n"
+        );
+        let err = parse_file(&typed, false).unwrap_err();
+        assert!(!err.contains("MIIEvQ"), "{err}");
+        assert!(err.contains("invalid type: string \"…\""), "{err}");
     }
 
     #[test]
