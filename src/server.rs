@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -52,9 +52,10 @@ pub struct HttpTimeouts {
     pub idle: Duration,
 }
 
-/// Accepts connections until `stop`, at most `max_connections` at once: beyond the cap
-/// the listener waits (the kernel's backlog holds the rest) instead of failing accepts.
-/// `handle` runs as its own task with the connection's permit.
+/// Accepts connections until `stop`. At most `max_connections` are served at once;
+/// beyond that a new connection is closed at once, rather than left in the kernel's
+/// backlog where a flood would queue ahead of every later client. `handle` runs as its
+/// own task.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     what: &'static str,
@@ -68,14 +69,8 @@ pub async fn accept_loop<F, Fut>(
 {
     let cap = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut backoff = Duration::ZERO;
+    let mut refused: u64 = 0;
     loop {
-        let permit: OwnedSemaphorePermit = tokio::select! {
-            permit = cap.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.cancelled() => return,
@@ -83,6 +78,18 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((tcp, remote)) => {
                 backoff = Duration::ZERO;
+                let Ok(permit) = cap.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(
+                            listener = what,
+                            max_connections,
+                            refused,
+                            "connection cap reached; closing new connections"
+                        );
+                    }
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let connection = handle(tcp, remote);
                 tracker.spawn(async move {

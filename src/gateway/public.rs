@@ -35,6 +35,11 @@ use crate::tunnel::{Hello, WsIo, ws};
 const UPGRADE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents' connections being set up or carrying tunnels at once.
 const MAX_AGENT_CONNECTIONS: usize = 16384;
+/// Connections between TCP accept and a verified tunnel at once: an unauthenticated
+/// flood is dropped beyond this instead of holding memory and descriptors.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// The `/ws` request is a few headers: its read buffer needs no more (hyper's minimum).
+const UPGRADE_REQUEST_BUFFER: usize = 8 * 1024;
 
 pub async fn serve(
     core: Arc<Core>,
@@ -43,13 +48,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let handle = move |tcp, remote| {
+        let permit = pending.clone().try_acquire_owned();
+        let (core, acceptor) = (core.clone(), acceptor.clone());
+        async move {
+            let Ok(_pending) = permit else {
+                core.metrics.reject("too_many_handshakes");
+                return;
+            };
+            handle_connection(core, tcp, remote, acceptor).await
+        }
+    };
     server::accept_loop(
         listener,
         "public",
         MAX_AGENT_CONNECTIONS,
         shutdown,
         tracker,
-        move |tcp, remote| handle_connection(core.clone(), tcp, remote, acceptor.clone()),
+        handle,
     )
     .await;
 }
@@ -105,6 +122,7 @@ async fn handle_connection(
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .max_buf_size(UPGRADE_REQUEST_BUFFER)
         .header_read_timeout(UPGRADE_REQUEST_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()

@@ -201,3 +201,61 @@ async fn blocked_resources_hold_for_every_spelling() {
         );
     }
 }
+
+/// Idle floods: hundreds of connections that send nothing to the health port and to the
+/// agents' port lock nobody out. Each listener has its own cap and its own deadlines, so
+/// callers keep being served during the flood, and an agent connects once the flood's
+/// handshake deadline has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_floods_lock_nobody_out() {
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let mut flood = Vec::new();
+    for addr in [topo.gateway.health_addr, topo.gateway.public_addr] {
+        for _ in 0..300 {
+            if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+                flood.push(stream);
+            }
+        }
+    }
+    assert!(
+        flood.len() >= 500,
+        "only {} flood connections opened",
+        flood.len()
+    );
+    // Callers are served during the flood.
+    let mut cmd = topo.curl();
+    cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(topo.proxy_url("agent", "/"));
+    assert_eq!(body(&curl(cmd).await), "200");
+    // A second agent gets in once the flood's TLS deadline (10 s) has cut it.
+    let second = planelink::agent::start(
+        topo.agent_config("a1", "p1"),
+        None,
+        topo.shutdown.child_token(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        second
+            .wait_connected(std::time::Duration::from_secs(40))
+            .await,
+        "an agent could not connect during the flood"
+    );
+    // And the health port answers again once its flood hit the header deadline.
+    let metrics = async {
+        loop {
+            let metrics = topo.metrics().await;
+            if metrics
+                .contains("planelink_gateway_handshake_rejections_total{reason=\"tls_timeout\"}")
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), metrics)
+        .await
+        .expect("the health port did not answer within 30 s of the flood");
+    drop(flood);
+}
