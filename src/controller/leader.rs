@@ -1,6 +1,8 @@
-//! Leader election with a coordination.k8s.io Lease, as controller-runtime does it: the
-//! holder renews the Lease; others take it over once it has not been renewed for its
-//! duration. Only the leader reconciles; a leader that cannot renew stops.
+//! Leader election with a coordination.k8s.io Lease, with client-go's timings: the
+//! holder renews the Lease every [`RETRY_EVERY`]; others take it over once it has not
+//! been renewed for [`LEASE_DURATION`]; a leader that has not renewed within
+//! [`RENEW_DEADLINE`] (shorter than the lease) stops, so it has stopped reconciling
+//! before anyone else can take the Lease. Only the leader reconciles.
 
 use std::time::Duration;
 
@@ -12,7 +14,10 @@ use kube::{Client, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
-pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// A leader that could not renew for this long gives up; shorter than the lease, so it
+/// is gone before a standby may take over.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the leader renews and a standby tries to take over.
 pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 
 pub struct LeaderElection {
@@ -121,27 +126,34 @@ impl LeaderElection {
     }
 
     /// Renews until `shutdown`, then releases the Lease so a standby takes over at once.
-    /// Cancels `lost` when renewal has failed for a whole lease duration.
+    /// Cancels `lost` when another replica holds the Lease, or when no renewal succeeded
+    /// within [`RENEW_DEADLINE`] (an API call cannot outlast it either).
     pub async fn keep(&self, shutdown: CancellationToken, lost: CancellationToken) {
-        let mut last_renewed = tokio::time::Instant::now();
+        let mut deadline = tokio::time::Instant::now() + RENEW_DEADLINE;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(RENEW_EVERY) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::error!(lease = %self.name, "no renewal within {RENEW_DEADLINE:?}; giving up leadership");
+                    lost.cancel();
+                    return;
+                }
+                _ = tokio::time::sleep(RETRY_EVERY) => {}
             }
-            match self.try_hold().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => {
+            match tokio::time::timeout_at(deadline, self.try_hold()).await {
+                Ok(Ok(true)) => deadline = tokio::time::Instant::now() + RENEW_DEADLINE,
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.name, "leadership lost to another replica");
                     lost.cancel();
                     return;
                 }
-                Err(e) => {
-                    tracing::warn!(lease = %self.name, "cannot renew the leader Lease: {e}");
-                    if last_renewed.elapsed() >= LEASE_DURATION {
-                        lost.cancel();
-                        return;
-                    }
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = %self.name, "cannot renew the leader Lease: {e}")
+                }
+                Err(_) => {
+                    tracing::error!(lease = %self.name, "no renewal within {RENEW_DEADLINE:?}; giving up leadership");
+                    lost.cancel();
+                    return;
                 }
             }
         }

@@ -867,6 +867,68 @@ fn leader_election_hands_over() {
     );
 }
 
+/// A leader that stalls (SIGSTOP) loses the Lease to the standby once the lease expires,
+/// and on waking it gives up at once (exit 1) instead of reconciling beside the new
+/// leader: never two leaders.
+#[test]
+fn a_stalled_leader_gives_way() {
+    let c = clusters();
+    let ns = c.namespace("stalled");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (mut first, _) = with_gateway_controller(c, &pki, &ns, "first", &["--leader-elect"]);
+    let lease_holder = || {
+        let lease = c
+            .get(&c.control, &ns, "lease/planelink-controller")
+            .ok_or("no Lease yet")?;
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| lease.to_string())
+    };
+    let holder = eventually("a Lease holder", WAIT, lease_holder);
+    let (second, _) = with_gateway_controller(c, &pki, &ns, "second", &["--leader-elect"]);
+    eventually("the second replica to stand by", WAIT, || {
+        if second.log_text().contains("another replica leads") {
+            Ok(())
+        } else {
+            Err(second.log_text())
+        }
+    });
+    first.signal("STOP");
+    let next = eventually(
+        "the standby to take the expired Lease",
+        WAIT,
+        || match lease_holder()? {
+            h if h != holder => Ok(h),
+            h => Err(h),
+        },
+    );
+    assert!(
+        second.log_text().contains("became the leader"),
+        "{}",
+        second.log_text()
+    );
+    first.signal("CONT");
+    let code = first.exit_within(Duration::from_secs(15));
+    assert_eq!(
+        code,
+        Some(1),
+        "the stalled leader must give up: {}",
+        first.log_text()
+    );
+    assert!(
+        first.log_text().contains("lost the leader Lease"),
+        "{}",
+        first.log_text()
+    );
+    assert_eq!(
+        lease_holder().unwrap(),
+        next,
+        "the new leader keeps the Lease"
+    );
+}
+
 /// A kubeconfig for the control plane that authenticates as a service account, with a
 /// token from the TokenRequest API (`kubectl create token`).
 fn service_account_kubeconfig(c: &Clusters, dir: &Path, namespace: &str, account: &str) -> PathBuf {
