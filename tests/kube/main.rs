@@ -797,6 +797,33 @@ fn direct_mode_reports_connected() {
     assert!(message.contains("Unauthorized"), "{message}");
 }
 
+/// The current holder of the controller's leader Lease in `ns`.
+fn lease_holder(c: &Clusters, ns: &str) -> Result<String, String> {
+    let lease = c
+        .get(&c.control, ns, "lease/planelink-controller")
+        .ok_or("no Lease yet")?;
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| lease.to_string())
+}
+
+/// Two controllers with --leader-elect: the first leads (its Lease identity is returned),
+/// the second stands by.
+fn leader_and_standby(c: &Clusters, pki: &Pki, ns: &str) -> (Process, Process, String) {
+    let (first, _) = with_gateway_controller(c, pki, ns, "first", &["--leader-elect"]);
+    let holder = eventually("a Lease holder", WAIT, || lease_holder(c, ns));
+    let (second, _) = with_gateway_controller(c, pki, ns, "second", &["--leader-elect"]);
+    eventually("the second replica to stand by", WAIT, || {
+        if second.log_text().contains("another replica leads") {
+            Ok(())
+        } else {
+            Err(second.log_text())
+        }
+    });
+    (first, second, holder)
+}
+
 /// Two controller replicas with --leader-elect: one holds the Lease and reconciles; when
 /// it stops, it releases the Lease and the other takes over.
 #[test]
@@ -805,24 +832,7 @@ fn leader_election_hands_over() {
     let ns = c.namespace("leader");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let (mut first, _) = with_gateway_controller(c, &pki, &ns, "first", &["--leader-elect"]);
-    let holder = eventually("a Lease holder", WAIT, || {
-        let lease = c
-            .get(&c.control, &ns, "lease/planelink-controller")
-            .ok_or("no Lease yet")?;
-        lease["spec"]["holderIdentity"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| lease.to_string())
-    });
-    let (second, _) = with_gateway_controller(c, &pki, &ns, "second", &["--leader-elect"]);
-    eventually("the second replica to stand by", WAIT, || {
-        if second.log_text().contains("another replica leads") {
-            Ok(())
-        } else {
-            Err(second.log_text())
-        }
-    });
+    let (mut first, second, holder) = leader_and_standby(c, &pki, &ns);
     let ca = pki.agent("a");
     c.apply(&c.control, &dataplane(&ns, "dp", ValueFrom::inline(&ca)));
     await_condition(
@@ -876,30 +886,12 @@ fn a_stalled_leader_gives_way() {
     let ns = c.namespace("stalled");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let (mut first, _) = with_gateway_controller(c, &pki, &ns, "first", &["--leader-elect"]);
-    let lease_holder = || {
-        let lease = c
-            .get(&c.control, &ns, "lease/planelink-controller")
-            .ok_or("no Lease yet")?;
-        lease["spec"]["holderIdentity"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| lease.to_string())
-    };
-    let holder = eventually("a Lease holder", WAIT, lease_holder);
-    let (second, _) = with_gateway_controller(c, &pki, &ns, "second", &["--leader-elect"]);
-    eventually("the second replica to stand by", WAIT, || {
-        if second.log_text().contains("another replica leads") {
-            Ok(())
-        } else {
-            Err(second.log_text())
-        }
-    });
+    let (mut first, second, holder) = leader_and_standby(c, &pki, &ns);
     first.signal("STOP");
     let next = eventually(
         "the standby to take the expired Lease",
         WAIT,
-        || match lease_holder()? {
+        || match lease_holder(c, &ns)? {
             h if h != holder => Ok(h),
             h => Err(h),
         },
@@ -923,7 +915,7 @@ fn a_stalled_leader_gives_way() {
         first.log_text()
     );
     assert_eq!(
-        lease_holder().unwrap(),
+        lease_holder(c, &ns).unwrap(),
         next,
         "the new leader keeps the Lease"
     );
