@@ -259,3 +259,117 @@ async fn idle_floods_lock_nobody_out() {
         .expect("the health port did not answer within 30 s of the flood");
     drop(flood);
 }
+
+/// Whether a proxied request to the connected agent still succeeds (other planes' and
+/// agents' traffic keeps flowing while an attack runs).
+async fn still_serving(topo: &Topology) -> bool {
+    let mut cmd = topo.curl();
+    cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(topo.proxy_url("agent", "/"));
+    body(&curl(cmd).await) == "200"
+}
+
+/// A malicious agent with a valid certificate: an HTTP/1 request instead of the HTTP/2
+/// preface after the upgrade, then a megabyte of noise. Neither registers it, the
+/// gateway drops it, and the honest agent keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_agent_gets_nothing_and_breaks_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let topo = Topology::start(false).await;
+    agent_identity(&topo.pki.dir, "evil");
+    let _honest = topo.agent("a1", "p1").await;
+    let config = topo.agent_config("a1", "p1");
+    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    for payload in [
+        b"GET / HTTP/1.1\r\n\r\n garbage, not HTTP/2".to_vec(),
+        vec![0x42; 1 << 20],
+    ] {
+        let mut evil = dial(&config.dial_url, &identity).await.expect("upgrade");
+        let _ = evil.io.write_all(&payload).await;
+        let _ = evil.io.flush().await;
+        // The gateway closes the tunnel: reads end (EOF or error) within the deadline.
+        let mut buf = vec![0u8; 64 * 1024];
+        let closed = async {
+            loop {
+                match evil.io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(15), closed)
+            .await
+            .expect("the gateway kept a malicious tunnel open");
+        assert!(
+            still_serving(&topo).await,
+            "the honest agent stopped serving"
+        );
+    }
+    let key = planelink::planes::PlaneKey {
+        plane_type: planelink::planes::PlaneType::DataPlane,
+        plane_id: "p1".into(),
+    };
+    assert_eq!(topo.gateway.status(&key, None).connected_agents, 1);
+}
+
+/// Oversized and unfinished `/ws` requests on the agents' port are cut: headers past the
+/// 8 KiB buffer get 431, headers that never end are closed at the 10 s deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_slow_upgrade_requests_are_cut() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let config = topo.agent_config("a1", "p1");
+    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let (host, port) = planelink::agent::dial::host_port(&config.dial_url);
+    let open = || async {
+        let tcp =
+            planelink::agent::dial::connect(&host, port, planelink::agent::dial::STEP_TIMEOUT)
+                .await
+                .unwrap();
+        planelink::agent::dial::tls(
+            tcp,
+            &host,
+            &identity,
+            b"http/1.1",
+            planelink::agent::dial::STEP_TIMEOUT,
+        )
+        .await
+        .unwrap()
+        .0
+    };
+    let answer = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+        let mut seen = Vec::new();
+        let read = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), read)
+            .await
+            .expect("the gateway kept the connection open");
+        String::from_utf8_lossy(&seen).into_owned()
+    };
+    let mut big = open().await;
+    let padding = "x".repeat(64 * 1024);
+    let _ = big
+        .write_all(format!("GET /ws HTTP/1.1\r\nHost: gw\r\nX-Pad: {padding}\r\n\r\n").as_bytes())
+        .await;
+    let head = answer(big).await;
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    let mut slow = open().await;
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    slow.flush().await.unwrap();
+    let head = answer(slow).await;
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 408 "),
+        "{head}"
+    );
+    assert!(still_serving(&topo).await);
+}
