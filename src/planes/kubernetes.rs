@@ -1,8 +1,9 @@
-//! The Kubernetes source of the plane registry: reflectors on the three plane kinds and on
-//! Secrets, so that a changed CR or CA Secret reaches the gateway within moments, with no
-//! polling, restart or notify call. Also the one place kube clients are configured.
+//! The Kubernetes source of the plane registry: reflectors on the three plane kinds, and a
+//! watch by name on each Secret a plane references as its client CA (never all Secrets),
+//! so that a changed CR or CA Secret reaches the gateway within moments, with no polling,
+//! restart or notify call. Also the one place kube clients are configured.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use anyhow::Context as _;
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{StreamExt as _, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
@@ -68,9 +69,12 @@ pub async fn kube_client(
     Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
-/// Secret types that never hold a client CA and can be large: skipped by the watch.
-const IGNORED_SECRET_TYPES: &str =
-    "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
+/// A channel receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
 
 /// How long changes are gathered before one snapshot is built: a burst (a Secret and its
 /// CR applied together) gives one re-verification, well within the 2 s promise.
@@ -134,33 +138,122 @@ struct Stores {
     data: Store<DataPlane>,
     build: Store<BuildPlane>,
     observability: Store<ObservabilityPlane>,
-    secrets: Store<Secret>,
 }
 
 impl Stores {
-    fn snapshot(&self) -> Snapshot {
+    fn planes(&self) -> Vec<AnyPlane> {
         fn objects<K: PlaneResource>(store: &Store<K>) -> impl Iterator<Item = AnyPlane> {
             store.state().into_iter().map(|k| K::clone(&k).into_any())
         }
-        let planes: Vec<AnyPlane> = objects(&self.data)
+        objects(&self.data)
             .chain(objects(&self.build))
             .chain(objects(&self.observability))
-            .collect();
-        let referenced: BTreeSet<(String, String)> = planes
+            .collect()
+    }
+}
+
+/// The Secrets plane CRs reference as their client CA, each watched by name (a field
+/// selector on `metadata.name`): the gateway holds those, not every Secret of the cluster.
+struct ReferencedSecrets {
+    client: Client,
+    /// Per watched Secret once its first list completed: the Secret, or `None` when it
+    /// does not exist. No entry yet: still listing.
+    seen: Arc<std::sync::Mutex<HashMap<SecretName, Option<Secret>>>>,
+    watches: HashMap<SecretName, tokio::task::JoinHandle<()>>,
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+type SecretName = (String, String);
+
+impl ReferencedSecrets {
+    /// Watches exactly the Secrets `planes` reference.
+    fn follow(&mut self, planes: &[AnyPlane]) {
+        let wanted: BTreeSet<SecretName> = planes
             .iter()
             .filter_map(|p| secret_location(p.cr().namespace_or_cluster(), p.client_ca()?))
             .map(|at| (at.namespace, at.name))
             .collect();
-        let secrets: Vec<Secret> = referenced
-            .into_iter()
-            .filter_map(|(namespace, name)| {
-                let secret = self
-                    .secrets
-                    .get(&ObjectRef::new(&name).within(&namespace))?;
-                Some(Secret::clone(&secret))
-            })
-            .collect();
-        Snapshot::resolve(&planes, &secrets)
+        self.watches.retain(|name, task| {
+            let keep = wanted.contains(name);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| wanted.contains(name));
+        for name in wanted {
+            if !self.watches.contains_key(&name) {
+                let task = tokio::spawn(watch_secret(
+                    self.client.clone(),
+                    name.clone(),
+                    self.seen.clone(),
+                    self.changed.clone(),
+                ));
+                self.watches.insert(name, task);
+            }
+        }
+    }
+
+    /// The referenced Secrets that exist, once every watch has listed; `None` before.
+    fn listed(&self) -> Option<Vec<Secret>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if self.watches.keys().any(|name| !seen.contains_key(name)) {
+            return None;
+        }
+        Some(seen.values().flatten().cloned().collect())
+    }
+}
+
+impl Drop for ReferencedSecrets {
+    fn drop(&mut self) {
+        for task in self.watches.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Follows one Secret by name, recording it (or its absence) after each change.
+async fn watch_secret(
+    client: Client,
+    (namespace, name): SecretName,
+    seen: Arc<std::sync::Mutex<HashMap<SecretName, Option<Secret>>>>,
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let key = (namespace.clone(), name.clone());
+    let mut listing: Option<Secret> = None;
+    let mut events = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let current = match event {
+            Ok(watcher::Event::Init) => {
+                listing = None;
+                continue;
+            }
+            Ok(watcher::Event::InitApply(mut secret)) => {
+                secret.managed_fields_mut().clear();
+                listing = Some(secret);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => listing.take(),
+            Ok(watcher::Event::Apply(mut secret)) => {
+                secret.managed_fields_mut().clear();
+                Some(secret)
+            }
+            Ok(watcher::Event::Delete(_)) => None,
+            Err(e) => {
+                tracing::warn!(secret = %format!("{namespace}/{name}"),
+                    "cannot watch a plane's CA Secret: {e}; retrying (may the gateway get, list and watch Secrets there?)");
+                continue;
+            }
+        };
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), current);
+        let _ = changed.send(());
     }
 }
 
@@ -183,20 +276,31 @@ impl PlaneSource for KubernetesSource {
             let config = watcher::Config::default();
             let (data, s1) = reflect(self.api::<DataPlane>(), config.clone());
             let (build, s2) = reflect(self.api::<BuildPlane>(), config.clone());
-            let (observability, s3) = reflect(self.api::<ObservabilityPlane>(), config.clone());
-            let (secrets, s4) = reflect(self.api::<Secret>(), config.fields(IGNORED_SECRET_TYPES));
+            let (observability, s3) = reflect(self.api::<ObservabilityPlane>(), config);
             let stores = Stores {
                 data,
                 build,
                 observability,
-                secrets,
+            };
+            let (changed, secret_changes) = tokio::sync::mpsc::unbounded_channel();
+            let mut secrets = ReferencedSecrets {
+                client: self.client.clone(),
+                seen: Arc::default(),
+                watches: HashMap::new(),
+                changed,
             };
             // Each stream is tagged with its index so the first complete list of each
-            // is known; a snapshot before all four are listed would refuse valid agents.
+            // kind is known; a snapshot before all are listed would refuse valid agents.
+            // Index 3 is a referenced Secret changing (listed or not is known above).
             let mut events: SelectAll<BoxStream<'static, (usize, bool)>> = SelectAll::new();
-            for (i, stream) in [s1, s2, s3, s4].into_iter().enumerate() {
+            for (i, stream) in [s1, s2, s3].into_iter().enumerate() {
                 events.push(stream.map(move |init| (i, init)).boxed());
             }
+            events.push(
+                tokio_stream_from(secret_changes)
+                    .map(|()| (3, true))
+                    .boxed(),
+            );
             let mut listed = [false; 4];
             let mut last: Option<Snapshot> = None;
             while let Some((i, init)) = events.next().await {
@@ -213,15 +317,21 @@ impl PlaneSource for KubernetesSource {
                         },
                     }
                 }
-                if !listed.iter().all(|l| *l) {
+                if !listed[..3].iter().all(|l| *l) {
                     continue;
                 }
-                let snapshot = stores.snapshot();
+                let planes = stores.planes();
+                secrets.follow(&planes);
+                let Some(referenced) = secrets.listed() else {
+                    continue;
+                };
+                let snapshot = Snapshot::resolve(&planes, &referenced);
                 if last.as_ref() == Some(&snapshot) {
                     continue;
                 }
                 tracing::info!(
                     planes = snapshot.entries.len(),
+                    secrets = referenced.len(),
                     "plane registry updated from Kubernetes"
                 );
                 last = Some(snapshot.clone());

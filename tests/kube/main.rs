@@ -995,6 +995,28 @@ fn rbac_manifests_grant_what_the_roles_need() {
         crate::common::COMMAND_LIMIT,
     );
     assert_eq!(String::from_utf8_lossy(&denied.stdout).trim(), "no");
+    // Secrets only where plane CRs reference them: a RoleBinding in the test namespace;
+    // the gateway cannot list Secrets cluster-wide, and does not need to.
+    c.ok(
+        &c.control,
+        &[
+            "create",
+            "rolebinding",
+            "planelink-gateway-ca-secrets",
+            "-n",
+            &ns,
+            "--clusterrole=planelink-gateway-ca-secrets",
+            "--serviceaccount=openchoreo-control-plane:cluster-gateway",
+        ],
+    );
+    let cluster_wide = crate::common::output_within(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&gateway_kubeconfig)
+            .args(["auth", "can-i", "list", "secrets", "--all-namespaces"]),
+        crate::common::COMMAND_LIMIT,
+    );
+    assert_eq!(String::from_utf8_lossy(&cluster_wide.stdout).trim(), "no");
 
     let ports = Ports::new();
     let mut gateway_args = vec!["gateway".to_string()];
