@@ -373,3 +373,189 @@ async fn oversized_and_slow_upgrade_requests_are_cut() {
     );
     assert!(still_serving(&topo).await);
 }
+
+/// Every certificate mistake and forgery an agent can bring, each refused with the one
+/// fixed text while the honest agent keeps serving: a certificate from another CA, a
+/// plane that registered a leaf instead of its CA, an expired and a not-yet-valid
+/// certificate, a serverAuth-only certificate, and the same planeID registered in another
+/// namespace with another CA (cross-tenant: the agent is authorised for its own CR only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_mistakes_and_forgeries_are_refused() {
+    use planelink::trust::issue::{self, CaOptions, LeafOptions, Window};
+    use std::time::{Duration, SystemTime};
+    let topo = Topology::start(false).await;
+    let _honest = topo.agent("a1", "p1").await;
+    let dir = &topo.pki.dir;
+    let registered = issue::Issued::load_ca(&dir.join("a1")).unwrap();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let bad_leaves = [
+        (
+            "other-ca",
+            issue::new_ca(&CaOptions::agent("other")).unwrap(),
+            LeafOptions::client("x"),
+        ),
+        (
+            "expired",
+            registered.clone(),
+            LeafOptions::client("x").window(Window {
+                not_before: now - 2 * hour,
+                not_after: now - hour,
+            }),
+        ),
+        (
+            "not-yet",
+            registered.clone(),
+            LeafOptions::client("x").window(Window {
+                not_before: now + hour,
+                not_after: now + 2 * hour,
+            }),
+        ),
+        (
+            "server-only",
+            registered.clone(),
+            LeafOptions::server("x", vec!["x".into()], vec![]),
+        ),
+    ];
+    for (name, ca, leaf) in bad_leaves {
+        let issued = issue::issue_leaf(&ca, &leaf).unwrap();
+        let id = dir.join(name);
+        std::fs::create_dir_all(&id).unwrap();
+        issue::write_bundle(&id, &ca, false, &issued).unwrap();
+        // Dialled as an attacker would, past the agent's own validation (which refuses
+        // most of these files before dialling).
+        let identity = planelink::agent::dial::TlsIdentity {
+            server_ca: planelink::trust::load_certificates(&dir.join("gateway/ca.crt")).unwrap(),
+            client: Some((
+                planelink::trust::load_certificates(&id.join("tls.crt")).unwrap(),
+                planelink::trust::load_private_key(&id.join("tls.key")).unwrap(),
+            )),
+        };
+        let url = topo.agent_config("a1", "p1").dial_url;
+        let refused = dial(&url, &identity).await.err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some(
+                format!(
+                    "the gateway refused the agent (401): {}",
+                    planelink::gateway::UNVERIFIED_REFUSAL
+                )
+                .as_str()
+            ),
+            "{name}"
+        );
+    }
+    // A plane that registered the agent's leaf as its CA, and the same planeID in another
+    // namespace trusting another CA.
+    let (_, other_ca) = agent_identity(dir, "tenant");
+    let leaf = std::fs::read_to_string(dir.join("a1/tls.crt")).unwrap();
+    write(
+        &topo.planes.join("leaf.yaml"),
+        &dataplane("leaf", "leafplane", &leaf),
+    );
+    let tenant = dataplane("dp1", "p1", &other_ca).replace("namespace: org", "namespace: tenant");
+    assert!(tenant.contains("namespace: tenant"), "{tenant}");
+    write(&topo.planes.join("tenant.yaml"), &tenant);
+    let listed = async {
+        loop {
+            let mut cmd = topo.curl();
+            cmd.arg(format!(
+                "https://127.0.0.1:{}/api/v1/planes/status",
+                topo.gateway.internal_addr.port()
+            ));
+            if body(&curl(cmd).await).contains("\"planeID\":\"leafplane\"") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), listed)
+        .await
+        .expect("planes reloaded");
+    let config = topo.agent_config("a1", "leafplane");
+    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    assert!(
+        dial(&config.dial_url, &identity).await.is_err(),
+        "leaf as CA accepted an agent"
+    );
+    let mut cmd = topo.curl();
+    cmd.args(["-o", "/dev/stdout", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/p1/tenant/dp1/agent/",
+            topo.gateway.internal_addr.port()
+        ));
+    let out = body(&curl(cmd).await);
+    assert!(out.ends_with("\n502"), "{out}");
+    assert!(
+        out.contains(
+            "no connected agent of plane dataplane/p1 is authorised for DataPlane tenant/dp1"
+        ),
+        "{out}"
+    );
+    assert!(still_serving(&topo).await);
+}
+
+/// A client that shows the registered agent's certificate without holding its key (it
+/// signs the handshake with another key) fails the TLS handshake itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_its_key_fails_the_handshake() {
+    use std::sync::Arc;
+    #[derive(Debug)]
+    struct Forged(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::client::ResolvesClientCert for Forged {
+        fn resolve(
+            &self,
+            _: &[&[u8]],
+            _: &[rustls::SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let topo = Topology::start(false).await;
+    let _honest = topo.agent("a1", "p1").await;
+    agent_identity(&topo.pki.dir, "thief");
+    let stolen = planelink::trust::load_certificates(&topo.pki.dir.join("a1/tls.crt")).unwrap();
+    let own_key = planelink::trust::load_private_key(&topo.pki.dir.join("thief/tls.key")).unwrap();
+    let provider = planelink::trust::crypto_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(own_key.der().clone_key())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in planelink::trust::load_certificates(&topo.pki.dir.join("gateway/ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Forged(Arc::new(rustls::sign::CertifiedKey::new(
+            stolen, signer,
+        )))));
+    let tcp = tokio::net::TcpStream::connect(topo.gateway.public_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await;
+    // TLS 1.3: the client may finish before the server's verdict; the first read fails.
+    let refused = match tls {
+        Err(_) => true,
+        Ok(mut stream) => {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let _ = stream
+                .write_all(b"GET /ws HTTP/1.1\r\nHost: gw\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 256];
+            matches!(stream.read(&mut buf).await, Ok(0) | Err(_))
+        }
+    };
+    assert!(
+        refused,
+        "a stolen certificate without its key got a connection"
+    );
+    assert!(still_serving(&topo).await);
+}
