@@ -69,6 +69,41 @@ pub async fn kube_client(
     Client::try_from(config).context("cannot build a Kubernetes client")
 }
 
+/// Retries of a referenced Secret's watch: 200 ms doubling up to 3 s (kube's default
+/// reaches 30 s), so that a RoleBinding granted a moment late, or a Secret namespace
+/// created after its plane, costs the plane seconds, not half a minute.
+#[derive(Debug, Clone, Copy)]
+struct QuickBackoff {
+    next: Duration,
+}
+
+impl QuickBackoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(3);
+}
+
+impl Default for QuickBackoff {
+    fn default() -> Self {
+        QuickBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for QuickBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuickBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// A channel receiver as a stream.
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
@@ -226,7 +261,9 @@ async fn watch_secret(
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let key = (namespace.clone(), name.clone());
     let mut listing: Option<Secret> = None;
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = watcher(api, config)
+        .backoff(QuickBackoff::default())
+        .boxed();
     while let Some(event) = events.next().await {
         let current = match event {
             Ok(watcher::Event::Init) => {
@@ -247,6 +284,15 @@ async fn watch_secret(
             Err(e) => {
                 tracing::warn!(secret = %format!("{namespace}/{name}"),
                     "cannot watch a plane's CA Secret: {e}; retrying (may the gateway get, list and watch Secrets there?)");
+                // Unreadable counts as absent until a list succeeds: one forbidden
+                // Secret must not hold back every other plane's snapshot.
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.contains_key(&key) {
+                    continue;
+                }
+                seen.insert(key.clone(), None);
+                drop(seen);
+                let _ = changed.send(());
                 continue;
             }
         };

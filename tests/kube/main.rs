@@ -1017,6 +1017,19 @@ fn rbac_manifests_grant_what_the_roles_need() {
         crate::common::COMMAND_LIMIT,
     );
     assert_eq!(String::from_utf8_lossy(&cluster_wide.stdout).trim(), "no");
+    eventually("the RoleBinding to take effect", WAIT, || {
+        let out = crate::common::output_within(
+            Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&gateway_kubeconfig)
+                .args(["auth", "can-i", "watch", "secrets", "-n", &ns]),
+            crate::common::COMMAND_LIMIT,
+        );
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
 
     let ports = Ports::new();
     let mut gateway_args = vec!["gateway".to_string()];

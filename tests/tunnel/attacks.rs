@@ -559,3 +559,133 @@ async fn a_certificate_without_its_key_fails_the_handshake() {
     );
     assert!(still_serving(&topo).await);
 }
+
+/// Log forging: a certificate subject with a newline and an escape sequence, refused by
+/// a real gateway process logging as text, shows up escaped on one line; no forged line
+/// appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_values_cannot_forge_log_lines() {
+    use planelink::trust::issue::{self, CaOptions, LeafOptions};
+    use std::io::BufRead as _;
+    let topo = Topology::start(false).await;
+    let dir = &topo.pki.dir;
+    let ca = issue::new_ca(&CaOptions::agent("forger")).unwrap();
+    let leaf = issue::issue_leaf(
+        &ca,
+        &LeafOptions::client("evil\nFORGED-LINE level=INFO msg=\"agent connected\"\u{1b}[2J"),
+    )
+    .unwrap();
+    let id = dir.join("forger");
+    std::fs::create_dir_all(&id).unwrap();
+    issue::write_bundle(&id, &ca, false, &leaf).unwrap();
+    /// Killed when the test ends, however it ends.
+    struct Gateway(std::process::Child);
+    impl Drop for Gateway {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut gateway = Gateway(
+        std::process::Command::new(env!("CARGO_BIN_EXE_planelink"))
+            .args([
+                "gateway",
+                "--port=0",
+                "--internal-port=0",
+                "--health-port=0",
+            ])
+            .args([
+                "--bind-address=127.0.0.1",
+                "--internal-mtls=false",
+                "--log-format=text",
+            ])
+            .arg(format!(
+                "--server-cert={}",
+                dir.join("gateway/tls.crt").display()
+            ))
+            .arg(format!(
+                "--server-key={}",
+                dir.join("gateway/tls.key").display()
+            ))
+            .arg(format!("--planes-dir={}", topo.planes.display()))
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = gateway.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Log lines without the terminal colour sequences the text format adds.
+    let plain = |line: String| {
+        let mut out = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' && chars.peek() == Some(&'[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let next_line = |what: &str| {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the gateway logged no {what} within 20 s"));
+        plain(line)
+    };
+    let port = loop {
+        let line = next_line("listening line");
+        if !line.contains("gateway listening") {
+            continue;
+        }
+        let address = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("public="))
+            .expect("public= in the listening line");
+        break address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    };
+    let url: url::Url = format!("wss://127.0.0.1:{port}/ws?planeType=dataplane&planeID=p1")
+        .parse()
+        .unwrap();
+    let identity = planelink::agent::dial::TlsIdentity {
+        server_ca: planelink::trust::load_certificates(&dir.join("gateway/ca.crt")).unwrap(),
+        client: Some((
+            planelink::trust::load_certificates(&id.join("tls.crt")).unwrap(),
+            planelink::trust::load_private_key(&id.join("tls.key")).unwrap(),
+        )),
+    };
+    assert!(
+        dial(&url, &identity).await.is_err(),
+        "the forger was accepted"
+    );
+    let refused = loop {
+        let line = next_line("refusal");
+        assert!(
+            !line.starts_with("FORGED-LINE"),
+            "a forged log line: {line:?}"
+        );
+        if line.contains("agent refused") {
+            break line;
+        }
+    };
+    assert!(refused.contains("CN=evil\\nFORGED-LINE"), "{refused:?}");
+    assert!(
+        refused.contains("\\u{1b}[2J"),
+        "the escape sequence is shown escaped: {refused:?}"
+    );
+}
