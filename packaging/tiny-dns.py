@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """A minimal DNS responder for packaging/verify-static.sh: answers A queries for one
-name with one address, NXDOMAIN otherwise. Only ever bound to loopback."""
+name with one address, NXDOMAIN otherwise. Only ever bound to loopback.
+
+    tiny-dns.py LISTEN NAME ADDRESS READY_FILE
+
+READY_FILE is created once the socket is bound, so the caller never queries too early
+(a query before the bind is refused and the resolver gives up at once)."""
 import socket
 import struct
 import sys
 
-listen, name, address = sys.argv[1], sys.argv[2].rstrip(".").lower(), sys.argv[3]
+listen, name, address, ready_file = sys.argv[1], sys.argv[2].rstrip(".").lower(), sys.argv[3], sys.argv[4]
 host, port = listen.rsplit(":", 1)
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind((host, int(port)))
 sock.settimeout(60)  # bounded: the script kills us sooner, this is a backstop
+open(ready_file, "w").close()
 
 def qname(packet, offset):
     labels = []

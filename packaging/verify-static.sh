@@ -22,9 +22,17 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 openssl s_server -quiet -www -accept "127.0.0.1:$port" -cert "$work/gw/tls.crt" -key "$work/gw/tls.key" \
   </dev/null >/dev/null 2>&1 &
 pids+=($!)
-python3 packaging/tiny-dns.py 127.83.0.53:53 gw.dns.test 127.0.0.1 &
-pids+=($!)
-for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+python3 packaging/tiny-dns.py 127.83.0.53:53 gw.dns.test 127.0.0.1 "$work/dns-ready" &
+dns_pid=$!
+pids+=($dns_pid)
+# Both servers must be up before the checks: a cold python3 can take seconds to start.
+for _ in $(seq 100); do
+  [ -e "$work/dns-ready" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$dns_pid" 2>/dev/null || { echo "error: the DNS responder exited before binding 127.83.0.53:53" >&2; exit 1; }
+  sleep 0.1
+done
+[ -e "$work/dns-ready" ] || { echo "error: the DNS responder did not bind 127.83.0.53:53 within 10 s" >&2; exit 1; }
+(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "error: openssl s_server did not listen on 127.0.0.1:$port within 10 s" >&2; exit 1; }
 
 root="$work/root"
 mkdir -p "$root/etc"

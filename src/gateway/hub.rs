@@ -185,7 +185,11 @@ impl Hub {
                 .agents_connected
                 .get_or_create(&Self::labels(&agent.key))
                 .dec();
-            self.touch(agent);
+            // An agent whose trust was revoked is not "seen" for a plane that no longer
+            // trusts it; recording it would bring back a plane just pruned as gone.
+            if !agent.granted().is_empty() {
+                self.touch(agent);
+            }
             let _ = self.changes.send(agent.key.clone());
         }
     }
@@ -254,6 +258,7 @@ impl Hub {
         if agent.close.is_cancelled() {
             return result;
         }
+        self.metrics.certificate_verifications.inc();
         let decision = snapshot.authorise(&agent.key, &agent.chain, now);
         let mut granted = agent.granted.write().unwrap_or_else(|p| p.into_inner());
         let added = decision
@@ -298,7 +303,14 @@ impl Hub {
     /// Forgets when planes that are neither registered nor connected were last seen, so
     /// that planeIDs of departed agents do not accumulate.
     pub fn prune_last_seen(&self, snapshot: &Snapshot) {
-        let connected: Vec<PlaneKey> = self.agents().iter().map(|a| a.key.clone()).collect();
+        // Agents just disconnected by the re-verification before this are still listed
+        // until their tunnels wind down; they no longer keep their plane.
+        let connected: Vec<PlaneKey> = self
+            .agents()
+            .iter()
+            .filter(|a| !a.close.is_cancelled())
+            .map(|a| a.key.clone())
+            .collect();
         self.last_seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())

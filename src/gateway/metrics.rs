@@ -44,6 +44,7 @@ pub struct Metrics {
     pub request_duration: Family<TargetLabels, Histogram>,
     pub bytes: Family<DirectionLabels, Counter>,
     pub open_streams: Gauge,
+    pub certificate_verifications: Counter,
 }
 
 impl Metrics {
@@ -57,6 +58,7 @@ impl Metrics {
             }),
             bytes: Family::default(),
             open_streams: Gauge::default(),
+            certificate_verifications: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("planelink_gateway");
         registry.register(
@@ -88,6 +90,12 @@ impl Metrics {
             "open_streams",
             "Proxied requests and upgraded streams in flight",
             metrics.open_streams.clone(),
+        );
+        registry.register(
+            "certificate_verifications",
+            "Agent certificate chains verified against plane CAs: one per connecting agent, \
+             and one per connected agent whenever trust changes",
+            metrics.certificate_verifications.clone(),
         );
         metrics
     }

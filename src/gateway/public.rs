@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Core;
 use super::hub::NewAgent;
-use crate::planes::{PlaneKey, PlaneType};
+use crate::planes::{PlaneKey, PlaneType, Snapshot};
 use crate::server;
 use crate::trust::CertInfo;
 use crate::tunnel::body::{self, Body};
@@ -222,13 +222,16 @@ fn parse_ws_request(req: &Request<Incoming>) -> Result<(PlaneKey, Hello, Respons
 pub const UNVERIFIED_REFUSAL: &str = "client certificate verification failed: this certificate is not \
     authorised for the plane it names; the gateway's log says why";
 
-/// The plane CRs whose client CA verifies `chain`, or why none does: the refusal the
-/// peer gets, and the precise reason for the log.
+/// What an agent is told, and (for the log only) the precise reason when that differs.
+type Refused = (Refusal, Option<String>);
+
+/// The plane CRs whose client CA verifies `chain` and the snapshot that said so, or why
+/// none does: the refusal the peer gets, and the precise reason for the log.
 fn authorise(
     core: &Core,
     key: &PlaneKey,
     chain: &[CertificateDer<'static>],
-) -> Result<Vec<crate::planes::CrRef>, (Refusal, Option<String>)> {
+) -> Result<(Vec<crate::planes::CrRef>, Arc<Snapshot>), Refused> {
     let Some(snapshot) = core.registry.current() else {
         let refusal = Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,9 +240,10 @@ fn authorise(
         );
         return Err((refusal, None));
     };
+    core.metrics.certificate_verifications.inc();
     let decision = snapshot.authorise(key, chain, SystemTime::now());
     if !decision.granted.is_empty() {
-        return Ok(decision.granted);
+        return Ok((decision.granted, snapshot));
     }
     let reason = if decision.refused.is_empty() {
         "unknown_plane"
@@ -284,11 +288,11 @@ fn upgrade_request(
     let admitted = parse_ws_request(&req)
         .map_err(|refusal| (refusal, None))
         .and_then(|(key, hello, switching)| {
-            let granted = authorise(&core, &key, &chain)?;
+            let (granted, verified_by) = authorise(&core, &key, &chain)?;
             check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
-            Ok((key, hello, switching, granted))
+            Ok((key, hello, switching, granted, verified_by))
         });
-    let (key, hello, mut response, granted) = match admitted {
+    let (key, hello, mut response, granted, verified_by) = match admitted {
         Ok(admitted) => admitted,
         Err((Refusal(status, reason, message), why)) => {
             core.metrics.reject(reason);
@@ -314,7 +318,7 @@ fn upgrade_request(
         chain: chain.as_ref().clone(),
         granted,
     };
-    tokio::spawn(run_agent(core, req, new_agent));
+    tokio::spawn(run_agent(core, req, new_agent, verified_by));
     response
 }
 
@@ -344,7 +348,12 @@ async fn probe(sender: &mut hyper::client::conn::http2::SendRequest<Body>) -> Re
 }
 
 /// Runs one agent's tunnel from the upgrade until it closes or is disconnected.
-async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent) {
+async fn run_agent(
+    core: Arc<Core>,
+    req: Request<Incoming>,
+    new_agent: NewAgent,
+    verified_by: Arc<Snapshot>,
+) {
     let remote = new_agent.remote;
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(upgraded) => upgraded,
@@ -381,9 +390,11 @@ async fn run_agent(core: Arc<Core>, req: Request<Incoming>, new_agent: NewAgent)
         return;
     }
     let agent = core.hub.register(new_agent, sender);
-    // A snapshot may have arrived between the authorisation and the registration: the
-    // newcomer (only) is verified against the current one.
-    if let Some(snapshot) = core.registry.current() {
+    // A snapshot may have arrived between the authorisation and the registration: then
+    // the newcomer (only) is verified again, against the current one.
+    if let Some(snapshot) = core.registry.current()
+        && !Arc::ptr_eq(&snapshot, &verified_by)
+    {
         core.hub.reverify_one(&snapshot, &agent);
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();

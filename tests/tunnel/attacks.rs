@@ -566,7 +566,6 @@ async fn a_certificate_without_its_key_fails_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_values_cannot_forge_log_lines() {
     use planelink::trust::issue::{self, CaOptions, LeafOptions};
-    use std::io::BufRead as _;
     let topo = Topology::start(false).await;
     let dir = &topo.pki.dir;
     let ca = issue::new_ca(&CaOptions::agent("forger")).unwrap();
@@ -578,87 +577,28 @@ async fn peer_values_cannot_forge_log_lines() {
     let id = dir.join("forger");
     std::fs::create_dir_all(&id).unwrap();
     issue::write_bundle(&id, &ca, false, &leaf).unwrap();
-    /// Killed when the test ends, however it ends.
-    struct Gateway(std::process::Child);
-    impl Drop for Gateway {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut gateway = Gateway(
-        std::process::Command::new(env!("CARGO_BIN_EXE_planelink"))
-            .args([
-                "gateway",
-                "--port=0",
-                "--internal-port=0",
-                "--health-port=0",
-            ])
-            .args([
-                "--bind-address=127.0.0.1",
-                "--internal-mtls=false",
-                "--log-format=text",
-            ])
-            .arg(format!(
-                "--server-cert={}",
-                dir.join("gateway/tls.crt").display()
-            ))
-            .arg(format!(
-                "--server-key={}",
-                dir.join("gateway/tls.key").display()
-            ))
-            .arg(format!("--planes-dir={}", topo.planes.display()))
-            .env_remove("RUST_LOG")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stderr = gateway.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    // Log lines without the terminal colour sequences the text format adds.
-    let plain = |line: String| {
-        let mut out = String::new();
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' && chars.peek() == Some(&'[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
-    let next_line = |what: &str| {
-        let line = lines
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("the gateway logged no {what} within 20 s"));
-        plain(line)
-    };
-    let port = loop {
-        let line = next_line("listening line");
-        if !line.contains("gateway listening") {
-            continue;
-        }
-        let address = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("public="))
-            .expect("public= in the listening line");
-        break address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
-    };
+    let mut gateway = LoggedProcess::spawn(&[
+        "gateway".into(),
+        "--port=0".into(),
+        "--internal-port=0".into(),
+        "--health-port=0".into(),
+        "--bind-address=127.0.0.1".into(),
+        "--internal-mtls=false".into(),
+        "--log-format=text".into(),
+        format!("--server-cert={}", dir.join("gateway/tls.crt").display()),
+        format!("--server-key={}", dir.join("gateway/tls.key").display()),
+        format!("--planes-dir={}", topo.planes.display()),
+    ]);
+    let listening = gateway
+        .lines_until("listening line", |l| l.contains("gateway listening"))
+        .await;
+    let address = listening
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("public="))
+        .expect("public= in the listening line");
+    let port = address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     let url: url::Url = format!("wss://127.0.0.1:{port}/ws?planeType=dataplane&planeID=p1")
         .parse()
         .unwrap();
@@ -673,19 +613,142 @@ async fn peer_values_cannot_forge_log_lines() {
         dial(&url, &identity).await.is_err(),
         "the forger was accepted"
     );
-    let refused = loop {
-        let line = next_line("refusal");
+    let logged = gateway
+        .lines_until("refusal", |l| l.contains("agent refused"))
+        .await;
+    for line in &logged {
         assert!(
             !line.starts_with("FORGED-LINE"),
             "a forged log line: {line:?}"
         );
-        if line.contains("agent refused") {
-            break line;
-        }
-    };
+    }
+    let refused = logged.last().unwrap();
     assert!(refused.contains("CN=evil\\nFORGED-LINE"), "{refused:?}");
     assert!(
         refused.contains("\\u{1b}[2J"),
         "the escape sequence is shown escaped: {refused:?}"
     );
+}
+
+/// Query strings carry tokens and exec commands: a real agent process logs a request's
+/// path at info and its query only at debug, with credential and command values masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_reach_the_log_masked() {
+    let topo = Topology::start(false).await;
+    let mut argv = topo.agent_argv("a1", "p1");
+    argv.extend(["--log-format=text".into(), "--log-level=debug".into()]);
+    let mut agent = LoggedProcess::spawn(&argv);
+    topo.wait_for_agents("p1", 1).await;
+    let secret_query = "access_token=s3cr3t-t0ken&command=cat%20%2Fetc%2Fshadow&pretty=true";
+    let out = curl({
+        let mut cmd = topo.curl();
+        cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(topo.proxy_url("k8s", &format!("/version?{secret_query}")));
+        cmd
+    })
+    .await;
+    assert_eq!(body(&out), "200");
+    let mut logged = agent
+        .lines_until("the served request", |l| l.contains("request served"))
+        .await;
+    let served = logged.last().unwrap().clone();
+    logged.extend(agent.finish().await);
+    for line in &logged {
+        assert!(
+            !line.contains("s3cr3t-t0ken") && !line.contains("shadow"),
+            "a credential or command in the agent's log: {line:?}"
+        );
+    }
+    let fields: Vec<&str> = served.split_whitespace().collect();
+    assert!(fields.contains(&"path=/version"), "{served:?}");
+    assert!(
+        !fields.iter().any(|f| f.starts_with("query=")),
+        "the query is logged at info: {served:?}"
+    );
+    let forwarding = logged
+        .iter()
+        .find(|l| l.contains(" forwarding "))
+        .expect("the debug line of the forwarded request");
+    assert!(
+        forwarding.contains(r#"query=Some("access_token=***&command=***&pretty=true")"#),
+        "{forwarding:?}"
+    );
+}
+
+/// The gateway forgets planes that are gone: once a plane's CR is removed and its agent
+/// disconnected, the plane leaves the status list (departed planeIDs do not accumulate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_planes_leave_the_status_list() {
+    let topo = Topology::start(false).await;
+    let (_, ca2) = agent_identity(&topo.pki.dir, "a2");
+    write(&topo.planes.join("dp2.yaml"), &dataplane("dp2", "p2", &ca2));
+    planes_become(&topo, &["p1", "p2"]).await;
+    let _agent = topo.agent("a2", "p2").await;
+    std::fs::remove_file(topo.planes.join("dp2.yaml")).unwrap();
+    planes_become(&topo, &["p1"]).await;
+    let mut cmd = topo.curl();
+    cmd.arg(topo.api_url("/api/v1/planes/status"));
+    let all: serde_json::Value = serde_json::from_slice(&curl(cmd).await.stdout).unwrap();
+    assert_eq!(all["total"], 1);
+    assert_eq!(all["planes"][0]["planeID"], "p1");
+}
+
+/// Waits (10 s at most) until the gateway lists exactly the planeIDs `wanted`.
+async fn planes_become(topo: &Topology, wanted: &[&str]) {
+    let listed = || -> Vec<String> {
+        topo.gateway
+            .all_statuses()
+            .into_iter()
+            .map(|s| s.plane_id)
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while listed() != wanted && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        listed(),
+        wanted,
+        "the gateway's planes after 10 s: {:?}",
+        topo.gateway.all_statuses()
+    );
+}
+
+/// Connecting costs one certificate verification, not one per agent of the plane: three
+/// agents connecting verify three chains; a trust change then verifies each connected
+/// agent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_verifies_only_the_newcomer() {
+    let topo = Topology::start(false).await;
+    let _agents = [
+        topo.agent("a1", "p1").await,
+        topo.agent("a1", "p1").await,
+        topo.agent("a1", "p1").await,
+    ];
+    assert_eq!(verifications(&topo).await, 3);
+    let (_, ca) = agent_identity(&topo.pki.dir, "a1-again");
+    let mut planes = dataplane("dp1", "p1", &ca);
+    planes.push_str("---\n");
+    planes.push_str(
+        &std::fs::read_to_string(topo.planes.join("dp1.yaml"))
+            .unwrap()
+            .replace("dp1", "dp1-copy"),
+    );
+    write(&topo.planes.join("dp1.yaml"), &planes);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while verifications(&topo).await < 6 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(verifications(&topo).await, 6);
+}
+
+/// `planelink_gateway_certificate_verifications_total` from the gateway's `/metrics`.
+async fn verifications(topo: &Topology) -> u64 {
+    let metrics = topo.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("planelink_gateway_certificate_verifications_total "))
+        .unwrap_or_else(|| panic!("no verification counter in {metrics}"))
+        .parse()
+        .unwrap()
 }

@@ -450,15 +450,27 @@ impl Topology {
             agent.wait_connected(Duration::from_secs(5)).await,
             "agent {identity} did not connect within 5 s"
         );
+        self.wait_for_agents(plane_id, before + 1).await;
+        agent
+    }
+
+    /// Waits (5 s at most) until the gateway has registered `count` agents for the
+    /// data plane `plane_id`.
+    pub async fn wait_for_agents(&self, plane_id: &str, count: usize) {
+        let key = planelink::planes::PlaneKey {
+            plane_type: PlaneType::DataPlane,
+            plane_id: plane_id.to_string(),
+        };
         let registered = async {
-            while self.gateway.status(&key, None).connected_agents <= before {
+            while self.gateway.status(&key, None).connected_agents < count {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
         tokio::time::timeout(Duration::from_secs(5), registered)
             .await
-            .unwrap_or_else(|_| panic!("the gateway did not register agent {identity} within 5 s"));
-        agent
+            .unwrap_or_else(|_| {
+                panic!("the gateway did not register {count} agents for {plane_id} within 5 s")
+            });
     }
 
     /// The gateway's `/metrics` text.
@@ -510,4 +522,103 @@ pub async fn curl(mut cmd: std::process::Command) -> std::process::Output {
     })
     .await
     .unwrap()
+}
+
+/// A planelink process (the real binary) whose log on stderr is read line by line;
+/// killed and reaped when dropped, however the test ends.
+pub struct LoggedProcess {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl LoggedProcess {
+    /// Spawns `planelink ARGS` with `RUST_LOG` unset, so that its flags alone choose
+    /// what it logs.
+    pub fn spawn(args: &[String]) -> LoggedProcess {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_planelink"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("LOG_LEVEL")
+            .env_remove("LOG_FORMAT")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(without_colours(&line)).is_err() {
+                    return;
+                }
+            }
+        });
+        LoggedProcess { child, lines }
+    }
+
+    /// The next log line; panics naming `what` was awaited if none comes within 20 s.
+    pub async fn next_line(&mut self, what: &str) -> String {
+        match tokio::time::timeout(Duration::from_secs(20), self.lines.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the process exited before logging {what}"),
+            Err(_) => panic!("the process logged no {what} within 20 s"),
+        }
+    }
+
+    /// Log lines up to and including the first that `matches`; panics as [`Self::next_line`].
+    pub async fn lines_until(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.next_line(what).await;
+            let done = matches(&line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+impl LoggedProcess {
+    /// Kills the process and returns what it logged that was not read yet.
+    pub async fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut rest = Vec::new();
+        // The reader thread ends at the closed pipe, which closes the channel.
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(10), self.lines.recv()).await
+        {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+impl Drop for LoggedProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A log line without the terminal colour sequences the text format adds.
+fn without_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
