@@ -320,6 +320,7 @@ async fn bench(quick: bool) {
         .arg(format!("--server-key={}", dir.join("gw/tls.key").display()))
         .arg(format!("--planes-dir={}", dir.join("planes").display()))
         .arg("--allowed-targets=svc,agent")
+        .arg("--max-agents-per-plane=1000")
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start gateway");
@@ -387,6 +388,14 @@ async fn bench(quick: bool) {
     }
     drop(agents);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let pending = if quick { 50 } else { 200 };
+    let per_pending = rss_per_unfinished_upgrade(dir, port, gateway_pid, pending).await;
+    println!(
+        "{:<44} {:>14} {:>10.1} KiB",
+        format!("gateway RSS per unfinished /ws request ({pending})"),
+        "",
+        per_pending
+    );
 
     let direct = |path: &str| format!("https://{up}{path}");
     let tunnel = |path: &str| {
@@ -459,6 +468,42 @@ async fn bench(quick: bool) {
     procs.0.iter_mut().for_each(|c| {
         let _ = c.kill();
     });
+}
+
+/// The gateway's memory per connection of a client that finished TLS and then sends 7 KiB
+/// of an upgrade request that never ends (what an unauthenticated peer can hold open
+/// until the header deadline).
+async fn rss_per_unfinished_upgrade(dir: &Path, port: u16, gateway_pid: u32, count: usize) -> f64 {
+    use planelink::agent::dial;
+    use tokio::io::AsyncWriteExt as _;
+    let identity = dial::TlsIdentity {
+        server_ca: planelink::trust::load_certificates(&dir.join("gw/ca.crt")).unwrap(),
+        client: Some((
+            planelink::trust::load_certificates(&dir.join("agent/tls.crt")).unwrap(),
+            planelink::trust::load_private_key(&dir.join("agent/tls.key")).unwrap(),
+        )),
+    };
+    let unfinished = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {}\r\n",
+        "p".repeat(7 * 1024)
+    );
+    let before = rss_kib(gateway_pid, "VmRSS:");
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tcp = dial::connect("127.0.0.1", port, dial::STEP_TIMEOUT)
+            .await
+            .unwrap();
+        let (mut tls, _) = dial::tls(tcp, "127.0.0.1", &identity, b"http/1.1", dial::STEP_TIMEOUT)
+            .await
+            .unwrap();
+        tls.write_all(unfinished.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        held.push(tls);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(gateway_pid, "VmRSS:");
+    drop(held);
+    after.saturating_sub(before) as f64 / count as f64
 }
 
 async fn spawn_idle_agent(
