@@ -140,17 +140,95 @@ pub enum CertsCommand {
     Gateway(GatewayCertsArgs),
     /// A remote plane's self-signed CA and its agent's client certificate: ca.crt ca.key tls.crt tls.key.
     Agent(AgentCertsArgs),
+    /// The CA of the gateway's internal API and a client certificate for one of its
+    /// callers (the controller, openchoreo-api): ca.crt ca.key tls.crt tls.key.
+    Caller(CallerCertsArgs),
+}
+
+/// A Kubernetes object named `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::str::FromStr for ObjectRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ObjectRef, String> {
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 253
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        match s.split_once('/') {
+            Some((namespace, name)) if valid(namespace) && valid(name) => Ok(ObjectRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+            _ => Err("write NAMESPACE/NAME, both lower-case DNS names (e.g. openchoreo-control-plane/cluster-gateway-tls)".into()),
+        }
+    }
+}
+
+/// Where `register certs` keeps what it issues: files in a directory, or a Kubernetes
+/// Secret (what cert-manager would write) that is kept while it is still good.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "secret"])))]
+pub struct CertsDestination {
+    /// Directory to write into (created when missing).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Kubernetes Secret (type kubernetes.io/tls: ca.crt, tls.crt, tls.key) to keep the
+    /// certificate in. A Secret planelink wrote is kept while it is valid for the requested
+    /// names and not within --renew-before of expiry, and reissued otherwise; a Secret
+    /// another tool wrote is never overwritten.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "out")]
+    pub secret: Option<ObjectRef>,
+
+    /// With --secret: the Secret holding the CA and its key (tls.crt, tls.key, ca.crt, as
+    /// cert-manager writes a CA), created when missing and only read when present
+    /// [default: cluster-gateway-ca, cluster-agent-ca or cluster-gateway-internal-ca in
+    /// the namespace of --secret].
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "secret")]
+    pub ca_secret: Option<ObjectRef>,
+
+    /// With --secret: also publish the CA certificate as ca.crt of this ConfigMap (what the
+    /// other side mounts to trust it).
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "secret")]
+    pub ca_configmap: Option<ObjectRef>,
+
+    /// With --secret: reissue a certificate that expires within this long.
+    #[arg(long, default_value = "360h", value_parser = duration, requires = "secret")]
+    pub renew_before: Duration,
+
+    /// With --secret: kubeconfig files (a list separated by `:`); in a pod, its service
+    /// account is used when unset.
+    #[arg(long, env = "KUBECONFIG", requires = "secret")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --secret: the kube context to use.
+    #[arg(long, requires = "secret")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct GatewayCertsArgs {
-    /// Directory to write into (created when missing).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub destination: CertsDestination,
 
-    /// Directory holding the CA (ca.crt, ca.key) to sign with; defaults to --out. A new CA is
-    /// created only when neither holds one.
-    #[arg(long)]
+    /// With --out: directory holding the CA (ca.crt, ca.key) to sign with; defaults to --out.
+    /// A new CA is created only when neither holds one.
+    #[arg(long, conflicts_with = "secret")]
     pub ca_dir: Option<PathBuf>,
 
     /// DNS name agents dial; repeat for several. An IP address given here goes into the IP SANs.
@@ -172,13 +250,30 @@ pub struct GatewayCertsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentCertsArgs {
-    /// Directory to write into (created when missing).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub destination: CertsDestination,
 
     /// The plane ID this agent serves; it names the certificates.
-    #[arg(long)]
+    #[arg(long, env = "PLANE_ID")]
     pub plane_id: String,
+
+    /// Lifetime of the client certificate, in days.
+    #[arg(long, default_value_t = crate::trust::issue::DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub days: u32,
+
+    /// Lifetime of a newly created CA, in days.
+    #[arg(long, default_value_t = crate::trust::issue::DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ca_days: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CallerCertsArgs {
+    #[command(flatten)]
+    pub destination: CertsDestination,
+
+    /// Common name of the caller's certificate (who it is, in the gateway's log).
+    #[arg(long, default_value = "planelink-controller")]
+    pub common_name: String,
 
     /// Lifetime of the client certificate, in days.
     #[arg(long, default_value_t = crate::trust::issue::DEFAULT_LEAF_DAYS, value_parser = clap::value_parser!(u32).range(1..))]

@@ -4,12 +4,20 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::args::{AgentCertsArgs, GatewayCertsArgs};
+use super::args::{AgentCertsArgs, CallerCertsArgs, CertsDestination, GatewayCertsArgs};
 use crate::trust::inspect::format_time;
 use crate::trust::issue::{self, CaOptions, Issued, LeafOptions, Window};
 use crate::trust::{CertInfo, TrustError};
 
 use super::Outcome;
+
+/// What one `register certs` command issues: a CA and one leaf signed by it.
+pub(super) struct Request {
+    pub ca: CaOptions,
+    pub leaf: LeafOptions,
+    /// The CA Secret's name when --ca-secret is not given (in the namespace of --secret).
+    pub default_ca_secret: &'static str,
+}
 
 pub fn gateway(args: &GatewayCertsArgs) -> Outcome {
     let mut dns_names = Vec::new();
@@ -38,21 +46,19 @@ pub fn gateway(args: &GatewayCertsArgs) -> Outcome {
         return Outcome::Usage;
     }
     ip_addresses.dedup();
-    let ca_dir = args.ca_dir.as_deref().unwrap_or(&args.out);
-    let ca = match existing_or_new_ca(ca_dir, args.ca_dir.is_some(), || {
-        CaOptions::gateway().window(Window::days(args.ca_days))
-    }) {
-        Ok(ca) => ca,
-        Err(outcome) => return outcome,
+    let request = Request {
+        ca: CaOptions::gateway().window(Window::days(args.ca_days)),
+        leaf: LeafOptions::server("cluster-gateway", dns_names, ip_addresses)
+            .window(Window::days(args.days)),
+        default_ca_secret: "cluster-gateway-ca",
     };
-    let opts = LeafOptions::server("cluster-gateway", dns_names, ip_addresses)
-        .window(Window::days(args.days));
-    let next = format!(
-        "serve tls.crt/tls.key with `planelink gateway --server-cert {0}/tls.crt --server-key {0}/tls.key`;\n\
-         agents trust ca.crt (`--server-ca {0}/ca.crt`). Keep ca.key private: it signs new gateway certificates.",
-        args.out.display()
-    );
-    issue_and_write(&args.out, &ca, &opts, &next)
+    issue(&args.destination, args.ca_dir.as_deref(), &request, |out| {
+        format!(
+            "serve tls.crt/tls.key with `planelink gateway --server-cert {0}/tls.crt --server-key {0}/tls.key`;\n\
+             agents trust ca.crt (`--server-ca {0}/ca.crt`). Keep ca.key private: it signs new gateway certificates.",
+            out.display()
+        )
+    })
 }
 
 pub fn agent(args: &AgentCertsArgs) -> Outcome {
@@ -60,21 +66,60 @@ pub fn agent(args: &AgentCertsArgs) -> Outcome {
         eprintln!("error: --plane-id must name the plane (its CR's spec.planeID)");
         return Outcome::Usage;
     }
-    let ca = match existing_or_new_ca(&args.out, false, || {
-        CaOptions::agent(&args.plane_id).window(Window::days(args.ca_days))
+    let request = Request {
+        ca: CaOptions::agent(&args.plane_id).window(Window::days(args.ca_days)),
+        leaf: LeafOptions::client(&format!("cluster-agent {}", args.plane_id))
+            .window(Window::days(args.days)),
+        default_ca_secret: "cluster-agent-ca",
+    };
+    issue(&args.destination, None, &request, |out| {
+        format!(
+            "register ca.crt (not tls.crt) as the plane's clientCA in the control plane;\n\
+             the agent presents tls.crt/tls.key (`--client-cert {0}/tls.crt --client-key {0}/tls.key --plane-id {1}`).",
+            out.display(),
+            args.plane_id
+        )
+    })
+}
+
+pub fn caller(args: &CallerCertsArgs) -> Outcome {
+    if args.common_name.trim().is_empty() {
+        eprintln!("error: --common-name must name the caller (e.g. planelink-controller)");
+        return Outcome::Usage;
+    }
+    let request = Request {
+        ca: CaOptions::internal().window(Window::days(args.ca_days)),
+        leaf: LeafOptions::client(&args.common_name).window(Window::days(args.days)),
+        default_ca_secret: "cluster-gateway-internal-ca",
+    };
+    issue(&args.destination, None, &request, |out| {
+        format!(
+            "the gateway trusts ca.crt for callers (`--internal-client-ca-cert {0}/ca.crt`);\n\
+             the caller presents tls.crt/tls.key (the controller: `--cluster-gateway-client-cert {0}/tls.crt \
+             --cluster-gateway-client-key {0}/tls.key`).",
+            out.display()
+        )
+    })
+}
+
+/// Issues into the destination: a Kubernetes Secret (kept while good), or files in a
+/// directory (the CA from `ca_dir` when given, else reused from or created in it).
+fn issue(
+    destination: &CertsDestination,
+    ca_dir: Option<&Path>,
+    request: &Request,
+    next: impl FnOnce(&Path) -> String,
+) -> Outcome {
+    let Some(out) = &destination.out else {
+        return super::secrets::keep(destination, request);
+    };
+    let ca = match existing_or_new_ca(ca_dir.unwrap_or(out), ca_dir.is_some(), || {
+        request.ca.clone()
     }) {
         Ok(ca) => ca,
         Err(outcome) => return outcome,
     };
-    let opts = LeafOptions::client(&format!("cluster-agent {}", args.plane_id))
-        .window(Window::days(args.days));
-    let next = format!(
-        "register ca.crt (not tls.crt) as the plane's clientCA in the control plane;\n\
-         the agent presents tls.crt/tls.key (`--client-cert {0}/tls.crt --client-key {0}/tls.key --plane-id {1}`).",
-        args.out.display(),
-        args.plane_id
-    );
-    issue_and_write(&args.out, &ca, &opts, &next)
+    issue_and_write(out, &ca, &request.leaf, &next(out))
 }
 
 /// Issues the leaf, writes the bundle into `out`, and prints what was done and what comes next.

@@ -4,6 +4,7 @@ mod certs;
 mod check;
 mod exchange;
 mod inspect;
+mod secrets;
 
 pub mod args;
 
@@ -34,6 +35,7 @@ pub fn run(args: RegisterArgs) -> Outcome {
     match args.command {
         RegisterCommand::Certs(CertsCommand::Gateway(a)) => certs::gateway(&a),
         RegisterCommand::Certs(CertsCommand::Agent(a)) => certs::agent(&a),
+        RegisterCommand::Certs(CertsCommand::Caller(a)) => certs::caller(&a),
         RegisterCommand::Inspect(a) => inspect::run(&a),
         RegisterCommand::Check(a) => check::run(&a),
         RegisterCommand::DataPlane(a) => exchange::run(crate::planes::PlaneType::DataPlane, &a),

@@ -63,6 +63,15 @@ impl CaOptions {
         }
     }
 
+    /// The CA of the gateway's internal API, which signs its callers' client certificates.
+    pub fn internal() -> CaOptions {
+        CaOptions {
+            common_name: "planelink cluster-gateway internal CA".into(),
+            organization: "planelink".into(),
+            window: Window::days(DEFAULT_CA_DAYS),
+        }
+    }
+
     /// A remote plane's own self-signed CA, which signs its agent's client certificate.
     pub fn agent(plane_id: &str) -> CaOptions {
         CaOptions {

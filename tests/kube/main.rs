@@ -4,6 +4,7 @@
 //! Real planelink processes, real kubectl; see cluster.rs for where the API servers come
 //! from.
 
+mod certs;
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;

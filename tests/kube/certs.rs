@@ -1,0 +1,369 @@
+//! `planelink register certs … --secret`: certificates kept in Kubernetes Secrets without
+//! cert-manager, on a real API server: created once, kept on a rerun, reissued when they
+//! no longer fit, and another tool's Secret never overwritten.
+
+use super::*;
+
+fn certs(c: &Clusters, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_planelink"));
+    cmd.args(["register", "certs"])
+        .args(args)
+        .arg(format!("--kubeconfig={}", c.kubeconfig.display()))
+        .arg(format!("--context={}", c.control))
+        .env("NO_COLOR", "1");
+    crate::common::output_within(&mut cmd, crate::common::COMMAND_LIMIT)
+}
+
+fn lines(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The decoded value of `key` in a Secret (`data`) or ConfigMap (`data`, plain).
+fn value(object: &serde_json::Value, key: &str) -> String {
+    use base64::Engine as _;
+    let raw = object["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {object}"));
+    if object["kind"] == "Secret" {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .unwrap(),
+        )
+        .unwrap()
+    } else {
+        raw.to_string()
+    }
+}
+
+fn version(object: &serde_json::Value) -> String {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Whether `line` starts with `prefix` (the rest holds dates and fingerprints).
+fn starts(lines: &[String], index: usize, prefix: &str) {
+    let line = lines
+        .get(index)
+        .unwrap_or_else(|| panic!("no line {index} in {lines:?}"));
+    assert!(
+        line.starts_with(prefix),
+        "line {index}: {line:?}, expected {prefix:?}…"
+    );
+}
+
+#[test]
+fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
+    let c = clusters();
+    let ns = c.namespace("certs");
+    let tls = format!("{ns}/cluster-gateway-tls");
+    let map = format!("{ns}/cluster-gateway-ca");
+    let svc = format!("cluster-gateway.{ns}.svc");
+    let first = certs(
+        c,
+        &[
+            "gateway",
+            "--secret",
+            &tls,
+            "--ca-configmap",
+            &map,
+            "--dns-name",
+            &svc,
+        ],
+    );
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    let printed = lines(&first);
+    starts(
+        &printed,
+        0,
+        &format!(
+            "CA        Secret {ns}/cluster-gateway-ca: created (O=planelink, CN=planelink cluster-gateway CA, valid until "
+        ),
+    );
+    starts(
+        &printed,
+        2,
+        &format!(
+            "leaf      Secret {tls}: issued, because there was none (O=planelink, CN=cluster-gateway, valid until "
+        ),
+    );
+    assert_eq!(
+        printed[3],
+        format!("CA        ConfigMap {map}: created with ca.crt")
+    );
+
+    let secret = c
+        .get(&c.control, &ns, "secret/cluster-gateway-tls")
+        .unwrap();
+    let ca_secret = c.get(&c.control, &ns, "secret/cluster-gateway-ca").unwrap();
+    let config_map = c
+        .get(&c.control, &ns, "configmap/cluster-gateway-ca")
+        .unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "planelink"
+    );
+    let ca_pem = value(&ca_secret, "tls.crt");
+    assert_eq!(value(&secret, "ca.crt"), ca_pem);
+    assert_eq!(value(&config_map, "ca.crt"), ca_pem);
+    let ca = planelink::trust::parse_certificates(ca_pem.as_bytes()).unwrap();
+    let leaf = planelink::trust::parse_certificates(value(&secret, "tls.crt").as_bytes()).unwrap();
+    planelink::trust::verify_chain(
+        &leaf,
+        &ca,
+        planelink::trust::Usage::ServerAuth,
+        SystemTime::now(),
+    )
+    .expect("the issued certificate verifies against the CA");
+    planelink::trust::hostname::check_host(&leaf[0], &svc).expect("covers the Service name");
+
+    // A rerun changes nothing.
+    let again = certs(
+        c,
+        &[
+            "gateway",
+            "--secret",
+            &tls,
+            "--ca-configmap",
+            &map,
+            "--dns-name",
+            &svc,
+        ],
+    );
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    let printed = lines(&again);
+    starts(
+        &printed,
+        0,
+        &format!("CA        Secret {ns}/cluster-gateway-ca: reused ("),
+    );
+    starts(
+        &printed,
+        1,
+        &format!("leaf      Secret {tls}: kept (O=planelink, CN=cluster-gateway, valid until "),
+    );
+    assert_eq!(
+        printed[2],
+        format!("CA        ConfigMap {map}: ca.crt already current")
+    );
+    let unchanged = c
+        .get(&c.control, &ns, "secret/cluster-gateway-tls")
+        .unwrap();
+    assert_eq!(version(&unchanged), version(&secret));
+    assert_eq!(
+        version(
+            &c.get(&c.control, &ns, "configmap/cluster-gateway-ca")
+                .unwrap()
+        ),
+        version(&config_map)
+    );
+
+    // A name the certificate does not cover: reissued by the same CA.
+    let public = "gateway.example.test";
+    let wider = certs(
+        c,
+        &[
+            "gateway",
+            "--secret",
+            &tls,
+            "--dns-name",
+            &svc,
+            "--dns-name",
+            public,
+        ],
+    );
+    assert_eq!(wider.status.code(), Some(0), "{wider:?}");
+    starts(
+        &lines(&wider),
+        1,
+        &format!("leaf      Secret {tls}: issued, because it does not cover {public} ("),
+    );
+    let reissued = c
+        .get(&c.control, &ns, "secret/cluster-gateway-tls")
+        .unwrap();
+    let leaf =
+        planelink::trust::parse_certificates(value(&reissued, "tls.crt").as_bytes()).unwrap();
+    planelink::trust::verify_chain(
+        &leaf,
+        &ca,
+        planelink::trust::Usage::ServerAuth,
+        SystemTime::now(),
+    )
+    .expect("signed by the same CA");
+    planelink::trust::hostname::check_host(&leaf[0], public).expect("covers the new name");
+    assert_eq!(
+        version(&c.get(&c.control, &ns, "secret/cluster-gateway-ca").unwrap()),
+        version(&ca_secret),
+        "the CA Secret is never rewritten"
+    );
+
+    // Expiring within --renew-before: reissued (here as a 30-day certificate); a 30-day
+    // certificate is kept with the default 15 days, and reissued with 30.
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "gateway",
+            "--secret",
+            &tls,
+            "--dns-name",
+            &svc,
+            "--dns-name",
+            public,
+            "--days",
+            "30",
+        ];
+        args.extend(extra);
+        let out = certs(c, &args);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        lines(&out)
+    };
+    let printed = run(&["--renew-before", "9000h"]);
+    starts(
+        &printed,
+        1,
+        &format!("leaf      Secret {tls}: issued, because it expires on "),
+    );
+    starts(&run(&[]), 1, &format!("leaf      Secret {tls}: kept ("));
+    let printed = run(&["--renew-before", "720h"]);
+    starts(
+        &printed,
+        1,
+        &format!("leaf      Secret {tls}: issued, because it expires on "),
+    );
+    assert!(
+        printed[1].contains(", within --renew-before 30days ("),
+        "{printed:?}"
+    );
+}
+
+#[test]
+fn another_tools_secret_is_never_overwritten() {
+    let c = clusters();
+    let ns = c.namespace("foreign");
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: cluster-gateway-tls\n  namespace: {ns}\n  \
+             annotations: {{cert-manager.io/certificate-name: cluster-gateway-tls}}\n\
+             type: kubernetes.io/tls\nstringData: {{tls.crt: from-cert-manager, tls.key: from-cert-manager}}\n"
+        ),
+    );
+    let before = c
+        .get(&c.control, &ns, "secret/cluster-gateway-tls")
+        .unwrap();
+    let out = certs(
+        c,
+        &[
+            "gateway",
+            "--secret",
+            &format!("{ns}/cluster-gateway-tls"),
+            "--dns-name",
+            "gw.example.test",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: Secret {ns}/cluster-gateway-tls exists and planelink did not write it (cert-manager's \
+             Certificate cluster-gateway-tls writes it); planelink never overwrites another tool's Secret. \
+             Keep that tool (the cert-manager overlay), or delete the Secret (kubectl delete secret -n {ns} \
+             cluster-gateway-tls) and run this again\n"
+        )
+    );
+    let after = c
+        .get(&c.control, &ns, "secret/cluster-gateway-tls")
+        .unwrap();
+    assert_eq!(version(&after), version(&before));
+
+    // A leaf given as the CA Secret is refused before anything is written.
+    let leaf_as_ca = certs(
+        c,
+        &[
+            "agent",
+            "--plane-id=p1",
+            "--secret",
+            &format!("{ns}/cluster-agent-tls"),
+            "--ca-secret",
+            &format!("{ns}/cluster-gateway-tls"),
+        ],
+    );
+    assert_eq!(leaf_as_ca.status.code(), Some(1), "{leaf_as_ca:?}");
+    let err = String::from_utf8_lossy(&leaf_as_ca.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: Secret {ns}/cluster-gateway-tls: tls.crt: "
+        )),
+        "{err}"
+    );
+    assert!(c.get(&c.control, &ns, "secret/cluster-agent-tls").is_none());
+}
+
+#[test]
+fn agent_and_caller_secrets_follow_their_names() {
+    let c = clusters();
+    let ns = c.namespace("agentcerts");
+    let tls = format!("{ns}/cluster-agent-tls");
+    let out = certs(c, &["agent", "--plane-id=p1", "--secret", &tls]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let printed = lines(&out);
+    starts(
+        &printed,
+        0,
+        &format!(
+            "CA        Secret {ns}/cluster-agent-ca: created (O=planelink, CN=planelink cluster-agent CA p1, "
+        ),
+    );
+    starts(
+        &printed,
+        2,
+        &format!(
+            "leaf      Secret {tls}: issued, because there was none (O=planelink, CN=cluster-agent p1, "
+        ),
+    );
+    let secret = c.get(&c.control, &ns, "secret/cluster-agent-tls").unwrap();
+    let ca = planelink::trust::parse_certificates(value(&secret, "ca.crt").as_bytes()).unwrap();
+    let leaf = planelink::trust::parse_certificates(value(&secret, "tls.crt").as_bytes()).unwrap();
+    planelink::trust::verify_chain(
+        &leaf,
+        &ca,
+        planelink::trust::Usage::ClientAuth,
+        SystemTime::now(),
+    )
+    .expect("the agent certificate verifies against its own CA as a client certificate");
+
+    let renamed = certs(c, &["agent", "--plane-id=p2", "--secret", &tls]);
+    assert_eq!(renamed.status.code(), Some(0), "{renamed:?}");
+    starts(
+        &lines(&renamed),
+        1,
+        &format!(
+            "leaf      Secret {tls}: issued, because its subject is O=planelink, CN=cluster-agent p1, not CN=cluster-agent p2 ("
+        ),
+    );
+
+    let caller = format!("{ns}/controller-manager-cluster-gateway-client-tls");
+    let out = certs(
+        c,
+        &[
+            "caller",
+            "--secret",
+            &caller,
+            "--common-name",
+            "planelink-controller",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    starts(
+        &lines(&out),
+        0,
+        &format!(
+            "CA        Secret {ns}/cluster-gateway-internal-ca: created (O=planelink, CN=planelink cluster-gateway internal CA, "
+        ),
+    );
+}
