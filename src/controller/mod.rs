@@ -151,12 +151,17 @@ async fn run_controllers(
         _ = lost.cancelled() => true,
     };
     stop.cancel();
+    if lost_leadership {
+        // No longer the leader: reconciles in flight must not write one more status, so
+        // they are dropped here (with the controllers), not awaited.
+        if let Some(election) = election {
+            election.abort();
+        }
+        anyhow::bail!("lost the leader Lease; exiting so that a fresh replica takes over");
+    }
     controllers.await;
     if let Some(election) = election {
         let _ = election.await;
-    }
-    if lost_leadership {
-        anyhow::bail!("lost the leader Lease; exiting so that a fresh replica takes over");
     }
     Ok(())
 }
