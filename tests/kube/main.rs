@@ -8,6 +8,7 @@ mod certs;
 mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
+mod install;
 mod model;
 mod register;
 
@@ -955,7 +956,7 @@ fn service_account_kubeconfig(c: &Clusters, dir: &Path, namespace: &str, account
     path
 }
 
-/// packaging/rbac holds everything the roles need: a gateway and a controller running
+/// The RBAC of packaging/kubernetes/control-plane holds everything the roles need: a gateway and a controller running
 /// with those service accounts' tokens (and nothing more) accept an agent, elect a leader,
 /// and report the plane's status.
 #[test]
@@ -966,8 +967,8 @@ fn rbac_manifests_grant_what_the_roles_need() {
         &c.control,
         &["create", "namespace", "openchoreo-control-plane"],
     );
-    for file in ["controller.yaml", "gateway.yaml"] {
-        let path = root().join("packaging/rbac").join(file);
+    for file in ["controller-rbac.yaml", "gateway-rbac.yaml"] {
+        let path = root().join("packaging/kubernetes/control-plane").join(file);
         c.ok(&c.control, &["apply", "-f", path.to_str().unwrap()]);
     }
     let dir = tempfile::tempdir().unwrap();
