@@ -17,12 +17,20 @@ pub fn init(args: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colours_wanted())
         .with_target(true);
     // A second init (tests running roles in-process) keeps the first subscriber.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: never in files, journald or `kubectl logs`,
+/// and never when `NO_COLOR` is set to anything (https://no-color.org).
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 /// The longest peer value written to a log line; the rest is cut (and said so).

@@ -551,7 +551,7 @@ impl LoggedProcess {
                 .lines()
                 .map_while(Result::ok)
             {
-                if tx.send(without_colours(&line)).is_err() {
+                if tx.send(line).is_err() {
                     return;
                 }
             }
@@ -559,10 +559,17 @@ impl LoggedProcess {
         LoggedProcess { child, lines }
     }
 
-    /// The next log line; panics naming `what` was awaited if none comes within 20 s.
+    /// The next log line; panics naming `what` was awaited if none comes within 20 s,
+    /// and on a terminal colour sequence (a log written to a pipe has none).
     pub async fn next_line(&mut self, what: &str) -> String {
         match tokio::time::timeout(Duration::from_secs(20), self.lines.recv()).await {
-            Ok(Some(line)) => line,
+            Ok(Some(line)) => {
+                assert!(
+                    !line.contains('\u{1b}'),
+                    "a colour sequence in a piped log: {line:?}"
+                );
+                line
+            }
             Ok(None) => panic!("the process exited before logging {what}"),
             Err(_) => panic!("the process logged no {what} within 20 s"),
         }
@@ -603,22 +610,4 @@ impl Drop for LoggedProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A log line without the terminal colour sequences the text format adds.
-fn without_colours(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
