@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::{Metrics, PlaneLabels};
 use crate::planes::connection::ConnectionStatus as PlaneStatus;
-use crate::planes::{CrRef, PlaneKey, Snapshot};
+use crate::planes::{Authorisation, CrRef, PlaneKey, Snapshot};
 use crate::tunnel::{Body, Hello};
 
 pub struct AgentConn {
@@ -242,6 +242,19 @@ impl Hub {
         result
     }
 
+    /// Verifies a certificate chain against the plane's CRs in `snapshot`: every
+    /// verification (on connect and on trust changes) passes here, and is counted.
+    pub fn verify(
+        &self,
+        snapshot: &Snapshot,
+        key: &PlaneKey,
+        chain: &[CertificateDer<'_>],
+        at: SystemTime,
+    ) -> Authorisation {
+        self.metrics.certificate_verifications.inc();
+        snapshot.authorise(key, chain, at)
+    }
+
     /// Re-verifies one agent (a newcomer: connecting costs one verification, not one per
     /// agent of its plane).
     pub fn reverify_one(&self, snapshot: &Snapshot, agent: &AgentConn) -> Reverified {
@@ -258,8 +271,7 @@ impl Hub {
         if agent.close.is_cancelled() {
             return result;
         }
-        self.metrics.certificate_verifications.inc();
-        let decision = snapshot.authorise(&agent.key, &agent.chain, now);
+        let decision = self.verify(snapshot, &agent.key, &agent.chain, now);
         let mut granted = agent.granted.write().unwrap_or_else(|p| p.into_inner());
         let added = decision
             .granted

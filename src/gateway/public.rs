@@ -240,8 +240,7 @@ fn authorise(
         );
         return Err((refusal, None));
     };
-    core.metrics.certificate_verifications.inc();
-    let decision = snapshot.authorise(key, chain, SystemTime::now());
+    let decision = core.hub.verify(&snapshot, key, chain, SystemTime::now());
     if !decision.granted.is_empty() {
         return Ok((decision.granted, snapshot));
     }

@@ -18,7 +18,7 @@ use super::args::{CertsDestination, ObjectRef};
 use super::certs::Request;
 use crate::planes::kubernetes::kube_client;
 use crate::planes::secret_data;
-use crate::trust::inspect::format_time;
+use crate::trust::inspect::{Validity, format_time};
 use crate::trust::issue::{self, Issued, LeafOptions};
 use crate::trust::{self, CertInfo, Usage};
 
@@ -138,10 +138,7 @@ async fn keep_once(client: &Client, targets: &Targets, request: &Request) -> Res
                 .await?;
         }
     }
-    let info = leaf
-        .cert_der()
-        .and_then(|der| CertInfo::from_der(&der))
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let info = describe(&leaf)?;
     println!(
         "leaf      Secret {}: issued, because {reason} ({}, valid until {}; {})",
         targets.secret,
@@ -156,11 +153,7 @@ async fn keep_once(client: &Client, targets: &Targets, request: &Request) -> Res
 async fn ca(client: &Client, at: &ObjectRef, request: &Request) -> Result<Issued, Failure> {
     let api = Api::<Secret>::namespaced(client.clone(), &at.namespace);
     if let Some(existing) = api.get_opt(&at.name).await? {
-        let ca = ca_from_secret(&existing, at)?;
-        let info = ca
-            .cert_der()
-            .and_then(|der| CertInfo::from_der(&der))
-            .map_err(|e| Failure::Refused(format!("Secret {at}: {e}")))?;
+        let (ca, info) = ca_from_secret(&existing, at)?;
         println!(
             "CA        Secret {at}: reused ({}, valid until {})",
             info.subject,
@@ -171,10 +164,7 @@ async fn ca(client: &Client, at: &ObjectRef, request: &Request) -> Result<Issued
     let ca = issue::new_ca(&request.ca).map_err(|e| Failure::Refused(e.to_string()))?;
     api.create(&PostParams::default(), &tls_secret(at, &ca.cert_pem, &ca))
         .await?;
-    let info = ca
-        .cert_der()
-        .and_then(|der| CertInfo::from_der(&der))
-        .map_err(|e| Failure::Refused(e.to_string()))?;
+    let info = describe(&ca)?;
     println!(
         "CA        Secret {at}: created ({}, valid until {})\n          sha256 {}",
         info.subject,
@@ -184,9 +174,17 @@ async fn ca(client: &Client, at: &ObjectRef, request: &Request) -> Result<Issued
     Ok(ca)
 }
 
+/// What a certificate just issued is, for the report.
+fn describe(issued: &Issued) -> Result<CertInfo, Failure> {
+    issued
+        .cert_der()
+        .and_then(|der| CertInfo::from_der(&der))
+        .map_err(|e| Failure::Refused(e.to_string()))
+}
+
 /// A CA Secret as cert-manager writes one (`tls.crt` the CA, `tls.key` its key), checked:
 /// a CA that can sign, with its own key, still valid.
-fn ca_from_secret(secret: &Secret, at: &ObjectRef) -> Result<Issued, Failure> {
+fn ca_from_secret(secret: &Secret, at: &ObjectRef) -> Result<(Issued, CertInfo), Failure> {
     let data = secret_data(secret);
     let (Some(cert), Some(key)) = (data.get("tls.crt"), data.get("tls.key")) else {
         return Err(Failure::Refused(format!(
@@ -208,17 +206,18 @@ fn ca_from_secret(secret: &Secret, at: &ObjectRef) -> Result<Issued, Failure> {
     if !trust::key_matches(&der[0], &key_parsed).map_err(|e| bad(e.to_string()))? {
         return Err(bad("tls.key is not the key of tls.crt".into()));
     }
-    if info.not_after <= time::OffsetDateTime::now_utc() {
+    if info.validity_at(SystemTime::now()) == Validity::Expired {
         return Err(bad(format!(
             "the CA expired on {}; delete the Secret to create a new CA (everything that trusts the \
              old one must then be given the new ca.crt)",
             format_time(info.not_after)
         )));
     }
-    Ok(Issued::new(
+    let ca = Issued::new(
         String::from_utf8_lossy(cert).into_owned(),
         String::from_utf8_lossy(key).into_owned(),
-    ))
+    );
+    Ok((ca, info))
 }
 
 fn is_managed(meta: &ObjectMeta) -> bool {

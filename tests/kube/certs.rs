@@ -14,7 +14,10 @@ fn certs(c: &Clusters, args: &[&str]) -> std::process::Output {
     crate::common::output_within(&mut cmd, crate::common::COMMAND_LIMIT)
 }
 
-fn lines(out: &std::process::Output) -> Vec<String> {
+/// `register certs ARGS` that must succeed: its output lines.
+fn certs_ok(c: &Clusters, args: &[&str]) -> Vec<String> {
+    let out = certs(c, args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -64,7 +67,7 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
     let tls = format!("{ns}/cluster-gateway-tls");
     let map = format!("{ns}/cluster-gateway-ca");
     let svc = format!("cluster-gateway.{ns}.svc");
-    let first = certs(
+    let printed = certs_ok(
         c,
         &[
             "gateway",
@@ -76,8 +79,6 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
             &svc,
         ],
     );
-    assert_eq!(first.status.code(), Some(0), "{first:?}");
-    let printed = lines(&first);
     starts(
         &printed,
         0,
@@ -124,7 +125,7 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
     planelink::trust::hostname::check_host(&leaf[0], &svc).expect("covers the Service name");
 
     // A rerun changes nothing.
-    let again = certs(
+    let printed = certs_ok(
         c,
         &[
             "gateway",
@@ -136,8 +137,6 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
             &svc,
         ],
     );
-    assert_eq!(again.status.code(), Some(0), "{again:?}");
-    let printed = lines(&again);
     starts(
         &printed,
         0,
@@ -166,7 +165,7 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
 
     // A name the certificate does not cover: reissued by the same CA.
     let public = "gateway.example.test";
-    let wider = certs(
+    let wider = certs_ok(
         c,
         &[
             "gateway",
@@ -178,9 +177,8 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
             public,
         ],
     );
-    assert_eq!(wider.status.code(), Some(0), "{wider:?}");
     starts(
-        &lines(&wider),
+        &wider,
         1,
         &format!("leaf      Secret {tls}: issued, because it does not cover {public} ("),
     );
@@ -218,9 +216,7 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
             "30",
         ];
         args.extend(extra);
-        let out = certs(c, &args);
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        lines(&out)
+        certs_ok(c, &args)
     };
     let printed = run(&["--renew-before", "9000h"]);
     starts(
@@ -309,9 +305,7 @@ fn agent_and_caller_secrets_follow_their_names() {
     let c = clusters();
     let ns = c.namespace("agentcerts");
     let tls = format!("{ns}/cluster-agent-tls");
-    let out = certs(c, &["agent", "--plane-id=p1", "--secret", &tls]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let printed = lines(&out);
+    let printed = certs_ok(c, &["agent", "--plane-id=p1", "--secret", &tls]);
     starts(
         &printed,
         0,
@@ -337,10 +331,9 @@ fn agent_and_caller_secrets_follow_their_names() {
     )
     .expect("the agent certificate verifies against its own CA as a client certificate");
 
-    let renamed = certs(c, &["agent", "--plane-id=p2", "--secret", &tls]);
-    assert_eq!(renamed.status.code(), Some(0), "{renamed:?}");
+    let renamed = certs_ok(c, &["agent", "--plane-id=p2", "--secret", &tls]);
     starts(
-        &lines(&renamed),
+        &renamed,
         1,
         &format!(
             "leaf      Secret {tls}: issued, because its subject is O=planelink, CN=cluster-agent p1, not CN=cluster-agent p2 ("
@@ -348,7 +341,7 @@ fn agent_and_caller_secrets_follow_their_names() {
     );
 
     let caller = format!("{ns}/controller-manager-cluster-gateway-client-tls");
-    let out = certs(
+    let out = certs_ok(
         c,
         &[
             "caller",
@@ -358,9 +351,8 @@ fn agent_and_caller_secrets_follow_their_names() {
             "planelink-controller",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
     starts(
-        &lines(&out),
+        &out,
         0,
         &format!(
             "CA        Secret {ns}/cluster-gateway-internal-ca: created (O=planelink, CN=planelink cluster-gateway internal CA, "
