@@ -72,6 +72,20 @@ pub enum DialError {
     NotPlanelink(String),
 }
 
+impl DialError {
+    /// The step that failed, as the `result` label of the agent's dial metric.
+    pub fn step(&self) -> &'static str {
+        match self {
+            DialError::Identity(_) => "identity",
+            DialError::Connect { .. } => "connect",
+            DialError::Tls { .. } => "tls",
+            DialError::Refused { .. } => "refused",
+            DialError::Upgrade(_) => "upgrade",
+            DialError::NotPlanelink(_) => "not_planelink",
+        }
+    }
+}
+
 /// A connected tunnel's byte stream and what the gateway said about itself.
 pub struct Dialled {
     pub io: WsIo<Box<dyn Stream>>,
@@ -260,23 +274,39 @@ pub async fn upgrade<S: Stream>(
     })
 }
 
-/// The agent's dial: all three steps with the configured files.
-pub async fn dial_gateway(config: &Config) -> anyhow::Result<Dialled> {
+/// The agent's dial: all three steps, with the identity read from its files (`None`
+/// without TLS).
+pub async fn dial_gateway(
+    config: &Config,
+    identity: Option<&TlsIdentity>,
+) -> Result<Dialled, DialError> {
     let (host, port) = host_port(&config.dial_url);
     let tcp = connect(&host, port, STEP_TIMEOUT).await?;
-    let dialled = match &config.tls {
-        Some(files) => {
-            let identity = TlsIdentity::load(files)?;
-            match tls(tcp, &host, &identity, b"http/1.1", STEP_TIMEOUT).await {
-                Ok((stream, _)) => upgrade(stream, &config.dial_url, STEP_TIMEOUT).await?,
-                Err(e) => anyhow::bail!(
-                    "{e} (check with: planelink register check --server-url {} --server-ca {})",
-                    config.server_url,
-                    files.server_ca.display()
-                ),
-            }
+    match identity {
+        Some(identity) => {
+            let (stream, _) = tls(tcp, &host, identity, b"http/1.1", STEP_TIMEOUT)
+                .await
+                .map_err(|e| match e {
+                    DialError::Tls {
+                        addr,
+                        detail,
+                        chain,
+                    } => DialError::Tls {
+                        addr,
+                        detail: match &config.tls {
+                            Some(files) => format!(
+                                "{detail} (check with: planelink register check --server-url {} --server-ca {})",
+                                config.server_url,
+                                files.server_ca.display()
+                            ),
+                            None => detail,
+                        },
+                        chain,
+                    },
+                    other => other,
+                })?;
+            upgrade(stream, &config.dial_url, STEP_TIMEOUT).await
         }
-        None => upgrade(tcp, &config.dial_url, STEP_TIMEOUT).await?,
-    };
-    Ok(dialled)
+        None => upgrade(tcp, &config.dial_url, STEP_TIMEOUT).await,
+    }
 }

@@ -22,13 +22,35 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
     let id = header(&req, REQUEST_ID_HEADER).unwrap_or("-").to_string();
-    let mut response = match forward(&state, req, &id).await {
+    let target = target_label(&state, &req);
+    state.metrics.open_streams.inc();
+    let mut response = match forward(&state, req, &id, &target).await {
         Ok(response) => response,
         Err(e) => e.into_response(SOURCE, &id),
     };
     proxy::set_request_id(response.headers_mut(), &id);
-    response
+    state
+        .metrics
+        .served(&target, response.status().as_u16(), started.elapsed());
+    // The stream stays open until its response body (or upgraded stream) ends.
+    let metrics = state.metrics.clone();
+    response.map(|body| {
+        body::metered(body, 0, move |n| {
+            metrics.add_bytes(&target, "response", n);
+            metrics.open_streams.dec();
+        })
+    })
+}
+
+/// The target a request names, as a metric label: one the agent serves, else
+/// `unknown` (the label's values stay bounded whatever the peer sends).
+fn target_label(state: &State, req: &Request<Incoming>) -> String {
+    match header(req, TARGET_HEADER) {
+        Some(name) if name == Target::AGENT || state.targets.contains_key(name) => name.into(),
+        _ => "unknown".into(),
+    }
 }
 
 /// Identity is the agent's: a caller's `Authorization` never reaches an upstream that
@@ -80,7 +102,7 @@ fn upstream(state: &State, req: &Request<Incoming>) -> Result<Option<Upstream>, 
 
 /// The upstream answered 101: its upgraded connection is pumped to and from the tunnel
 /// stream, whose response names the protocol in [`UPGRADED_HEADER`].
-fn switched(mut response: Response<Incoming>, downstream: Incoming, id: &str) -> Response<Body> {
+fn switched(mut response: Response<Incoming>, downstream: Body, id: &str) -> Response<Body> {
     let protocol = response.headers().get(header::UPGRADE).cloned();
     let on_upgrade = hyper::upgrade::on(&mut response);
     let mut headers = end_to_end_headers(response.headers());
@@ -91,7 +113,7 @@ fn switched(mut response: Response<Incoming>, downstream: Incoming, id: &str) ->
     let (tx, body) = body::channel();
     tokio::spawn(proxy::pump_upgraded(
         on_upgrade,
-        body::boxed(downstream),
+        downstream,
         tx,
         id.to_string(),
         "upstream",
@@ -105,6 +127,7 @@ async fn forward(
     state: &State,
     req: Request<Incoming>,
     id: &str,
+    target_label: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let Some(upstream) = upstream(state, &req)? else {
         return Ok(state.info_response());
@@ -124,6 +147,11 @@ async fn forward(
         .uri_for(&path_and_query)
         .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?;
     let (parts, incoming) = req.into_parts();
+    let metrics = state.metrics.clone();
+    let target_owned = target_label.to_string();
+    let incoming = body::metered(body::boxed(incoming), 0, move |n| {
+        metrics.add_bytes(&target_owned, "request", n)
+    });
     let mut headers = end_to_end_headers(&parts.headers);
     proxy::set_request_id(&mut headers, id);
     strip_caller_identity(&mut headers, &upstream);
@@ -139,7 +167,7 @@ async fn forward(
             Some(incoming)
         }
         None => {
-            *out.body_mut() = body::boxed(incoming);
+            *out.body_mut() = incoming;
             None
         }
     };

@@ -5,6 +5,7 @@ pub mod args;
 pub mod config;
 pub mod dial;
 mod forward;
+pub mod metrics;
 pub mod upstream;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ pub(crate) struct State {
     connected: tokio::sync::watch::Sender<bool>,
     /// Why the last dial failed, for `up` and tests to report.
     last_error: std::sync::Mutex<Option<String>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl State {
@@ -135,12 +137,14 @@ pub async fn start(
     health: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Agent> {
+    let mut registry = prometheus_client::registry::Registry::default();
     let state = Arc::new(State {
         targets: targets(&config).await?,
         started: Instant::now(),
         instance: format!("{:016x}", rand::random::<u64>()),
         connected: tokio::sync::watch::channel(false).0,
         last_error: std::sync::Mutex::new(None),
+        metrics: Arc::new(metrics::Metrics::new(&mut registry)),
         config,
     });
     let health_addr = match health {
@@ -155,7 +159,7 @@ pub async fn start(
                         Err("not connected to the gateway".into())
                     }
                 }),
-                metrics: Arc::new(prometheus_client::registry::Registry::default()),
+                metrics: Arc::new(registry),
             };
             let local = listener.local_addr()?;
             tokio::spawn(health::serve(listener, health, shutdown.clone()));
@@ -178,12 +182,42 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     exp.mul_f64(jitter)
 }
 
+/// One dial, counted by its result. The identity is read from its files every time
+/// (renewed files are picked up), and the client certificate's expiry exported.
+async fn dial(state: &State) -> Result<dial::Dialled, dial::DialError> {
+    let dialled = async {
+        let identity = match &state.config.tls {
+            Some(files) => {
+                let identity = dial::TlsIdentity::load(files)?;
+                if let Some(leaf) = identity
+                    .client
+                    .as_ref()
+                    .and_then(|(chain, _)| chain.first())
+                    && let Ok(info) = crate::trust::inspect::CertInfo::from_der(leaf)
+                {
+                    state
+                        .metrics
+                        .client_certificate_expires(info.not_after.into());
+                }
+                Some(identity)
+            }
+            None => None,
+        };
+        dial::dial_gateway(&state.config, identity.as_ref()).await
+    }
+    .await;
+    if let Err(e) = &dialled {
+        state.metrics.dial(e.step());
+    }
+    dialled
+}
+
 async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     let config = &state.config;
     let mut attempt = 0u32;
     loop {
         let dialled = tokio::select! {
-            d = dial::dial_gateway(config) => d,
+            d = dial(&state) => d,
             _ = shutdown.cancelled() => return,
         };
         match dialled {
@@ -192,6 +226,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
                     "connected to control plane");
                 state.connected.send_replace(true);
+                state.metrics.tunnel_up();
                 let connected_at = Instant::now();
                 let handler_state = state.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -208,11 +243,13 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                         connection.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
                         state.connected.send_replace(false);
+                        state.metrics.tunnel_down();
                         tracing::info!("agent stopped");
                         return;
                     }
                 };
                 state.connected.send_replace(false);
+                state.metrics.tunnel_lost();
                 match result {
                     Ok(()) => tracing::warn!("the gateway closed the tunnel; reconnecting"),
                     Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),
@@ -223,9 +260,8 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 }
             }
             Err(e) => {
-                tracing::error!(server = %config.server_url, "cannot connect to control plane: {e:#}");
-                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(format!("{e:#}"));
+                tracing::error!(server = %config.server_url, "cannot connect to control plane: {e}");
+                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             }
         }
         let delay = backoff(config.backoff.base, config.backoff.max, attempt);

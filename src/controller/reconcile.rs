@@ -178,7 +178,22 @@ async fn apply<K: PlaneResource>(plane: &K, ctx: &Context, api: &Api<K>) -> Resu
     let facts = gather(plane, ctx).await;
     let before = plane.plane_status().cloned().unwrap_or_default();
     let status = status::decide(&before, &facts, &Time(Timestamp::now()));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == super::conditions::READY);
+    let (is_ready, reason) = match ready {
+        Some(c) => (c.status == "True", c.reason.clone()),
+        None => (false, String::new()),
+    };
     write_status(plane, ctx, api, status).await?;
+    ctx.metrics.plane_ready(
+        &K::kind(&()),
+        &plane.namespace().unwrap_or_default(),
+        &plane.name_any(),
+        is_ready,
+        &reason,
+    );
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -221,6 +236,7 @@ async fn cleanup<K: PlaneResource>(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&cache_key(plane));
     ctx.planes.forget(&cache_key(plane));
+    ctx.metrics.plane_gone(&K::kind(&()), &namespace, &name);
     tracing::info!(kind = %K::kind(&()), %namespace, %name, "cleaned up; deletion proceeds");
     Ok(Action::await_change())
 }

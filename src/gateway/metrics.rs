@@ -1,11 +1,17 @@
 //! The gateway's Prometheus metrics.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::trust::tls::ReloadingCert;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PlaneLabels {
@@ -114,5 +120,33 @@ impl Metrics {
                 direction: direction.to_string(),
             })
             .inc_by(n);
+    }
+}
+
+/// The serving certificate's expiry, read at each scrape: the certificate follows its
+/// files, so a renewal shows at once.
+#[derive(Debug)]
+pub struct ServingCertificateExpiry(pub Arc<ReloadingCert>);
+
+impl ServingCertificateExpiry {
+    pub fn register(registry: &mut Registry, cert: Arc<ReloadingCert>) {
+        registry
+            .sub_registry_with_prefix("planelink_gateway")
+            .register_collector(Box::new(ServingCertificateExpiry(cert)));
+    }
+}
+
+impl Collector for ServingCertificateExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(not_after) = self.0.not_after_unix() else {
+            return Ok(());
+        };
+        let metric = encoder.encode_descriptor(
+            "serving_certificate_expiry_timestamp_seconds",
+            "When the serving certificate (--server-cert) expires (Unix time)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(not_after).encode(metric)
     }
 }

@@ -94,6 +94,7 @@ pub async fn start(
     let cert = ReloadingCert::load(&config.server_cert, &config.server_key)
         .context("--server-cert/--server-key")?;
     cert.spawn_watcher();
+    metrics::ServingCertificateExpiry::register(&mut metrics_registry, cert.clone());
     let public_tls = tls::server_config(
         cert.clone(),
         Some(DeferredClientVerifier::new(crate::trust::crypto_provider())),

@@ -74,6 +74,15 @@ impl ReloadingCert {
         }
     }
 
+    /// When the certificate being served expires (Unix seconds).
+    pub fn not_after_unix(&self) -> Option<i64> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let leaf = current.1.cert.first()?;
+        crate::trust::inspect::CertInfo::from_der(leaf)
+            .ok()
+            .map(|info| info.not_after.unix_timestamp())
+    }
+
     /// Polls the files until the process ends.
     pub fn spawn_watcher(self: &Arc<Self>) {
         let this = Arc::downgrade(self);

@@ -505,3 +505,137 @@ async fn two_agents_for_one_plane_both_serve() {
     let reconnect: serde_json::Value = serde_json::from_slice(&curl(cmd).await.stdout).unwrap();
     assert_eq!(reconnect["disconnectedAgents"], 2);
 }
+
+/// A metric's value in Prometheus text (`name{labels}` exactly as exposed), if present.
+fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    })
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{addr}/metrics"));
+    text(&curl(cmd).await)
+}
+
+/// The agent's `/metrics`: a tunnel that is up, requests by target and code, body bytes
+/// both ways, the client certificate's expiry; then the gateway goes away and the agent
+/// reports no tunnel, one disconnect and failed dials by step. The gateway exports its
+/// serving certificate's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_metrics_follow_its_tunnel_and_requests() {
+    let topo = Topology::start(true).await;
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let agent = planelink::agent::start(
+        topo.agent_config("a1", "p1"),
+        Some(health),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(agent.wait_connected(Duration::from_secs(5)).await);
+    topo.wait_for_agents("p1", 1).await;
+    let health = agent.health_addr.unwrap();
+
+    let upload = topo.pki.dir.join("upload");
+    std::fs::write(&upload, pattern(100_000)).unwrap();
+    let mut post = topo.curl();
+    post.args(["-o", "/dev/null", "-w", "%{http_code}", "--data-binary"])
+        .arg(format!("@{}", upload.display()))
+        .arg(topo.proxy_url("k8s", "/sha256"));
+    assert_eq!(text(&curl(post).await), "200");
+    let mut get = topo.curl();
+    get.args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(topo.proxy_url("k8s", "/bytes/5000"));
+    assert_eq!(text(&curl(get).await), "200");
+    let mut missing = topo.curl();
+    missing
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(topo.proxy_url("svc", "/"));
+    assert_eq!(text(&curl(missing).await), "404");
+
+    let metrics = scrape(health).await;
+    let value = |series: &str| {
+        metric_value(&metrics, series).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert_eq!(value("planelink_agent_tunnels"), 1.0);
+    assert_eq!(
+        value("planelink_agent_dials_total{result=\"connected\"}"),
+        1.0
+    );
+    assert_eq!(value("planelink_agent_disconnects_total"), 0.0);
+    assert_eq!(
+        value("planelink_agent_requests_total{target=\"k8s\",code=\"200\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("planelink_agent_requests_total{target=\"unknown\",code=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("planelink_agent_response_seconds_count{target=\"k8s\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("planelink_agent_bytes_total{target=\"k8s\",direction=\"request\"}"),
+        100_000.0
+    );
+    // /sha256 answers "100000 <64 hex digits>"; /bytes/5000 five thousand bytes.
+    assert_eq!(
+        value("planelink_agent_bytes_total{target=\"k8s\",direction=\"response\"}"),
+        (5000 + "100000 ".len() + 64) as f64
+    );
+    assert_eq!(value("planelink_agent_open_streams"), 0.0);
+    let leaf = planelink::trust::load_certificates(&topo.pki.dir.join("a1/tls.crt")).unwrap();
+    let not_after = planelink::trust::inspect::CertInfo::from_der(&leaf[0])
+        .unwrap()
+        .not_after
+        .unix_timestamp();
+    assert_eq!(
+        value("planelink_agent_client_certificate_expiry_timestamp_seconds"),
+        not_after as f64
+    );
+
+    let served =
+        planelink::trust::load_certificates(&topo.pki.dir.join("gateway/tls.crt")).unwrap();
+    let gateway_not_after = planelink::trust::inspect::CertInfo::from_der(&served[0])
+        .unwrap()
+        .not_after
+        .unix_timestamp();
+    let gateway_metrics = topo.metrics().await;
+    assert_eq!(
+        metric_value(
+            &gateway_metrics,
+            "planelink_gateway_serving_certificate_expiry_timestamp_seconds"
+        ),
+        Some(gateway_not_after as f64),
+        "{gateway_metrics}"
+    );
+
+    // The gateway goes away: the tunnel is lost once, and every redial fails at connect.
+    topo.shutdown.cancel();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = scrape(health).await;
+        if metric_value(&metrics, "planelink_agent_dials_total{result=\"connect\"}").is_some() {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed dial counted:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(metric_value(&metrics, "planelink_agent_tunnels"), Some(0.0));
+    assert_eq!(
+        metric_value(&metrics, "planelink_agent_disconnects_total"),
+        Some(1.0)
+    );
+    shutdown.cancel();
+    agent.wait().await;
+}
