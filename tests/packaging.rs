@@ -113,3 +113,28 @@ fn crds_in_packaging_match_the_binary() {
         );
     }
 }
+
+/// The alert rules parse and their PromQL is valid (`promtool check rules`), and each
+/// alert fires on the series that should fire it, with the annotations an operator reads
+/// (`promtool test rules`, packaging/monitoring/alerts.test.yaml).
+#[test]
+fn alert_rules_check_and_fire() {
+    let promtool = require_tool("promtool");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/monitoring");
+    for args in [
+        ["check", "rules", "alerts.yaml"],
+        ["test", "rules", "alerts.test.yaml"],
+    ] {
+        let out = output_within(
+            Command::new(&promtool).args(args).current_dir(&dir),
+            COMMAND_LIMIT,
+        );
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}
