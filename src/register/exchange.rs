@@ -261,6 +261,53 @@ async fn apply_object(client: &Client, object: &Value, step: &'static str) -> Re
         })
 }
 
+/// A wait's progress on stderr: one line rewritten in place on a terminal; in a pipe or
+/// log, a line every 10 s.
+struct Progress {
+    what: String,
+    wait: Duration,
+    started: Instant,
+    terminal: bool,
+    /// What was last printed: the second on a terminal, else the 10-second period.
+    last_line: Option<u64>,
+}
+
+impl Progress {
+    fn new(what: String, wait: Duration) -> Progress {
+        use std::io::IsTerminal as _;
+        Progress {
+            what,
+            wait,
+            started: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            last_line: None,
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn tick(&mut self) {
+        let secs = self.started.elapsed().as_secs();
+        let of = self.wait.as_secs();
+        if self.terminal {
+            self.last_line = Some(secs);
+            eprint!("\r{} ({secs}s of {of}s)", self.what);
+        } else if self.last_line != Some(secs / 10) {
+            self.last_line = Some(secs / 10);
+            eprintln!("{} ({secs}s of {of}s)", self.what);
+        }
+    }
+
+    /// Ends the line rewritten in place, if one was written.
+    fn done(&self) {
+        if self.terminal && self.last_line.is_some() {
+            eprintln!();
+        }
+    }
+}
+
 /// Waits (with a progress line) for the agent's Secret, up to `--wait`.
 async fn wait_for_secret(
     remote: &Client,
@@ -271,37 +318,34 @@ async fn wait_for_secret(
     const STEP: &str = "step 3 (agent CA)";
     let api = Api::<Secret>::namespaced(remote.clone(), namespace);
     let wait = args.wait.unwrap_or(DEFAULT_WAIT);
-    let started = Instant::now();
+    let mut progress = Progress::new(format!("waiting for {origin}"), wait);
     let secret = loop {
         match api.get_opt(AGENT_TLS).await {
             Ok(Some(secret)) => break secret,
-            Ok(None) if started.elapsed() < wait => {
-                eprint!(
-                    "\rwaiting for {origin} ({}s of {}s)",
-                    started.elapsed().as_secs(),
-                    wait.as_secs()
-                );
+            Ok(None) if progress.elapsed() < wait => {
+                progress.tick();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Ok(None) => {
-                eprintln!();
+                progress.done();
                 return fail(
                     STEP,
                     format!(
-                        "{origin} did not appear within {}s. Is the remote plane installed with \
-                         clusterAgent.tls.generateCerts=true? Check `kubectl --context {} describe certificate \
-                         -n {namespace}` and the cert-manager logs (Troubleshooting: Certificate Not Ready)",
+                        "{origin} did not appear within {}s. Is the remote plane installed? With \
+                         packaging/kubernetes/remote-plane the Job cluster-agent-certs writes it (`kubectl \
+                         --context {ctx} logs -n {namespace} job/cluster-agent-certs`); with cert-manager \
+                         (clusterAgent.tls.generateCerts=true) check `kubectl --context {ctx} describe \
+                         certificate -n {namespace}` and the cert-manager logs (Troubleshooting: \
+                         Certificate Not Ready)",
                         wait.as_secs(),
-                        args.remote_context
+                        ctx = args.remote_context
                     ),
                 );
             }
             Err(e) => return fail(STEP, format!("cannot read {origin}: {e}")),
         }
     };
-    if started.elapsed() >= Duration::from_secs(1) {
-        eprintln!();
-    }
+    progress.done();
     Ok(secret)
 }
 
@@ -566,14 +610,14 @@ async fn wait_connected(
         &args.namespace,
         &ApiResource::from_gvk(&gvk),
     );
-    let started = Instant::now();
+    let mut progress = Progress::new("waiting for the agent to connect".into(), wait);
     let mut last =
         String::from("no status yet (is planelink's or OpenChoreo's controller running?)");
-    while started.elapsed() < wait {
+    while progress.elapsed() < wait {
         if let Ok(object) = api.get(&args.name).await {
             let status = object.data.get("status").cloned().unwrap_or(Value::Null);
             if status["agentConnection"]["connected"] == json!(true) {
-                eprintln!();
+                progress.done();
                 println!(
                     "connected to control plane: {} ({} agent(s))",
                     args.name, status["agentConnection"]["connectedAgents"]
@@ -591,14 +635,10 @@ async fn wait_connected(
                 );
             }
         }
-        eprint!(
-            "\rwaiting for the agent to connect ({}s of {}s)",
-            started.elapsed().as_secs(),
-            wait.as_secs()
-        );
+        progress.tick();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    eprintln!();
+    progress.done();
     fail(
         "step 5 (agent connection)",
         format!(

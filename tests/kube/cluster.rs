@@ -149,6 +149,13 @@ impl Clusters {
         );
     }
 
+    /// CRDs standing in for what the overlays need besides planelink's (Gateway API's
+    /// TLSRoute, cert-manager's Issuer and Certificate): schemas that accept any object.
+    pub fn install_standin_crds(&self, context: &str) {
+        let crds = root().join("tests/kube/standin-crds.yaml");
+        self.ok(context, &["apply", "-f", crds.to_str().unwrap()]);
+    }
+
     /// An object as JSON, or `None` when it does not exist.
     pub fn get(&self, context: &str, namespace: &str, what: &str) -> Option<serde_json::Value> {
         let out = self.kubectl(context, &["get", "-n", namespace, what, "-o", "json"]);

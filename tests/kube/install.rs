@@ -85,17 +85,7 @@ fn args(deployment: &serde_json::Value) -> Vec<String> {
 fn every_overlay_renders_and_the_api_server_accepts_it() {
     let c = clusters();
     for context in [&c.control, &c.remote] {
-        c.ok(
-            context,
-            &[
-                "apply",
-                "-f",
-                root()
-                    .join("tests/kube/standin-crds.yaml")
-                    .to_str()
-                    .unwrap(),
-            ],
-        );
+        c.install_standin_crds(context);
         for ns in [
             "openchoreo-control-plane",
             "openchoreo-data-plane",
