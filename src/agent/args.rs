@@ -71,7 +71,8 @@ pub struct AgentArgs {
     #[arg(long, env = "ROUTES_FILE", help_heading = "Upstreams")]
     pub routes: Option<PathBuf>,
 
-    /// First delay before reconnecting; doubles with jitter on each failure.
+    /// First delay before reconnecting; doubles with jitter on each failed dial, starts over
+    /// once a tunnel is up (a gateway that says it is going away is redialled within a second).
     #[arg(long, env = "RECONNECT_DELAY", default_value = "5s", value_parser = duration, help_heading = "Timeouts")]
     pub reconnect_delay: Duration,
 

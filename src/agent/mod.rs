@@ -212,9 +212,57 @@ async fn dial(state: &State) -> Result<dial::Dialled, dial::DialError> {
     dialled
 }
 
+/// After a gateway said it is going away, dials come this quickly (jittered) ...
+const PROMPT_REDIAL: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(250)..=Duration::from_secs(1);
+/// ... for this long (a restart), before the usual backoff applies again.
+const PROMPT_WINDOW: Duration = Duration::from_secs(30);
+
+/// When to dial next: the backoff grows only while dials fail and starts over once a
+/// tunnel is up; after a gateway's "going away" the agent redials within a second
+/// (jittered, so a fleet does not stampede the restarted gateway).
+struct Pacing {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+    prompt_until: Option<tokio::time::Instant>,
+}
+
+impl Pacing {
+    fn new(base: Duration, max: Duration) -> Pacing {
+        Pacing {
+            base,
+            max,
+            failures: 0,
+            prompt_until: None,
+        }
+    }
+
+    fn connected(&mut self) {
+        self.failures = 0;
+        self.prompt_until = None;
+    }
+
+    fn gateway_went_away(&mut self) {
+        self.prompt_until = Some(tokio::time::Instant::now() + PROMPT_WINDOW);
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        if self
+            .prompt_until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+        {
+            return rand::random_range(PROMPT_REDIAL);
+        }
+        let delay = backoff(self.base, self.max, self.failures);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
 async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     let config = &state.config;
-    let mut attempt = 0u32;
+    let mut pacing = Pacing::new(config.backoff.base, config.backoff.max);
     loop {
         let dialled = tokio::select! {
             d = dial(&state) => d,
@@ -227,7 +275,8 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     "connected to control plane");
                 state.connected.send_replace(true);
                 state.metrics.tunnel_up();
-                let connected_at = Instant::now();
+                pacing.connected();
+                let peer_close = dialled.io.peer_close();
                 let handler_state = state.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let state = handler_state.clone();
@@ -250,13 +299,14 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 };
                 state.connected.send_replace(false);
                 state.metrics.tunnel_lost();
-                match result {
-                    Ok(()) => tracing::warn!("the gateway closed the tunnel; reconnecting"),
-                    Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),
-                }
-                // A tunnel that lived a while resets the backoff.
-                if connected_at.elapsed() > config.backoff.max.max(Duration::from_secs(30)) {
-                    attempt = 0;
+                if peer_close.going_away() {
+                    tracing::info!("the gateway is shutting down; redialling");
+                    pacing.gateway_went_away();
+                } else {
+                    match result {
+                        Ok(()) => tracing::warn!("the gateway closed the tunnel; reconnecting"),
+                        Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),
+                    }
                 }
             }
             Err(e) => {
@@ -264,8 +314,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             }
         }
-        let delay = backoff(config.backoff.base, config.backoff.max, attempt);
-        attempt = attempt.saturating_add(1);
+        let delay = pacing.next_delay();
         tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -290,6 +339,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn dials_back_off_while_failing_and_come_promptly_after_going_away() {
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(120));
+        let mut pacing = Pacing::new(base, max);
+        let delays: Vec<Duration> = (0..4).map(|_| pacing.next_delay()).collect();
+        for (attempt, delay) in delays.iter().enumerate() {
+            let ceiling = base * (1 << attempt);
+            assert!(
+                *delay <= ceiling && *delay >= ceiling / 2,
+                "{attempt}: {delay:?}"
+            );
+        }
+        // A tunnel came up: the backoff starts over.
+        pacing.connected();
+        assert!(pacing.next_delay() <= base);
+        // The gateway said it is going away: prompt redials for the window, then backoff.
+        pacing.connected();
+        pacing.gateway_went_away();
+        for _ in 0..10 {
+            assert!(PROMPT_REDIAL.contains(&pacing.next_delay()));
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        tokio::time::advance(PROMPT_WINDOW).await;
+        let after = pacing.next_delay();
+        assert!(after >= base / 2 && after <= base, "{after:?}");
+    }
 
     #[test]
     fn backoff_grows_jitters_and_caps() {

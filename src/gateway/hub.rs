@@ -30,6 +30,9 @@ pub struct AgentConn {
     open_streams: AtomicUsize,
     /// Cancelled to disconnect the agent (trust revoked, reconnect asked, shutdown).
     pub close: CancellationToken,
+    /// Cancelled to end the tunnel gracefully (shutdown): the agent is told the gateway is
+    /// going away, and redials promptly.
+    pub going_away: CancellationToken,
 }
 
 impl AgentConn {
@@ -82,6 +85,8 @@ pub struct NewAgent {
     pub hello: Hello,
     pub chain: Vec<CertificateDer<'static>>,
     pub granted: Vec<CrRef>,
+    /// Cancelled when the gateway shuts down: the tunnel says "going away" and ends.
+    pub going_away: CancellationToken,
 }
 
 /// What a re-verification changed.
@@ -158,6 +163,7 @@ impl Hub {
             sender,
             open_streams: AtomicUsize::new(0),
             close: CancellationToken::new(),
+            going_away: new.going_away,
         });
         self.touch(&agent);
         self.metrics

@@ -159,6 +159,9 @@ pub async fn start(
     })
 }
 
+/// How long tunnels told "going away" have to end before they are cut.
+const GOING_AWAY_GRACE: Duration = Duration::from_secs(2);
+
 /// On shutdown: stop accepting, let open streams finish for `--shutdown-timeout`, then
 /// close the agents.
 async fn drain(
@@ -184,6 +187,17 @@ async fn drain(
     {
         tracing::warn!("open streams did not finish within --shutdown-timeout; closing them");
     }
+    // Agents are told the gateway is going away (they redial promptly, to another replica
+    // or to this one restarted); whatever tunnel has not ended after a moment is cut.
+    for agent in core.hub.agents() {
+        agent.going_away.cancel();
+    }
+    let gone = async {
+        while !core.hub.agents().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(GOING_AWAY_GRACE, gone).await;
     for agent in core.hub.agents() {
         agent.close.cancel();
     }

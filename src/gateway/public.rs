@@ -316,6 +316,7 @@ fn upgrade_request(
         hello,
         chain: chain.as_ref().clone(),
         granted,
+        going_away: CancellationToken::new(),
     };
     tokio::spawn(run_agent(core, req, new_agent, verified_by));
     response
@@ -365,7 +366,9 @@ async fn run_agent(
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::config()))
             .await;
     let (mut sender, connection) = match protocol::client_builder(core.config.heartbeat)
-        .handshake(TokioIo::new(WsIo::new(ws)))
+        .handshake(TokioIo::new(
+            WsIo::new(ws).closing_on(new_agent.going_away.clone()),
+        ))
         .await
     {
         Ok(pair) => pair,

@@ -1,8 +1,13 @@
 //! A WebSocket connection as a byte stream: binary messages in, binary messages out.
-//! Text messages are a protocol error; pings are answered by tungstenite itself.
+//! Text messages are a protocol error; pings are answered by tungstenite itself. A side
+//! that is shutting down says so with a Close frame "going away" (1001), which the other
+//! side reads as a graceful end (an agent then redials promptly).
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -11,6 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Largest message written; bigger writes are split. Also the read limit, so a peer
 /// cannot make us buffer more than this per message.
@@ -30,6 +38,28 @@ pub fn config() -> WebSocketConfig {
 pub struct WsIo<S> {
     ws: WebSocketStream<S>,
     pending: Bytes,
+    /// Fires when this side shuts down: a Close "going away" is sent and reads end.
+    going_away: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    away_sent: bool,
+    peer_close: PeerClose,
+}
+
+/// The close code the peer sent, once it sent one.
+#[derive(Clone, Debug, Default)]
+pub struct PeerClose(Arc<AtomicU16>);
+
+impl PeerClose {
+    pub fn code(&self) -> Option<u16> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// The peer closed because it is shutting down (or restarting).
+    pub fn going_away(&self) -> bool {
+        self.code() == Some(u16::from(CloseCode::Away))
+    }
 }
 
 impl<S> WsIo<S> {
@@ -37,7 +67,21 @@ impl<S> WsIo<S> {
         WsIo {
             ws,
             pending: Bytes::new(),
+            going_away: None,
+            away_sent: false,
+            peer_close: PeerClose::default(),
         }
+    }
+
+    /// Sends a Close "going away" and ends reading when `token` is cancelled.
+    pub fn closing_on(mut self, token: CancellationToken) -> WsIo<S> {
+        self.going_away = Some(Box::pin(token.cancelled_owned()));
+        self
+    }
+
+    /// How the peer closed, readable after this stream is gone.
+    pub fn peer_close(&self) -> PeerClose {
+        self.peer_close.clone()
     }
 }
 
@@ -56,6 +100,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let away_sent = self.away_sent;
+        if let Some(away) = &mut self.going_away
+            && (away_sent || away.as_mut().poll(cx).is_ready())
+        {
+            if !self.away_sent {
+                ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(ws_error)?;
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "shutting down".into(),
+                };
+                Pin::new(&mut self.ws)
+                    .start_send(Message::Close(Some(frame)))
+                    .map_err(ws_error)?;
+                self.away_sent = true;
+            }
+            // Best effort: the reader ends either way.
+            let _ = ready!(Pin::new(&mut self.ws).poll_flush(cx));
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
@@ -72,7 +135,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
                         "text message on a binary tunnel",
                     )));
                 }
-                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map_or(u16::from(CloseCode::Status), |f| u16::from(f.code));
+                    self.peer_close.0.store(code, Ordering::Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
+                None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(ws_error(e))),
             }
         }

@@ -342,6 +342,26 @@ pub struct Topology {
     pub upstream: Upstream,
     pub gateway: planelink::gateway::Gateway,
     pub shutdown: CancellationToken,
+    /// The gateway's flags (`--port=0`), to start it again.
+    pub gateway_argv: Vec<String>,
+}
+
+/// Starts an in-process gateway with `argv` serving the planes directory `planes`.
+pub async fn launch_gateway(
+    argv: Vec<String>,
+    planes: &Path,
+) -> (planelink::gateway::Gateway, CancellationToken) {
+    let args: GatewayArgs = args_from(argv).unwrap();
+    let config = planelink::gateway::Config::try_from(args).unwrap();
+    let listeners = planelink::gateway::Listeners::bind(&config.server)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let registry = Registry::spawn(Box::new(DirectorySource::new(planes)));
+    let gateway = planelink::gateway::start(&config.server, listeners, registry, shutdown.clone())
+        .await
+        .unwrap();
+    (gateway, shutdown)
 }
 
 impl Topology {
@@ -381,17 +401,7 @@ impl Topology {
         } else {
             argv.push("--internal-mtls=false".into());
         }
-        let args: GatewayArgs = args_from(argv).unwrap();
-        let config = planelink::gateway::Config::try_from(args).unwrap();
-        let listeners = planelink::gateway::Listeners::bind(&config.server)
-            .await
-            .unwrap();
-        let shutdown = CancellationToken::new();
-        let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
-        let gateway =
-            planelink::gateway::start(&config.server, listeners, registry, shutdown.clone())
-                .await
-                .unwrap();
+        let (gateway, shutdown) = launch_gateway(argv.clone(), &planes).await;
         Topology {
             _dir: dir,
             pki,
@@ -399,6 +409,7 @@ impl Topology {
             upstream,
             gateway,
             shutdown,
+            gateway_argv: argv,
         }
     }
 

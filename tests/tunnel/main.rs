@@ -639,3 +639,66 @@ async fn agent_metrics_follow_its_tunnel_and_requests() {
     shutdown.cancel();
     agent.wait().await;
 }
+
+/// A gateway restarted five times in a row on the same port: its agent, at the default
+/// `--reconnect-delay` (5 s, whose first backoff alone is 2.5–5 s), is registered again
+/// within 2 s of each new gateway listening, because the stopping gateway tells its
+/// agents it is going away and they redial within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_return_promptly_after_gateway_restarts() {
+    let topo = Topology::start(true).await;
+    let port = topo.gateway.public_addr.port();
+    let mut argv = topo.agent_argv("a1", "p1");
+    argv.retain(|a| !a.starts_with("--reconnect-delay") && !a.starts_with("--max-reconnect-delay"));
+    let args: planelink::agent::AgentArgs = planelink::cli::args_from(argv).unwrap();
+    let config = planelink::agent::Config::try_from(args).unwrap();
+    let agent_stop = tokio_util::sync::CancellationToken::new();
+    let agent = planelink::agent::start(config, None, agent_stop.clone())
+        .await
+        .unwrap();
+    topo.wait_for_agents("p1", 1).await;
+    let key = planelink::planes::PlaneKey {
+        plane_type: planelink::planes::PlaneType::DataPlane,
+        plane_id: "p1".into(),
+    };
+    let gateway_argv: Vec<String> = topo
+        .gateway_argv
+        .iter()
+        .map(|a| match a.as_str() {
+            "--port=0" => format!("--port={port}"),
+            _ => a.clone(),
+        })
+        .collect();
+    let Topology {
+        _dir,
+        planes,
+        mut gateway,
+        mut shutdown,
+        ..
+    } = topo;
+    for restart in 1..=5 {
+        shutdown.cancel();
+        gateway.wait().await;
+        (gateway, shutdown) = launch_gateway(gateway_argv.clone(), &planes).await;
+        let listening = Instant::now();
+        let back = async {
+            while gateway.status(&key, None).connected_agents < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), back)
+                .await
+                .is_ok(),
+            "restart {restart}: the agent was not back within 2 s (last error: {:?})",
+            agent.last_error()
+        );
+        eprintln!(
+            "restart {restart}: agent back after {:?}",
+            listening.elapsed()
+        );
+    }
+    shutdown.cancel();
+    agent_stop.cancel();
+    agent.wait().await;
+}
