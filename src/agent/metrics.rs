@@ -36,6 +36,8 @@ pub struct Metrics {
     dials: Family<ResultLabels, Counter>,
     disconnects: Counter,
     requests: Family<RequestLabels, Counter>,
+    /// The sum of `requests`, not exported: tells the connect loop a tunnel was used.
+    served_total: Counter,
     response_seconds: Family<TargetLabels, Histogram>,
     bytes: Family<BytesLabels, Counter>,
     pub open_streams: Gauge,
@@ -49,6 +51,7 @@ impl Metrics {
             dials: Family::default(),
             disconnects: Counter::default(),
             requests: Family::default(),
+            served_total: Counter::default(),
             response_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
@@ -130,11 +133,17 @@ impl Metrics {
                 code: code.to_string(),
             })
             .inc();
+        self.served_total.inc();
         self.response_seconds
             .get_or_create(&TargetLabels {
                 target: target.to_string(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Requests served since start (every target and code).
+    pub fn requests_served(&self) -> u64 {
+        self.served_total.get()
     }
 
     pub fn add_bytes(&self, target: &str, direction: &str, n: u64) {

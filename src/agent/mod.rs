@@ -212,20 +212,28 @@ async fn dial(state: &State) -> Result<dial::Dialled, dial::DialError> {
     dialled
 }
 
-/// After a gateway said it is going away, dials come this quickly (jittered) ...
+/// After a gateway said it is going away, the first dials come within a second
+/// (jittered) ...
 const PROMPT_REDIAL: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(250)..=Duration::from_secs(1);
-/// ... for this long (a restart), before the usual backoff applies again.
+/// ... this many of them (a restart takes a few seconds), then the delay doubles from
+/// one second up to `--reconnect-delay` ...
+const PROMPT_DIALS: u32 = 5;
+/// ... for this long, after which the usual backoff applies; and the prompt mode is
+/// armed at most once per this period, so a gateway that keeps saying "going away"
+/// cannot keep its agents dialling in a tight loop.
 const PROMPT_WINDOW: Duration = Duration::from_secs(30);
 
 /// When to dial next: the backoff grows only while dials fail and starts over once a
-/// tunnel is up; after a gateway's "going away" the agent redials within a second
-/// (jittered, so a fleet does not stampede the restarted gateway).
+/// tunnel has been used (the gateway's first request proves it registered the agent);
+/// after a gateway's "going away" the agent redials promptly, jittered so that a fleet
+/// does not stampede the restarted gateway.
 struct Pacing {
     base: Duration,
     max: Duration,
     failures: u32,
-    prompt_until: Option<tokio::time::Instant>,
+    prompt_since: Option<tokio::time::Instant>,
+    prompt_failures: u32,
 }
 
 impl Pacing {
@@ -234,25 +242,38 @@ impl Pacing {
             base,
             max,
             failures: 0,
-            prompt_until: None,
+            prompt_since: None,
+            prompt_failures: 0,
         }
     }
 
-    fn connected(&mut self) {
+    /// A tunnel carried requests: the gateway took the agent.
+    fn tunnel_used(&mut self) {
         self.failures = 0;
-        self.prompt_until = None;
     }
 
     fn gateway_went_away(&mut self) {
-        self.prompt_until = Some(tokio::time::Instant::now() + PROMPT_WINDOW);
+        let now = tokio::time::Instant::now();
+        if self
+            .prompt_since
+            .is_none_or(|since| now.duration_since(since) >= 2 * PROMPT_WINDOW)
+        {
+            self.prompt_since = Some(now);
+            self.prompt_failures = 0;
+        }
     }
 
     fn next_delay(&mut self) -> Duration {
         if self
-            .prompt_until
-            .is_some_and(|until| tokio::time::Instant::now() < until)
+            .prompt_since
+            .is_some_and(|since| since.elapsed() < PROMPT_WINDOW)
         {
-            return rand::random_range(PROMPT_REDIAL);
+            let n = self.prompt_failures;
+            self.prompt_failures = n.saturating_add(1);
+            return match n.checked_sub(PROMPT_DIALS) {
+                None => rand::random_range(PROMPT_REDIAL),
+                Some(k) => backoff(Duration::from_secs(1), self.base, k),
+            };
         }
         let delay = backoff(self.base, self.max, self.failures);
         self.failures = self.failures.saturating_add(1);
@@ -275,8 +296,8 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     "connected to control plane");
                 state.connected.send_replace(true);
                 state.metrics.tunnel_up();
-                pacing.connected();
                 let peer_close = dialled.io.peer_close();
+                let served_before = state.metrics.requests_served();
                 let handler_state = state.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let state = handler_state.clone();
@@ -299,6 +320,9 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 };
                 state.connected.send_replace(false);
                 state.metrics.tunnel_lost();
+                if state.metrics.requests_served() > served_before {
+                    pacing.tunnel_used();
+                }
                 if peer_close.going_away() {
                     tracing::info!("the gateway is shutting down; redialling");
                     pacing.gateway_went_away();
@@ -352,19 +376,31 @@ mod tests {
                 "{attempt}: {delay:?}"
             );
         }
-        // A tunnel came up: the backoff starts over.
-        pacing.connected();
+        // A tunnel carried requests: the backoff starts over.
+        pacing.tunnel_used();
         assert!(pacing.next_delay() <= base);
-        // The gateway said it is going away: prompt redials for the window, then backoff.
-        pacing.connected();
+        // "Going away": prompt dials, then doubling from 1 s up to the base delay.
+        pacing.tunnel_used();
         pacing.gateway_went_away();
-        for _ in 0..10 {
+        for _ in 0..PROMPT_DIALS {
             assert!(PROMPT_REDIAL.contains(&pacing.next_delay()));
-            tokio::time::advance(Duration::from_secs(2)).await;
         }
+        let doubling: Vec<Duration> = (0..4).map(|_| pacing.next_delay()).collect();
+        for (k, delay) in doubling.iter().enumerate() {
+            let ceiling = (Duration::from_secs(1) * (1 << k)).min(base);
+            assert!(*delay <= ceiling && *delay >= ceiling / 2, "{k}: {delay:?}");
+        }
+        // Saying "going away" again at once does not re-arm the prompt dials.
+        pacing.gateway_went_away();
+        assert!(!PROMPT_REDIAL.contains(&pacing.next_delay()) || base <= Duration::from_secs(1));
+        // After the window, the usual backoff.
         tokio::time::advance(PROMPT_WINDOW).await;
         let after = pacing.next_delay();
         assert!(after >= base / 2 && after <= base, "{after:?}");
+        // A minute later "going away" arms the prompt dials again.
+        tokio::time::advance(2 * PROMPT_WINDOW).await;
+        pacing.gateway_went_away();
+        assert!(PROMPT_REDIAL.contains(&pacing.next_delay()));
     }
 
     #[test]

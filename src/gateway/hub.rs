@@ -30,9 +30,6 @@ pub struct AgentConn {
     open_streams: AtomicUsize,
     /// Cancelled to disconnect the agent (trust revoked, reconnect asked, shutdown).
     pub close: CancellationToken,
-    /// Cancelled to end the tunnel gracefully (shutdown): the agent is told the gateway is
-    /// going away, and redials promptly.
-    pub going_away: CancellationToken,
 }
 
 impl AgentConn {
@@ -114,6 +111,9 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Planes whose agents came or went, for a controller in the same process.
     changes: tokio::sync::broadcast::Sender<PlaneKey>,
+    /// Cancelled when the gateway shuts down; every tunnel's own token is a child, so a
+    /// tunnel still in its handshake then is told "going away" as soon as it starts.
+    going_away: CancellationToken,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -132,7 +132,18 @@ impl Hub {
             last_seen: Mutex::new(HashMap::new()),
             metrics,
             changes: tokio::sync::broadcast::channel(256).0,
+            going_away: CancellationToken::new(),
         }
+    }
+
+    /// The going-away token of a new tunnel.
+    pub fn tunnel_going_away(&self) -> CancellationToken {
+        self.going_away.child_token()
+    }
+
+    /// Tells every tunnel, present and future, that the gateway is going away.
+    pub fn go_away(&self) {
+        self.going_away.cancel();
     }
 
     fn labels(key: &PlaneKey) -> PlaneLabels {
@@ -163,7 +174,6 @@ impl Hub {
             sender,
             open_streams: AtomicUsize::new(0),
             close: CancellationToken::new(),
-            going_away: new.going_away,
         });
         self.touch(&agent);
         self.metrics

@@ -189,9 +189,7 @@ async fn drain(
     }
     // Agents are told the gateway is going away (they redial promptly, to another replica
     // or to this one restarted); whatever tunnel has not ended after a moment is cut.
-    for agent in core.hub.agents() {
-        agent.going_away.cancel();
-    }
+    core.hub.go_away();
     let gone = async {
         while !core.hub.agents().is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -316,7 +316,7 @@ fn upgrade_request(
         hello,
         chain: chain.as_ref().clone(),
         granted,
-        going_away: CancellationToken::new(),
+        going_away: core.hub.tunnel_going_away(),
     };
     tokio::spawn(run_agent(core, req, new_agent, verified_by));
     response

@@ -155,6 +155,7 @@ pub struct Pod {
     failed_at: Option<Instant>,
     succeeded: bool,
     ready: bool,
+    probe_failures: u32,
 }
 
 impl Pod {
@@ -409,6 +410,7 @@ impl Node<'_> {
                 failed_at: None,
                 succeeded: false,
                 ready: false,
+                probe_failures: 0,
             };
             self.write_pod_env(&mut pod);
             state.pods.push(pod);
@@ -708,15 +710,17 @@ impl Node<'_> {
             }
             match pod.owner {
                 Owner::Job => {
-                    if pod.failed_at.take().is_some() {
+                    if pod.failed_at.is_some() {
+                        // The Job gave up: its pod stays failed.
+                        if pod.attempts > pod.backoff_limit {
+                            continue;
+                        }
+                        pod.failed_at = None;
                         for c in pod.init.iter_mut().chain(pod.containers.iter_mut()) {
                             if let Some(child) = c.child.take() {
                                 stop(child);
                             }
                             c.exit = None;
-                        }
-                        if pod.attempts > pod.backoff_limit {
-                            continue;
                         }
                         pod.attempts += 1;
                     }
@@ -747,7 +751,17 @@ impl Node<'_> {
                             pod.containers[i].child = Some(spawn(pod, false, i));
                         }
                     }
-                    pod.ready = probe(pod);
+                    // Like a kubelet: ready on a passing probe, not ready only after
+                    // `failureThreshold` (3) failures in a row.
+                    if probe(pod) {
+                        pod.probe_failures = 0;
+                        pod.ready = true;
+                    } else {
+                        pod.probe_failures += 1;
+                        if pod.probe_failures >= 3 {
+                            pod.ready = false;
+                        }
+                    }
                 }
             }
         }
