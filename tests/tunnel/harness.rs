@@ -484,6 +484,28 @@ impl Topology {
             });
     }
 
+    /// Waits (10 s at most) until the gateway has exactly `count` agents registered for
+    /// the data plane `plane_id`.
+    pub async fn wait_for_agents_exactly(&self, plane_id: &str, count: usize) {
+        let key = planelink::planes::PlaneKey {
+            plane_type: PlaneType::DataPlane,
+            plane_id: plane_id.to_string(),
+        };
+        let settled = async {
+            while self.gateway.status(&key, None).connected_agents != count {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), settled)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the gateway has {} agents for {plane_id}, not {count}, after 10 s",
+                    self.gateway.status(&key, None).connected_agents
+                )
+            });
+    }
+
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let mut cmd = std::process::Command::new("curl");

@@ -399,26 +399,16 @@ async fn changing_the_ca_disconnects_the_agent_live() {
 async fn killed_agent_ends_requests_promptly() {
     let topo = Topology::start(false).await;
     for (path, expect_502) in [("/slow-head", true), ("/slow-bytes/67108864", false)] {
+        // The agent killed in the previous round must be gone first, or the request could
+        // be routed to it and fail fast for that reason instead.
+        topo.wait_for_agents_exactly("p1", 0).await;
         let mut child = std::process::Command::new(harness_binary())
             .args(topo.agent_argv("a1", "p1"))
             .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let key = planelink::planes::PlaneKey {
-            plane_type: planelink::planes::PlaneType::DataPlane,
-            plane_id: "p1".into(),
-        };
-        let started = Instant::now();
-        while !topo.gateway.status(&key, None).connected
-            && started.elapsed() < Duration::from_secs(10)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(
-            topo.gateway.status(&key, None).connected,
-            "agent process did not connect"
-        );
+        topo.wait_for_agents_exactly("p1", 1).await;
         let mut cmd = topo.curl();
         cmd.args(["-w", "\n%{http_code}", "-o", "/dev/stdout"])
             .arg(topo.proxy_url("k8s", path));
