@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::cluster::Clusters;
+
 /// The image's default user (packaging/Dockerfile: `USER 65532:65532`).
 const IMAGE_USER: u32 = 65532;
 /// containerd's default PATH for an image that sets none.
@@ -50,8 +52,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// One cluster the kubelet serves.
 pub struct Cluster {
+    clusters: &'static Clusters,
     pub context: String,
-    pub kubeconfig: PathBuf,
     /// Where in-cluster clients reach the API server.
     pub api_host: String,
     pub api_port: u16,
@@ -59,59 +61,36 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The API server of `context` in `kubeconfig`, as pods of that cluster reach it.
-    pub fn new(kubeconfig: &Path, context: &str) -> Cluster {
-        let view = kubectl_json(
-            kubeconfig,
-            context,
-            &["config", "view", "--raw", "--minify", "--flatten"],
-        );
-        let cluster = &view["clusters"][0]["cluster"];
-        let server = url::Url::parse(cluster["server"].as_str().unwrap()).unwrap();
-        let ca = base64::engine::general_purpose::STANDARD
-            .decode(cluster["certificate-authority-data"].as_str().unwrap())
-            .unwrap();
-        Cluster {
+    /// The API server of `context`, as pods of that cluster reach it.
+    pub fn new(clusters: &'static Clusters, context: &str) -> Cluster {
+        let mut cluster = Cluster {
+            clusters,
             context: context.to_string(),
-            kubeconfig: kubeconfig.to_path_buf(),
-            api_host: server.host_str().unwrap().to_string(),
-            api_port: server.port().unwrap(),
-            api_ca_pem: String::from_utf8(ca).unwrap(),
-        }
+            api_host: String::new(),
+            api_port: 0,
+            api_ca_pem: String::new(),
+        };
+        let view = cluster.json(&["config", "view", "--raw", "--minify", "--flatten"]);
+        let entry = &view["clusters"][0]["cluster"];
+        let server = url::Url::parse(entry["server"].as_str().unwrap()).unwrap();
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(entry["certificate-authority-data"].as_str().unwrap())
+            .unwrap();
+        cluster.api_host = server.host_str().unwrap().to_string();
+        cluster.api_port = server.port().unwrap();
+        cluster.api_ca_pem = String::from_utf8(ca).unwrap();
+        cluster
     }
 
     fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        kubectl(&self.kubeconfig, &self.context, args)
+        self.clusters.kubectl(&self.context, args)
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        kubectl_json(&self.kubeconfig, &self.context, args)
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.clusters.ok(&self.context, &all)).unwrap()
     }
-}
-
-fn kubectl(kubeconfig: &Path, context: &str, args: &[&str]) -> std::process::Output {
-    crate::common::output_within(
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--context", context, "--request-timeout", "20s"])
-            .args(args)
-            .stdin(Stdio::null()),
-        crate::common::COMMAND_LIMIT,
-    )
-}
-
-fn kubectl_json(kubeconfig: &Path, context: &str, args: &[&str]) -> Value {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = kubectl(kubeconfig, context, &all);
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        all.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// A name outside the clusters that resolves to a Service's pods (as a load balancer's
@@ -126,6 +105,8 @@ enum Owner {
 
 struct Container {
     name: String,
+    /// Its environment, complete once the pod has its address.
+    env: Vec<(String, String)>,
     /// The container's log, stdout and stderr.
     log: PathBuf,
     child: Option<Child>,
@@ -159,6 +140,22 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// Gives the pod its address: `status.podIP`, and `BIND_ADDRESS` in place of its
+    /// network namespace (see the module doc).
+    fn assign_address(&mut self, ip: Ipv4Addr) {
+        self.ip = ip;
+        let ip = ip.to_string();
+        for c in self.init.iter_mut().chain(self.containers.iter_mut()) {
+            for (_, value) in c.env.iter_mut() {
+                *value = value.replace("$(POD_IP)", &ip);
+            }
+            if !c.env.iter().any(|(k, _)| k == "BIND_ADDRESS") {
+                c.env.insert(0, ("BIND_ADDRESS".into(), ip.clone()));
+            }
+        }
+        std::fs::write(self.dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+    }
+
     /// The pod's health (or other) port by name or number, from its first container.
     pub fn port(&self, name: &str) -> u16 {
         port_of(&self.spec["containers"][0], &Value::String(name.into()))
@@ -389,53 +386,26 @@ impl Node<'_> {
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.waiting.remove(&key);
-        for (name, dir, labels, spec, init, containers) in prepared {
+        for mut pod in prepared {
             let next = state.next_ip.entry(cluster).or_insert(1);
-            let ip = Ipv4Addr::new(127, 20 + cluster as u8, 0, *next);
+            pod.assign_address(Ipv4Addr::new(127, 20 + cluster as u8, 0, *next));
             *next += 1;
-            let mut pod = Pod {
-                cluster,
-                namespace: namespace.clone(),
-                name,
-                owner,
-                owner_name: owner_name.clone(),
-                ip,
-                labels,
-                spec,
-                dir,
-                init,
-                containers,
-                attempts: 1,
-                backoff_limit,
-                failed_at: None,
-                succeeded: false,
-                ready: false,
-                probe_failures: 0,
-            };
-            self.write_pod_env(&mut pod);
+            pod.owner = owner;
+            pod.owner_name = owner_name.clone();
+            pod.backoff_limit = backoff_limit;
             state.pods.push(pod);
         }
     }
 
-    /// Everything a pod needs from the API server, or what is missing.
-    #[allow(clippy::type_complexity)]
+    /// A pod with everything it needs from the API server (its address comes later), or
+    /// what is missing.
     fn prepare(
         &self,
         cluster: usize,
         namespace: &str,
         name: &str,
         template: &Value,
-    ) -> Result<
-        (
-            String,
-            PathBuf,
-            BTreeMap<String, String>,
-            Value,
-            Vec<Container>,
-            Vec<Container>,
-        ),
-        String,
-    > {
+    ) -> Result<Pod, String> {
         let c = &self.clusters[cluster];
         let spec = &template["spec"];
         let dir = self.dir.join(format!("{}-{namespace}-{name}", c.context));
@@ -546,12 +516,8 @@ impl Node<'_> {
                 let cname = container["name"].as_str().unwrap().to_string();
                 // Resolve the environment now: a missing ConfigMap keeps the pod pending.
                 let env = self.environment(cluster, namespace, name, container)?;
-                std::fs::write(
-                    dir.join(format!("{cname}.env.json")),
-                    serde_json::to_vec(&env).unwrap(),
-                )
-                .unwrap();
                 out.push(Container {
+                    env,
                     log: dir.join(format!("{cname}.log")),
                     name: cname,
                     child: None,
@@ -568,14 +534,25 @@ impl Node<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        Ok((
-            name.to_string(),
-            dir,
+        Ok(Pod {
+            cluster,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            owner: Owner::Deployment,
+            owner_name: String::new(),
+            ip: Ipv4Addr::UNSPECIFIED,
             labels,
-            spec.clone(),
+            spec: spec.clone(),
+            dir,
             init,
             containers,
-        ))
+            attempts: 1,
+            backoff_limit: 0,
+            failed_at: None,
+            succeeded: false,
+            ready: false,
+            probe_failures: 0,
+        })
     }
 
     /// A container's environment, in the order Kubernetes builds it (`envFrom`, then
@@ -659,26 +636,6 @@ impl Node<'_> {
             set(&mut env, name, value);
         }
         Ok(env)
-    }
-
-    /// Fills in what is known once the pod has its address.
-    fn write_pod_env(&self, pod: &mut Pod) {
-        for c in pod.init.iter().chain(&pod.containers) {
-            let file = pod.dir.join(format!("{}.env.json", c.name));
-            let env: Vec<(String, String)> =
-                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-            let ip = pod.ip.to_string();
-            let mut env: Vec<(String, String)> = env
-                .into_iter()
-                .map(|(k, v)| (k, v.replace("$(POD_IP)", &ip)))
-                .collect();
-            // The pod's own address in place of its network namespace (see the module doc).
-            if !env.iter().any(|(k, _)| k == "BIND_ADDRESS") {
-                env.insert(0, ("BIND_ADDRESS".into(), ip.clone()));
-            }
-            std::fs::write(&file, serde_json::to_vec(&env).unwrap()).unwrap();
-        }
-        std::fs::write(pod.dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
     }
 
     /// Starts what should run: a Job pod's init containers one after the other, then its
@@ -1101,19 +1058,12 @@ fn spawn(pod: &Pod, init: bool, index: usize) -> Child {
     } else {
         &pod.containers[index]
     };
-    let env: Vec<(String, String)> = serde_json::from_slice(
-        &std::fs::read(pod.dir.join(format!("{}.env.json", container.name))).unwrap(),
-    )
-    .unwrap();
+    let env = &container.env;
     // The image's entrypoint is the binary; `command` may name it (or one of the names
     // packaging/build-static.sh links to it) by path.
     let command: Vec<String> = spec["command"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| expand(v.as_str().unwrap(), &env))
-                .collect()
-        })
+        .map(|a| a.iter().map(|v| expand(v.as_str().unwrap(), env)).collect())
         .unwrap_or_default();
     let (entry, mut argv) = match command.split_first() {
         Some((entry, rest)) => (entry.clone(), rest.to_vec()),
@@ -1124,7 +1074,7 @@ fn spawn(pod: &Pod, init: bool, index: usize) -> Child {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|v| expand(v.as_str().unwrap(), &env)),
+            .map(|v| expand(v.as_str().unwrap(), env)),
     );
     // Mounts: volumes, the service account, /etc/hosts.
     let mut mounts = String::new();

@@ -162,8 +162,8 @@ fn readme_install_runs_on_two_clusters() {
     )];
     let kubelet = Kubelet::start(
         vec![
-            Cluster::new(&clusters.kubeconfig, &clusters.control),
-            Cluster::new(&clusters.kubeconfig, &clusters.remote),
+            Cluster::new(clusters, &clusters.control),
+            Cluster::new(clusters, &clusters.remote),
         ],
         external,
         dir.path(),

@@ -67,18 +67,16 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
     let tls = format!("{ns}/cluster-gateway-tls");
     let map = format!("{ns}/cluster-gateway-ca");
     let svc = format!("cluster-gateway.{ns}.svc");
-    let printed = certs_ok(
-        c,
-        &[
-            "gateway",
-            "--secret",
-            &tls,
-            "--ca-configmap",
-            &map,
-            "--dns-name",
-            &svc,
-        ],
-    );
+    let first_run = [
+        "gateway",
+        "--secret",
+        &tls,
+        "--ca-configmap",
+        &map,
+        "--dns-name",
+        &svc,
+    ];
+    let printed = certs_ok(c, &first_run);
     starts(
         &printed,
         0,
@@ -125,18 +123,7 @@ fn gateway_secret_is_created_kept_and_reissued_when_it_no_longer_fits() {
     planelink::trust::hostname::check_host(&leaf[0], &svc).expect("covers the Service name");
 
     // A rerun changes nothing.
-    let printed = certs_ok(
-        c,
-        &[
-            "gateway",
-            "--secret",
-            &tls,
-            "--ca-configmap",
-            &map,
-            "--dns-name",
-            &svc,
-        ],
-    );
+    let printed = certs_ok(c, &first_run);
     starts(
         &printed,
         0,
