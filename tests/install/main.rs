@@ -149,7 +149,7 @@ fn referenced_metrics(text: &str) -> std::collections::BTreeSet<String> {
 /// pods running; and the monitoring files against the real `/metrics` of each role.
 #[test]
 fn readme_install_runs_on_two_clusters() {
-    for tool in ["unshare", "setpriv", "chroot", "kubectl"] {
+    for tool in ["unshare", "setpriv", "chroot", "mount", "kubectl"] {
         common::require_tool(tool);
     }
     let clusters = clusters();
