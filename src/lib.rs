@@ -20,6 +20,7 @@ pub mod health;
 pub mod logging;
 pub mod manpages;
 pub mod planes;
+pub mod replicas;
 pub mod register;
 pub mod server;
 pub mod signals;

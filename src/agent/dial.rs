@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
 
 use super::config::{Config, TlsFiles};
 use crate::trust::{self, danger::DiagnosingServerVerifier};
-use crate::tunnel::protocol::{HELLO_HEADER, SUBPROTOCOL};
+use crate::tunnel::protocol::{HELD_REPLICAS_HEADER, HELLO_HEADER, Membership, SUBPROTOCOL};
 use crate::tunnel::{Hello, WsIo, ws};
 
 /// Each step of a dial (connect, TLS, upgrade) must finish within this.
@@ -70,6 +70,13 @@ pub enum DialError {
     Upgrade(String),
     #[error("{0}")]
     NotPlanelink(String),
+    /// The load balancer sent the dial to a replica the agent already holds; what that
+    /// replica knows of the others comes back with it.
+    #[error("the dial reached gateway replica {replica}, which this agent already holds a tunnel to")]
+    AlreadyHeld {
+        replica: String,
+        membership: Option<Membership>,
+    },
 }
 
 impl DialError {
@@ -82,8 +89,18 @@ impl DialError {
             DialError::Refused { .. } => "refused",
             DialError::Upgrade(_) => "upgrade",
             DialError::NotPlanelink(_) => "not_planelink",
+            DialError::AlreadyHeld { .. } => "already_held",
         }
     }
+}
+
+/// What the agent says of itself on each dial.
+#[derive(Debug, Clone, Default)]
+pub struct Introduction {
+    /// The agent process's ID, the same on each of its tunnels.
+    pub instance: Option<String>,
+    /// The gateway replicas it already holds a tunnel to.
+    pub held: Vec<String>,
 }
 
 /// A connected tunnel's byte stream and what the gateway said about itself.
@@ -102,24 +119,36 @@ pub fn host_port(url: &url::Url) -> (String, u16) {
     (host, url.port_or_known_default().unwrap_or(443))
 }
 
-/// Step 1: TCP, resolving the host now (a gateway behind a load balancer may move).
+/// Step 1: TCP, resolving the host now (a gateway behind a load balancer may move). The
+/// addresses a name resolves to are tried in random order, so agents spread over the
+/// replicas a DNS name lists (a headless Service) and each finds them all in time.
 pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
     let addr = format!("{host}:{port}");
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(DialError::Connect {
-                addr,
-                error: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(DialError::Connect {
-                addr,
-                error: format!("no answer within {}", humantime::format_duration(timeout)),
-            });
-        }
+    let failed = |error: String| DialError::Connect {
+        addr: addr.clone(),
+        error,
     };
+    let attempt = async {
+        let mut addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .collect();
+        rand::seq::SliceRandom::shuffle(addrs.as_mut_slice(), &mut rand::rng());
+        let mut last = failed("the name resolves to no address".into());
+        for candidate in addrs {
+            match TcpStream::connect(candidate).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = failed(e.to_string()),
+            }
+        }
+        Err(last)
+    };
+    let tcp = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+        failed(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        ))
+    })??;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
 }
@@ -216,6 +245,7 @@ pub fn explain_tls_error(e: &std::io::Error) -> String {
 pub async fn upgrade<S: Stream>(
     stream: S,
     url: &url::Url,
+    introduction: &Introduction,
     timeout: Duration,
 ) -> Result<Dialled, DialError> {
     let mut request = url
@@ -227,8 +257,15 @@ pub async fn upgrade<S: Stream>(
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    if let Ok(hello) = HeaderValue::from_str(&Hello::ours("agent").to_header()) {
+    let mut hello = Hello::ours("agent");
+    hello.instance = introduction.instance.clone();
+    if let Ok(hello) = HeaderValue::from_str(&hello.to_header()) {
         headers.insert(HELLO_HEADER, hello);
+    }
+    if !introduction.held.is_empty()
+        && let Ok(held) = HeaderValue::from_str(&introduction.held.join(","))
+    {
+        headers.insert(HELD_REPLICAS_HEADER, held);
     }
     let boxed: Box<dyn Stream> = Box::new(stream);
     let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(ws::config()));
@@ -237,6 +274,23 @@ pub async fn upgrade<S: Stream>(
             return Err(DialError::Upgrade(
                 "the gateway did not answer the WebSocket upgrade in time".into(),
             ));
+        }
+        Ok(Err(tungstenite::Error::Http(response)))
+            if response.status() == http::StatusCode::CONFLICT =>
+        {
+            let membership = response
+                .headers()
+                .get(HELLO_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Hello::parse(v).ok())
+                .and_then(|hello| hello.membership);
+            return Err(DialError::AlreadyHeld {
+                replica: membership
+                    .as_ref()
+                    .map(|m| m.replica.clone())
+                    .unwrap_or_default(),
+                membership,
+            });
         }
         Ok(Err(tungstenite::Error::Http(response))) => {
             let reason = response
@@ -279,6 +333,7 @@ pub async fn upgrade<S: Stream>(
 pub async fn dial_gateway(
     config: &Config,
     identity: Option<&TlsIdentity>,
+    introduction: &Introduction,
 ) -> Result<Dialled, DialError> {
     let (host, port) = host_port(&config.dial_url);
     let tcp = connect(&host, port, STEP_TIMEOUT).await?;
@@ -305,8 +360,8 @@ pub async fn dial_gateway(
                     },
                     other => other,
                 })?;
-            upgrade(stream, &config.dial_url, STEP_TIMEOUT).await
+            upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await
         }
-        None => upgrade(tcp, &config.dial_url, STEP_TIMEOUT).await,
+        None => upgrade(tcp, &config.dial_url, introduction, STEP_TIMEOUT).await,
     }
 }

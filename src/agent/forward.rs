@@ -11,7 +11,7 @@ use super::upstream::Upstream;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::headers::end_to_end_headers;
 use crate::tunnel::protocol::{
-    REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
+    CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
 };
 use crate::tunnel::proxy::{self, ProxyError, Target};
 
@@ -22,6 +22,9 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(kind) = header(&req, CONTROL_HEADER) {
+        return control(&state, kind, header(&req, HELLO_HEADER));
+    }
     let started = std::time::Instant::now();
     let id = header(&req, REQUEST_ID_HEADER).unwrap_or("-").to_string();
     let target = target_label(&state, &req);
@@ -42,6 +45,24 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
             metrics.open_streams.dec();
         })
     })
+}
+
+/// News from the gateway for the agent itself (only the gateway can send it: callers'
+/// `planelink-*` headers never cross the tunnel).
+fn control(state: &State, kind: &str, hello: Option<&str>) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    match (kind, hello.map(crate::tunnel::Hello::parse)) {
+        (CONTROL_MEMBERSHIP, Some(Ok(hello))) => {
+            state.learn(hello.membership);
+            *response.status_mut() = StatusCode::NO_CONTENT;
+        }
+        (CONTROL_MEMBERSHIP, Some(Err(e))) => {
+            tracing::warn!("the gateway sent a membership hello that does not parse: {e}");
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+        }
+        _ => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
 }
 
 /// The target a request names, as a metric label: one the agent serves, else

@@ -33,6 +33,7 @@ pub struct BytesLabels {
 
 pub struct Metrics {
     tunnels: Gauge,
+    gateway_replicas: Gauge,
     dials: Family<ResultLabels, Counter>,
     disconnects: Counter,
     requests: Family<RequestLabels, Counter>,
@@ -48,6 +49,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
             tunnels: Gauge::default(),
+            gateway_replicas: Gauge::default(),
             dials: Family::default(),
             disconnects: Counter::default(),
             requests: Family::default(),
@@ -64,6 +66,11 @@ impl Metrics {
             "tunnels",
             "Tunnels to the gateway that are up (0: the plane is unreachable from the control plane)",
             metrics.tunnels.clone(),
+        );
+        registry.register(
+            "gateway_replicas",
+            "Gateway replicas the gateway last reported; the agent holds a tunnel to each (fewer tunnels: it is still dialling)",
+            metrics.gateway_replicas.clone(),
         );
         registry.register(
             "dials",
@@ -107,6 +114,10 @@ impl Metrics {
     pub fn tunnel_up(&self) {
         self.tunnels.inc();
         self.dial("connected");
+    }
+
+    pub fn gateway_replicas(&self, count: usize) {
+        self.gateway_replicas.set(count as i64);
     }
 
     pub fn tunnel_down(&self) {

@@ -32,16 +32,47 @@ pub(crate) struct State {
     config: Config,
     targets: BTreeMap<String, Upstream>,
     started: Instant,
-    /// Tells HA replicas apart in the `agent` target's answer.
+    /// This process, in its hello to each gateway replica and in the `agent` target's
+    /// answer (tells HA agents apart).
     instance: String,
     /// Whether a tunnel is up; `Agent::wait_connected` waits on it.
     connected: tokio::sync::watch::Sender<bool>,
+    /// The gateway replicas, as the gateway last told (on a dial or since).
+    membership: tokio::sync::watch::Sender<Option<protocol::Membership>>,
+    /// The replicas this agent holds a tunnel to.
+    held: std::sync::Mutex<Vec<String>>,
     /// Why the last dial failed, for `up` and tests to report.
     last_error: std::sync::Mutex<Option<String>>,
     metrics: Arc<metrics::Metrics>,
 }
 
 impl State {
+    fn held_replicas(&self) -> Vec<String> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What the gateway says of its replicas: kept, and it may call for more tunnels.
+    fn learn(&self, membership: Option<protocol::Membership>) {
+        if let Some(m) = membership {
+            self.metrics.gateway_replicas(m.count);
+            self.membership.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&m);
+                *current = Some(m);
+                changed
+            });
+        }
+    }
+
+    /// Whether some replica the gateway knows has no tunnel from this agent yet.
+    fn missing_replicas(&self) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match &*self.membership.borrow() {
+            None => held.is_empty(),
+            Some(m) if m.members.is_empty() => held.len() < m.count,
+            Some(m) => m.members.iter().any(|id| !held.contains(id)),
+        }
+    }
+
     fn target_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.targets.keys().cloned().collect();
         names.push(Target::AGENT.into());
@@ -59,6 +90,7 @@ impl State {
             "planeID": self.config.plane_id,
             "targets": self.target_names(),
             "connected": *self.connected.borrow(),
+            "gatewayReplicas": self.held_replicas(),
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "instance": self.instance,
         });
@@ -143,6 +175,8 @@ pub async fn start(
         started: Instant::now(),
         instance: format!("{:016x}", rand::random::<u64>()),
         connected: tokio::sync::watch::channel(false).0,
+        membership: tokio::sync::watch::channel(None).0,
+        held: std::sync::Mutex::new(Vec::new()),
         last_error: std::sync::Mutex::new(None),
         metrics: Arc::new(metrics::Metrics::new(&mut registry)),
         config,
@@ -203,11 +237,16 @@ async fn dial(state: &State) -> Result<dial::Dialled, dial::DialError> {
             }
             None => None,
         };
-        dial::dial_gateway(&state.config, identity.as_ref()).await
+        let introduction = dial::Introduction {
+            instance: Some(state.instance.clone()),
+            held: state.held_replicas(),
+        };
+        dial::dial_gateway(&state.config, identity.as_ref(), &introduction).await
     }
     .await;
-    if let Err(e) = &dialled {
-        state.metrics.dial(e.step());
+    match &dialled {
+        Err(e) => state.metrics.dial(e.step()),
+        Ok(d) => state.learn(d.gateway.membership.clone()),
     }
     dialled
 }
@@ -234,7 +273,14 @@ struct Pacing {
     failures: u32,
     prompt_since: Option<tokio::time::Instant>,
     prompt_failures: u32,
+    /// Dials in a row that reached a replica already held.
+    misses: u32,
 }
+
+/// After a dial reached a replica already held, the next comes after this, doubling up
+/// to `--reconnect-delay` while the load balancer keeps choosing held replicas (a replica
+/// killed outright stays counted until its Lease expires).
+const MISS_DELAY: Duration = Duration::from_millis(50);
 
 impl Pacing {
     fn new(base: Duration, max: Duration) -> Pacing {
@@ -244,7 +290,20 @@ impl Pacing {
             failures: 0,
             prompt_since: None,
             prompt_failures: 0,
+            misses: 0,
         }
+    }
+
+    /// A dial reached a replica already held: try again soon, a little later each time.
+    fn missed(&mut self) -> Duration {
+        let delay = backoff(MISS_DELAY, self.base, self.misses);
+        self.misses = self.misses.saturating_add(1);
+        delay
+    }
+
+    /// A new replica was reached, or the gateway named one not held yet.
+    fn found_replica(&mut self) {
+        self.misses = 0;
     }
 
     /// A tunnel carried requests: the gateway took the agent.
@@ -281,70 +340,152 @@ impl Pacing {
     }
 }
 
+/// How one tunnel ended.
+struct TunnelEnd {
+    replica: String,
+    going_away: bool,
+    used: bool,
+}
+
+/// Holds one tunnel to each gateway replica: dials through `--server-url` (whatever
+/// balances it) until every replica the gateway names is held, keeps each tunnel in a
+/// task of its own, and redials for one that ends.
 async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     let config = &state.config;
     let mut pacing = Pacing::new(config.backoff.base, config.backoff.max);
+    let tunnels = tokio_util::task::TaskTracker::new();
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<TunnelEnd>();
+    let mut membership = state.membership.subscribe();
+    let mut next_dial = tokio::time::Instant::now();
     loop {
-        let dialled = tokio::select! {
-            d = dial(&state) => d,
-            _ = shutdown.cancelled() => return,
-        };
-        match dialled {
-            Ok(dialled) => {
-                tracing::info!(server = %config.server_url, plane_type = %config.plane_type,
-                    plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
-                    "connected to control plane");
-                state.connected.send_replace(true);
-                state.metrics.tunnel_up();
-                let peer_close = dialled.io.peer_close();
-                let served_before = state.metrics.requests_served();
-                let handler_state = state.clone();
-                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    let state = handler_state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(forward::handle(state, req).await) }
-                });
-                let connection = protocol::server_builder(config.heartbeat)
-                    .serve_connection(TokioIo::new(dialled.io), service);
-                tokio::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = shutdown.cancelled() => {
-                        // GOAWAY: the gateway sends nothing new; open streams finish.
-                        connection.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
-                        state.connected.send_replace(false);
-                        state.metrics.tunnel_down();
-                        tracing::info!("agent stopped");
-                        return;
-                    }
+        let wanted = state.missing_replicas();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(end) = ended.recv() => {
+                let left = {
+                    let mut held = state.held.lock().unwrap_or_else(|p| p.into_inner());
+                    held.retain(|r| r != &end.replica);
+                    held.len()
                 };
-                state.connected.send_replace(false);
+                state.connected.send_replace(left > 0);
                 state.metrics.tunnel_lost();
-                if state.metrics.requests_served() > served_before {
+                if end.used {
                     pacing.tunnel_used();
                 }
-                if peer_close.going_away() {
-                    tracing::info!("the gateway is shutting down; redialling");
+                if end.going_away {
+                    tracing::info!(replica = %end.replica, "the gateway replica is shutting down; redialling");
                     pacing.gateway_went_away();
-                } else {
-                    match result {
-                        Ok(()) => tracing::warn!("the gateway closed the tunnel; reconnecting"),
-                        Err(e) => tracing::warn!(error = %e, "tunnel lost; reconnecting"),
-                    }
+                }
+                if state.missing_replicas() {
+                    let delay = pacing.next_delay();
+                    next_dial = next_dial.max(tokio::time::Instant::now() + delay);
+                    tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
                 }
             }
-            Err(e) => {
-                tracing::error!(server = %config.server_url, "cannot connect to control plane: {e}");
-                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            changed = membership.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                membership.borrow_and_update();
+                // A replica not held yet: look for it promptly.
+                if state.missing_replicas() {
+                    pacing.found_replica();
+                    next_dial = next_dial.min(tokio::time::Instant::now() + rand::random_range(Duration::ZERO..=MISS_DELAY * 2));
+                }
+            }
+            _ = tokio::time::sleep_until(next_dial), if wanted => {
+                let dialled = tokio::select! {
+                    d = dial(&state) => d,
+                    _ = shutdown.cancelled() => break,
+                };
+                let delay = match dialled {
+                    Ok(dialled) => {
+                        let replica = dialled
+                            .gateway
+                            .membership
+                            .as_ref()
+                            .map(|m| m.replica.clone())
+                            .unwrap_or_default();
+                        pacing.found_replica();
+                        let held = {
+                            let mut held = state.held.lock().unwrap_or_else(|p| p.into_inner());
+                            held.push(replica.clone());
+                            held.len()
+                        };
+                        tracing::info!(server = %config.server_url, plane_type = %config.plane_type,
+                            plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
+                            replica = %replica, tunnels = held, "connected to control plane");
+                        state.connected.send_replace(true);
+                        state.metrics.tunnel_up();
+                        tunnels.spawn(serve_tunnel(state.clone(), dialled, replica, ended_tx.clone(), shutdown.clone()));
+                        // More replicas to find: at once.
+                        Duration::ZERO
+                    }
+                    Err(dial::DialError::AlreadyHeld { replica, membership }) => {
+                        state.learn(membership);
+                        let delay = pacing.missed();
+                        tracing::debug!(%replica, delay = ?delay, "the dial reached a replica already held");
+                        delay
+                    }
+                    Err(e) => {
+                        tracing::error!(server = %config.server_url, "cannot connect to control plane: {e}");
+                        *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        let delay = pacing.next_delay();
+                        tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
+                        delay
+                    }
+                };
+                next_dial = tokio::time::Instant::now() + delay;
             }
         }
-        let delay = pacing.next_delay();
-        tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
+    }
+    tunnels.close();
+    tunnels.wait().await;
+    tracing::info!("agent stopped");
+}
+
+/// Serves one tunnel's requests until it ends; on shutdown, lets open streams finish
+/// (HTTP/2 GOAWAY: the gateway sends nothing new).
+async fn serve_tunnel(
+    state: Arc<State>,
+    dialled: dial::Dialled,
+    replica: String,
+    ended: tokio::sync::mpsc::UnboundedSender<TunnelEnd>,
+    shutdown: CancellationToken,
+) {
+    let peer_close = dialled.io.peer_close();
+    let served_before = state.metrics.requests_served();
+    let handler_state = state.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let state = handler_state.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward::handle(state, req).await) }
+    });
+    let connection = protocol::server_builder(state.config.heartbeat)
+        .serve_connection(TokioIo::new(dialled.io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
+            state.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r != &replica);
+            state.connected.send_replace(!state.held_replicas().is_empty());
+            state.metrics.tunnel_down();
+            return;
+        }
+    };
+    let going_away = peer_close.going_away();
+    if !going_away {
+        match result {
+            Ok(()) => tracing::warn!(%replica, "the gateway closed the tunnel; reconnecting"),
+            Err(e) => tracing::warn!(%replica, error = %e, "tunnel lost; reconnecting"),
         }
     }
+    let _ = ended.send(TunnelEnd {
+        replica,
+        going_away,
+        used: state.metrics.requests_served() > served_before,
+    });
 }
 
 /// `planelink agent`: runs until SIGTERM or SIGINT.

@@ -32,6 +32,25 @@ pub struct GatewayArgs {
     /// Kubeconfig for watching plane resources; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG", help_heading = "Plane registry")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// This replica's ID, told to agents and naming its Lease (the pod name on Kubernetes);
+    /// the host name and a random suffix when unset.
+    #[arg(long, env = "POD_NAME", help_heading = "Replicas")]
+    pub replica_id: Option<String>,
+
+    /// How many gateway replicas serve behind the agents' --server-url, when they are not
+    /// counted by Leases (with --planes-dir the default is 1). Agents hold one tunnel to each.
+    #[arg(long, env = "GATEWAY_REPLICAS", value_parser = clap::value_parser!(u32).range(1..=64), help_heading = "Replicas")]
+    pub replicas: Option<u32>,
+
+    /// IP at which the controller reaches this replica's internal port, recorded in its
+    /// Lease (the pod IP); the bind address when that is not 0.0.0.0.
+    #[arg(long, env = "POD_IP", help_heading = "Replicas")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// Namespace of the replicas' Leases; the pod's (or the kubeconfig context's) namespace when unset.
+    #[arg(long, env = "POD_NAMESPACE", help_heading = "Replicas")]
+    pub lease_namespace: Option<String>,
 }
 
 /// The listeners, TLS, timeouts and proxy rules of a gateway.

@@ -26,6 +26,58 @@ pub enum RegistrySource {
     Kubernetes { kubeconfig: Option<PathBuf> },
 }
 
+/// Which replica a gateway is, and how the replicas are counted.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: String,
+    pub count: ReplicaCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaCount {
+    /// `--replicas N`, or 1: no Kubernetes to count them.
+    Fixed(usize),
+    /// One Lease per live replica, in `namespace` (the client's default when `None`).
+    Leases {
+        kubeconfig: Option<PathBuf>,
+        namespace: Option<String>,
+        advertise: Option<IpAddr>,
+    },
+}
+
+impl ReplicaConfig {
+    /// A gateway alone (the controller's embedded one, `up`, tests).
+    pub fn single() -> ReplicaConfig {
+        ReplicaConfig {
+            id: default_replica_id(),
+            count: ReplicaCount::Fixed(1),
+        }
+    }
+}
+
+/// The host name (lowercased, reduced to what an ID allows) and a random suffix, so two
+/// gateways on one host differ.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(48)
+        .collect();
+    let host = host.trim_matches('-');
+    let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    if host.is_empty() {
+        format!("gateway-{suffix}")
+    } else {
+        format!("{host}-{suffix}")
+    }
+}
+
 /// `planelink gateway`: what it serves and where its planes come from.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,13 +107,42 @@ pub struct ServerConfig {
     /// 0 = no limit.
     pub max_body_size: u64,
     pub max_agents_per_plane: usize,
+    pub replicas: ReplicaConfig,
 }
 
 impl TryFrom<GatewayArgs> for Config {
     type Error = ConfigError;
 
     fn try_from(args: GatewayArgs) -> Result<Config, ConfigError> {
-        let server = ServerConfig::new(&args.server, args.bind_address)?;
+        let mut server = ServerConfig::new(&args.server, args.bind_address)?;
+        if let Some(id) = &args.replica_id {
+            crate::tunnel::protocol::check_id(id)
+                .map_err(|e| ConfigError::new("--replica-id", e))?;
+            server.replicas.id = id.clone();
+        }
+        if let Some(ns) = &args.lease_namespace {
+            let label = ns.len() <= 63
+                && ns.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && ns.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !label {
+                return Err(ConfigError::new(
+                    "--lease-namespace",
+                    "not a namespace name: at most 63 lowercase letters, digits and '-'",
+                ));
+            }
+        }
+        server.replicas.count = match (args.replicas, &args.planes_dir) {
+            (Some(n), _) => ReplicaCount::Fixed(n as usize),
+            (None, Some(_)) => ReplicaCount::Fixed(1),
+            (None, None) => ReplicaCount::Leases {
+                kubeconfig: args.kubeconfig.clone(),
+                namespace: args.lease_namespace.clone(),
+                advertise: args
+                    .advertise_address
+                    .or((!args.bind_address.is_unspecified()).then_some(args.bind_address)),
+            },
+        };
         let registry = match (args.planes_dir, args.kubeconfig) {
             (Some(dir), _) => {
                 config::check_existing_dir("--planes-dir", &dir)?;
@@ -151,6 +232,7 @@ impl ServerConfig {
             },
             max_body_size: args.max_body_size,
             max_agents_per_plane: args.max_agents_per_plane as usize,
+            replicas: ReplicaConfig::single(),
         })
     }
 }

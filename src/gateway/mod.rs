@@ -9,6 +9,7 @@ pub mod config;
 mod hub;
 mod internal;
 mod link;
+mod membership;
 mod metrics;
 pub mod paths;
 mod public;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::planes::connection::ConnectionStatus as PlaneStatus;
 pub use args::{GatewayArgs, ServerArgs};
 pub use checks::{DEFAULT_BLOCKED_PATHS, DEFAULT_TARGETS, RequestChecks};
-pub use config::{Config, Listeners, RegistrySource, ServerConfig};
+pub use config::{Config, Listeners, RegistrySource, ReplicaConfig, ReplicaCount, ServerConfig};
 pub use hub::Reverified;
 pub use public::UNVERIFIED_REFUSAL;
 
@@ -45,6 +46,54 @@ pub(crate) struct Core {
     config: ServerConfig,
     /// Callers' connections and upgraded streams, which shutdown waits for.
     tracker: TaskTracker,
+    membership: membership::Membership,
+    started: std::time::Instant,
+    /// Set on shutdown: `/ready` fails at once, so load balancers send callers elsewhere.
+    draining: std::sync::atomic::AtomicBool,
+}
+
+/// A new replica among others waits this long at most for the agents of every
+/// registered plane before it says it is ready for callers.
+const REPLICA_WARMUP: Duration = Duration::from_secs(5);
+
+impl Core {
+    /// Ready for callers: the registry is loaded, the gateway is not draining, and (when
+    /// other replicas can serve meanwhile) every registered plane has an agent here or
+    /// [`REPLICA_WARMUP`] has passed, so a restarted replica does not answer 503s for
+    /// planes whose agents are still on their way.
+    fn ready(&self) -> Result<(), String> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        let Some(snapshot) = self.registry.current() else {
+            return Err("the plane registry has not loaded yet".into());
+        };
+        if self.membership.count() <= 1 || self.started.elapsed() >= REPLICA_WARMUP {
+            return Ok(());
+        }
+        let mut waiting: Vec<String> = snapshot
+            .entries
+            .iter()
+            .filter(|e| e.client_ca.is_ok() && self.hub.count(&e.key) == 0)
+            .map(|e| e.key.to_string())
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "waiting up to {} for the agents of {} plane(s) to connect to this replica: {}",
+            humantime::format_duration(REPLICA_WARMUP),
+            waiting.len(),
+            waiting
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
 }
 
 /// A running gateway: its bound addresses and the status view other roles in the
@@ -116,16 +165,17 @@ pub async fn start(
         metrics,
         config: config.clone(),
         tracker: TaskTracker::new(),
+        membership: membership::Membership::new(&config.replicas),
+        started: std::time::Instant::now(),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
-    let ready_registry = registry.clone();
+    let ready_core = core.clone();
     let health = Health {
-        ready: Arc::new(move || match ready_registry.current() {
-            Some(_) => Ok(()),
-            None => Err("the plane registry has not loaded yet".into()),
-        }),
+        ready: Arc::new(move || ready_core.ready()),
         metrics: Arc::new(metrics_registry),
     };
+    tokio::spawn(membership::run(core.clone(), internal_addr));
     tokio::spawn(health::serve(listeners.health, health, shutdown.clone()));
     tokio::spawn(reverify_on_change(core.clone(), shutdown.clone()));
 
@@ -143,7 +193,8 @@ pub async fn start(
         listeners_stop.clone(),
     ));
     tracing::info!(public = %public_addr, internal = %internal_addr,
-        health = %health_addr, internal_mtls = config.internal_client_ca.is_some(), "gateway listening");
+        health = %health_addr, internal_mtls = config.internal_client_ca.is_some(),
+        replica = %core.membership.replica(), "gateway listening");
     let done = tokio::spawn(drain(
         core.clone(),
         shutdown,
@@ -171,6 +222,11 @@ async fn drain(
     listeners: [tokio::task::JoinHandle<()>; 2],
 ) {
     shutdown.cancelled().await;
+    // First out of the membership: callers (readiness) and the other replicas (the
+    // Lease) stop counting on this one while it finishes what it has.
+    core.draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    core.membership.leave(Duration::from_secs(2)).await;
     let limit = core.config.shutdown_timeout;
     tracing::info!(
         "shutting down: no new connections; open streams may finish for {}",

@@ -28,7 +28,7 @@ use crate::planes::{PlaneKey, PlaneType, Snapshot};
 use crate::server;
 use crate::trust::CertInfo;
 use crate::tunnel::body::{self, Body};
-use crate::tunnel::protocol::{self, HELLO_HEADER, SUBPROTOCOL};
+use crate::tunnel::protocol::{self, HELD_REPLICAS_HEADER, HELLO_HEADER, SUBPROTOCOL};
 use crate::tunnel::{Hello, WsIo, ws};
 
 /// Time a client gets to send its `/ws` request once TLS is up.
@@ -253,6 +253,26 @@ fn authorise(
     Err((refusal, Some(decision.refusal_summary(key))))
 }
 
+/// An agent names the replicas it already holds a tunnel to; one more to the same
+/// replica is refused (409) before it is registered, as the agent keeps dialling
+/// through the load balancer until it holds every replica.
+fn check_not_held(core: &Core, req: &Request<Incoming>) -> Result<(), Refusal> {
+    let Some(held) = header_str(req, HELD_REPLICAS_HEADER) else {
+        return Ok(());
+    };
+    let held = crate::tunnel::protocol::parse_ids(held)
+        .map_err(|e| bad_request(format!("{HELD_REPLICAS_HEADER}: {e}")))?;
+    let replica = core.membership.replica();
+    if held.contains(&replica) {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            "already_connected",
+            format!("this agent already holds a tunnel to gateway replica {replica}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A verified agent beyond `--max-agents-per-plane` is refused, so that connecting
 /// agents cannot grow a plane's state (and its re-verification work) without bound.
 fn check_capacity(core: &Core, key: &PlaneKey) -> Result<(), Refusal> {
@@ -288,11 +308,23 @@ fn upgrade_request(
         .map_err(|refusal| (refusal, None))
         .and_then(|(key, hello, switching)| {
             let (granted, verified_by) = authorise(&core, &key, &chain)?;
+            check_not_held(&core, &req).map_err(|refusal| (refusal, None))?;
             check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
             Ok((key, hello, switching, granted, verified_by))
         });
+    let our_hello = HeaderValue::from_str(&core.membership.hello().to_header()).ok();
     let (key, hello, mut response, granted, verified_by) = match admitted {
         Ok(admitted) => admitted,
+        Err((Refusal(StatusCode::CONFLICT, _, message), _)) => {
+            // Not a refusal but the agent's search for its missing replicas: the answer
+            // carries the current membership, which may be what the agent lacked.
+            tracing::debug!(%remote, "agent already holds a tunnel to this replica");
+            let mut response = plain(StatusCode::CONFLICT, message);
+            if let Some(ours) = our_hello {
+                response.headers_mut().insert(HELLO_HEADER, ours);
+            }
+            return response;
+        }
         Err((Refusal(status, reason, message), why)) => {
             core.metrics.reject(reason);
             let logged = why.as_deref().unwrap_or(&message);
@@ -306,7 +338,7 @@ fn upgrade_request(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    if let Ok(ours) = HeaderValue::from_str(&Hello::ours("gateway").to_header()) {
+    if let Some(ours) = our_hello {
         headers.insert(HELLO_HEADER, ours);
     }
     let new_agent = NewAgent {

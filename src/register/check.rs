@@ -158,7 +158,7 @@ async fn agent_step(
     url.query_pairs_mut()
         .append_pair("planeType", input.plane_type.as_str())
         .append_pair("planeID", input.plane_id.as_deref().unwrap_or_default());
-    match dial::upgrade(stream, &url, input.timeout).await {
+    match dial::upgrade(stream, &url, &dial::Introduction::default(), input.timeout).await {
         Ok(dialled) => {
             step(
                 "agent",

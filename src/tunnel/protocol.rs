@@ -24,6 +24,20 @@ pub const STREAMING_HEADER: &str = "planelink-streaming";
 pub const ERROR_SOURCE_HEADER: &str = "planelink-error-source";
 /// The request ID carried from the caller through the gateway to the agent.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// `/ws` request header: the gateway replicas the agent already holds a tunnel to, so a
+/// dial that lands on one of them is refused (409) before it is registered.
+pub const HELD_REPLICAS_HEADER: &str = "planelink-held-replicas";
+/// Tunnelled request header from the gateway: not a caller's request but news for the
+/// agent itself; `membership` carries the gateway's current hello in [`HELLO_HEADER`].
+/// Callers cannot send it: every `planelink-*` header of theirs is dropped.
+pub const CONTROL_HEADER: &str = "planelink-control";
+pub const CONTROL_MEMBERSHIP: &str = "membership";
+
+/// Most gateway replicas a hello may name: bounds what a peer makes us hold.
+pub const MAX_REPLICAS: usize = 64;
+/// Longest replica or instance ID: a Lease name is `planelink-gateway-` and the ID, and
+/// a pod name (the usual ID) has at most 63 characters.
+pub const MAX_ID_LEN: usize = 63;
 
 /// Largest header block accepted on the tunnel (Kubernetes' own limit is about 1 MiB
 /// of request line and headers; real requests stay far below this).
@@ -44,6 +58,57 @@ pub struct Hello {
     pub version: String,
     pub protocol: u32,
     pub capabilities: Vec<String>,
+    /// An agent's process: the same on each of its tunnels, so the replicas' counts of
+    /// one plane's agents can be told apart from tunnels.
+    pub instance: Option<String>,
+    /// A gateway's replica and the replicas it knows to be live; `None` from a gateway
+    /// that predates replicas (it is the only one).
+    pub membership: Option<Membership>,
+}
+
+/// Which gateway replica is speaking, and how many there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub replica: String,
+    /// The live replicas; at least 1.
+    pub count: usize,
+    /// Their IDs when known (Leases); empty with a fixed `--replicas` count.
+    pub members: Vec<String>,
+}
+
+/// A replica or instance ID: what a Kubernetes object name allows, at most
+/// [`MAX_ID_LEN`] characters (so it can name a Lease, and is safe in logs and headers).
+pub fn check_id(id: &str) -> Result<(), String> {
+    let edges_ok = id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let chars_ok = id
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if id.is_empty() || id.len() > MAX_ID_LEN || !edges_ok || !chars_ok {
+        return Err(format!(
+            "{:?} is not a replica ID: use at most {MAX_ID_LEN} lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit (a pod name is one)",
+            id.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// A comma-separated list of IDs, each checked, at most [`MAX_REPLICAS`].
+pub fn parse_ids(list: &str) -> Result<Vec<String>, String> {
+    let ids: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(String::from)
+        .collect();
+    if ids.len() > MAX_REPLICAS {
+        return Err(format!("more than {MAX_REPLICAS} replica IDs"));
+    }
+    for id in &ids {
+        check_id(id)?;
+    }
+    Ok(ids)
 }
 
 impl Hello {
@@ -52,20 +117,32 @@ impl Hello {
             role: role.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: PROTOCOL_VERSION,
-            capabilities: ["h2", "upgrade", "streaming", "request-id"]
+            capabilities: ["h2", "upgrade", "streaming", "request-id", "replicas"]
                 .map(String::from)
                 .to_vec(),
+            instance: None,
+            membership: None,
         }
     }
 
     pub fn to_header(&self) -> String {
-        format!(
+        let mut header = format!(
             "role={}; version={}; protocol={}; capabilities={}",
             self.role,
             self.version,
             self.protocol,
             self.capabilities.join(",")
-        )
+        );
+        if let Some(instance) = &self.instance {
+            header.push_str(&format!("; instance={instance}"));
+        }
+        if let Some(m) = &self.membership {
+            header.push_str(&format!("; replica={}; replicas={}", m.replica, m.count));
+            if !m.members.is_empty() {
+                header.push_str(&format!("; members={}", m.members.join(",")));
+            }
+        }
+        header
     }
 
     pub fn parse(header: &str) -> Result<Hello, String> {
@@ -74,7 +151,10 @@ impl Hello {
             version: String::new(),
             protocol: 0,
             capabilities: Vec::new(),
+            instance: None,
+            membership: None,
         };
+        let (mut replica, mut count, mut members) = (None, None, Vec::new());
         for part in header.split(';') {
             let Some((key, value)) = part.trim().split_once('=') else {
                 continue;
@@ -96,11 +176,41 @@ impl Hello {
                         .map(String::from)
                         .collect()
                 }
+                "instance" => {
+                    check_id(value.trim())?;
+                    hello.instance = Some(value.trim().to_string());
+                }
+                "replica" => {
+                    check_id(value.trim())?;
+                    replica = Some(value.trim().to_string());
+                }
+                "replicas" => {
+                    let n: usize = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("replicas {value:?} is not a number"))?;
+                    if !(1..=MAX_REPLICAS).contains(&n) {
+                        return Err(format!("replicas {n} is not within 1..={MAX_REPLICAS}"));
+                    }
+                    count = Some(n);
+                }
+                "members" => members = parse_ids(value)?,
                 _ => {}
             }
         }
         if hello.protocol == 0 {
-            return Err(format!("hello {header:?} names no protocol version"));
+            return Err(format!(
+                "hello {:?} names no protocol version",
+                header.chars().take(200).collect::<String>()
+            ));
+        }
+        if let Some(replica) = replica {
+            let count = count.unwrap_or(1).max(members.len());
+            hello.membership = Some(Membership {
+                replica,
+                count,
+                members,
+            });
         }
         Ok(hello)
     }
@@ -185,5 +295,38 @@ mod tests {
         );
         assert!(Hello::parse("garbage").is_err());
         assert!(Hello::parse("protocol=x").is_err());
+    }
+
+    #[test]
+    fn membership_round_trip_and_bounds() {
+        let mut hello = Hello::ours("gateway");
+        hello.membership = Some(Membership {
+            replica: "gw-1".into(),
+            count: 3,
+            members: vec!["gw-0".into(), "gw-1".into(), "gw-2".into()],
+        });
+        assert_eq!(Hello::parse(&hello.to_header()).unwrap(), hello);
+        let mut agent = Hello::ours("agent");
+        agent.instance = Some("0123456789abcdef".into());
+        assert_eq!(Hello::parse(&agent.to_header()).unwrap(), agent);
+        // A fixed count, no member list.
+        let fixed = Hello::parse("protocol=1; replica=a; replicas=2").unwrap();
+        assert_eq!(fixed.membership.unwrap().count, 2);
+        for bad in [
+            "protocol=1; replica=A_B",
+            "protocol=1; replica=a; replicas=0",
+            "protocol=1; replica=a; replicas=65",
+            "protocol=1; replica=a; members=x,-y",
+            "protocol=1; instance=\u{1b}[31m",
+        ] {
+            assert!(Hello::parse(bad).is_err(), "{bad}");
+        }
+        let many = (0..65).map(|i| format!("r{i}")).collect::<Vec<_>>().join(",");
+        assert_eq!(
+            Hello::parse(&format!("protocol=1; replica=a; members={many}")).unwrap_err(),
+            "more than 64 replica IDs"
+        );
+        assert!(check_id(&"a".repeat(63)).is_ok());
+        assert!(check_id(&"a".repeat(64)).is_err());
     }
 }

@@ -83,7 +83,8 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("{0}")]
     TooLarge(String),
-    /// No connected agent can carry the request.
+    /// No connected agent can carry the request (here: another gateway replica, or this
+    /// one a moment later, may have one): 503 with `Retry-After`.
     #[error("{0}")]
     NoAgent(String),
     /// The tunnel or the upstream failed before a response head.
@@ -94,6 +95,10 @@ pub enum ProxyError {
     TimedOut(String),
 }
 
+/// What a caller is told to wait when no agent can carry its request: agents redial
+/// within a second or two of a gateway replica starting.
+pub const NO_AGENT_RETRY_AFTER: http::HeaderValue = http::HeaderValue::from_static("1");
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -102,7 +107,8 @@ impl ProxyError {
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoAgent(_) | ProxyError::Failed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Failed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -126,6 +132,12 @@ impl ProxyError {
     pub fn into_response(self, source: &str, request_id: &str) -> Response<Body> {
         let mut response = body::error_response(self.status(), source, &self.to_string());
         set_request_id(response.headers_mut(), request_id);
+        if let ProxyError::NoAgent(_) = self {
+            // client-go retries a 5xx that carries Retry-After.
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, NO_AGENT_RETRY_AFTER);
+        }
         response
     }
 }
@@ -219,8 +231,10 @@ mod tests {
         let e = ProxyError::NoAgent("none".into());
         assert_eq!(
             (e.status(), e.metric_label()),
-            (StatusCode::BAD_GATEWAY, "no_agent")
+            (StatusCode::SERVICE_UNAVAILABLE, "no_agent")
         );
+        let response = e.into_response("gateway", "id-0");
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
         let response = ProxyError::Forbidden("no".into()).into_response("gateway", "id-1");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(response.headers()[REQUEST_ID_HEADER], "id-1");

@@ -56,6 +56,7 @@ async fn the_agent_target_shows_no_configuration() {
         [
             "commit",
             "connected",
+            "gatewayReplicas",
             "instance",
             "planeID",
             "planeType",
@@ -98,13 +99,13 @@ async fn unknown_plane_ids_do_not_mint_metric_series() {
                 "https://127.0.0.1:{}/api/proxy/dataplane/{id}/org/dp1/k8s/api",
                 topo.gateway.internal_addr.port()
             ));
-        assert_eq!(body(&curl(cmd).await), "502");
+        assert_eq!(body(&curl(cmd).await), "503");
     }
     let metrics = topo.metrics().await;
     assert!(!metrics.contains("made-up"), "{metrics}");
     assert!(
         metrics.lines().any(|l| l.starts_with(
-            "planelink_gateway_proxy_requests_total{plane_type=\"dataplane\",plane_id=\"(unregistered)\",target=\"k8s\",code=\"502\"} 2"
+            "planelink_gateway_proxy_requests_total{plane_type=\"dataplane\",plane_id=\"(unregistered)\",target=\"k8s\",code=\"503\"} 2"
         )),
         "{metrics}"
     );
@@ -147,7 +148,7 @@ async fn an_agent_that_never_speaks_http2_is_not_registered() {
     let mut cmd = topo.curl();
     cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
         .arg(topo.proxy_url("k8s", "/version"));
-    assert_eq!(body(&curl(cmd).await), "502");
+    assert_eq!(body(&curl(cmd).await), "503");
 }
 
 /// The agent's three dial steps, as a test peer that then does what it likes.
@@ -159,7 +160,7 @@ async fn dial(
     let (host, port) = dial::host_port(url);
     let tcp = dial::connect(&host, port, dial::STEP_TIMEOUT).await?;
     let (tls, _) = dial::tls(tcp, &host, identity, b"http/1.1", dial::STEP_TIMEOUT).await?;
-    dial::upgrade(tls, url, dial::STEP_TIMEOUT).await
+    dial::upgrade(tls, url, &dial::Introduction::default(), dial::STEP_TIMEOUT).await
 }
 
 /// Blocked paths hold for the resource, not a string: the legacy watch paths and the
@@ -485,7 +486,7 @@ async fn certificate_mistakes_and_forgeries_are_refused() {
             topo.gateway.internal_addr.port()
         ));
     let out = body(&curl(cmd).await);
-    assert!(out.ends_with("\n502"), "{out}");
+    assert!(out.ends_with("\n503"), "{out}");
     assert!(
         out.contains(
             "no connected agent of plane dataplane/p1 is authorised for DataPlane tenant/dp1"

@@ -234,12 +234,12 @@ async fn request_ids_checks_and_errors() {
         ),
         (
             "/api/proxy/dataplane/nope/org/dp1/k8s/version",
-            "502",
+            "503",
             "no agent connected",
         ),
         (
             "/api/proxy/dataplane/p1/org/other/k8s/version",
-            "502",
+            "503",
             "is authorised for DataPlane org/other",
         ),
         ("/api/proxy/dataplane/p1/org/dp1/svc/x", "404", "no target"),

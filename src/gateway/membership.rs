@@ -1,0 +1,212 @@
+//! Which replica this gateway is and how many serve beside it: a fixed `--replicas`
+//! count, or the live Leases (`crate::replicas`). Every change is told to the connected
+//! agents at once, so they open a tunnel to a new replica or stop dialling for a gone one.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use http::{HeaderValue, Request};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::Core;
+use super::config::{ReplicaConfig, ReplicaCount};
+use crate::replicas::{self, ReplicaLease};
+use crate::tunnel::body;
+use crate::tunnel::protocol::{
+    CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, Hello, Membership as Members, TARGET_HEADER,
+};
+use crate::tunnel::proxy::Target;
+
+/// How often live Leases are recounted (they expire without any event).
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
+/// An agent that does not take the news within this is left alone (its next dial or
+/// the next change tells it again).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Membership {
+    current: tokio::sync::watch::Sender<Members>,
+    /// Cancelled on shutdown: the Lease is deleted, so the others stop counting this one.
+    leave: CancellationToken,
+    /// Cancelled once the Lease is gone (or there is none).
+    left: CancellationToken,
+}
+
+impl Membership {
+    pub fn new(config: &ReplicaConfig) -> Membership {
+        let count = match config.count {
+            ReplicaCount::Fixed(n) => n,
+            ReplicaCount::Leases { .. } => 1,
+        };
+        Membership {
+            current: tokio::sync::watch::channel(Members {
+                replica: config.id.clone(),
+                count,
+                members: Vec::new(),
+            })
+            .0,
+            leave: CancellationToken::new(),
+            left: CancellationToken::new(),
+        }
+    }
+
+    pub fn replica(&self) -> String {
+        self.current.borrow().replica.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.current.borrow().count
+    }
+
+    /// The gateway's hello: who it is, and the replicas it knows.
+    pub fn hello(&self) -> Hello {
+        let mut hello = Hello::ours("gateway");
+        hello.membership = Some(self.current.borrow().clone());
+        hello
+    }
+
+    fn publish(&self, members: Vec<String>) {
+        self.current.send_if_modified(|current| {
+            let count = members.len().max(1);
+            let changed = current.members != members || current.count != count;
+            if changed {
+                tracing::info!(replicas = count, members = %members.join(","), "gateway replicas changed");
+                current.count = count;
+                current.members = members;
+            }
+            changed
+        });
+    }
+
+    /// Stops renewing and deletes this replica's Lease (at most `limit` spent on it).
+    pub async fn leave(&self, limit: Duration) {
+        self.leave.cancel();
+        let _ = tokio::time::timeout(limit, self.left.cancelled()).await;
+    }
+}
+
+/// Keeps the membership current until shutdown: the Lease renewed and the live ones
+/// counted (Kubernetes), and every change pushed to the connected agents.
+pub(crate) async fn run(core: Arc<Core>, internal_addr: SocketAddr) {
+    tokio::spawn(push_changes(core.clone()));
+    let ReplicaCount::Leases {
+        kubeconfig,
+        namespace,
+        advertise,
+    } = core.config.replicas.count.clone()
+    else {
+        // A fixed count: nothing to keep; leaving is immediate.
+        core.membership.leave.cancelled().await;
+        core.membership.left.cancel();
+        return;
+    };
+    let membership = &core.membership;
+    let client = match crate::planes::kubernetes::kube_client(kubeconfig.as_deref(), None).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!("gateway replica Leases: {e:#}; agents are told of this replica only");
+            membership.leave.cancelled().await;
+            membership.left.cancel();
+            return;
+        }
+    };
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: kube::Api<Lease> = kube::Api::namespaced(client, &namespace);
+    let address = advertise
+        .map(|ip| SocketAddr::new(ip, internal_addr.port()))
+        .or((!internal_addr.ip().is_unspecified()).then_some(internal_addr));
+    let replica = membership.replica();
+    let lease = ReplicaLease::new(api.clone(), &replica, address);
+    let (store, writer) = reflector::store();
+    let events = reflector(
+        writer,
+        watcher(
+            api,
+            watcher::Config::default().labels(&replicas::selector()),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::pin!(events);
+    let mut renew = tokio::time::interval(replicas::RENEW_EVERY);
+    let mut recount = tokio::time::interval(RECOUNT_EVERY);
+    let mut renewed_once = false;
+    let mut watching = true;
+    tracing::info!(%replica, %namespace, internal_address = ?address, "keeping the replica Lease");
+    loop {
+        tokio::select! {
+            _ = membership.leave.cancelled() => break,
+            _ = renew.tick() => match lease.renew().await {
+                Ok(()) => renewed_once = true,
+                Err(e) => tracing::warn!(%replica, "cannot renew the replica Lease {}: {e}", replicas::lease_name(&replica)),
+            },
+            // The watcher retries with backoff and does not end; were it to, the
+            // recount below still sees Leases expire, only no new ones.
+            event = events.next(), if watching => match event {
+                Some(Err(e)) => tracing::warn!("watching the replica Leases: {e}"),
+                Some(Ok(_)) => {}
+                None => watching = false,
+            },
+            _ = recount.tick() => {}
+        }
+        // Until this replica's own Lease is written, it counts itself anyway.
+        let mut members: Vec<String> = replicas::live(
+            store.state().iter().map(|l| l.as_ref()),
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+        if !members.contains(&replica) && !membership.leave.is_cancelled() {
+            members.push(replica.clone());
+            members.sort();
+        }
+        if renewed_once || members.len() > 1 {
+            membership.publish(members);
+        }
+    }
+    match lease.delete().await {
+        Ok(()) => tracing::info!(%replica, "replica Lease deleted"),
+        Err(e) => tracing::warn!(%replica, "cannot delete the replica Lease: {e}"),
+    }
+    membership.left.cancel();
+}
+
+/// Tells every connected agent of each membership change.
+async fn push_changes(core: Arc<Core>) {
+    let mut changes = core.membership.current.subscribe();
+    while changes.changed().await.is_ok() {
+        let header = core.membership.hello().to_header();
+        for agent in core.hub.agents() {
+            let header = header.clone();
+            let sender = agent.sender();
+            tokio::spawn(async move {
+                let Ok(hello) = HeaderValue::from_str(&header) else {
+                    return;
+                };
+                let mut request = Request::new(body::empty());
+                *request.method_mut() = http::Method::POST;
+                *request.uri_mut() = http::Uri::from_static("http://agent/");
+                let headers = request.headers_mut();
+                headers.insert(TARGET_HEADER, HeaderValue::from_static(Target::AGENT));
+                headers.insert(CONTROL_HEADER, HeaderValue::from_static(CONTROL_MEMBERSHIP));
+                headers.insert(HELLO_HEADER, hello);
+                let mut sender = sender;
+                let sent = async {
+                    sender.ready().await?;
+                    sender.send_request(request).await
+                };
+                if let Err(e) = tokio::time::timeout(PUSH_TIMEOUT, sent)
+                    .await
+                    .map_err(|_| "no answer in time".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                {
+                    tracing::debug!(agent = agent.id, "membership news not delivered: {e}");
+                }
+            });
+        }
+    }
+}
