@@ -72,7 +72,9 @@ pub enum DialError {
     NotPlanelink(String),
     /// The load balancer sent the dial to a replica the agent already holds; what that
     /// replica knows of the others comes back with it.
-    #[error("the dial reached gateway replica {replica}, which this agent already holds a tunnel to")]
+    #[error(
+        "the dial reached gateway replica {replica}, which this agent already holds a tunnel to"
+    )]
     AlreadyHeld {
         replica: String,
         membership: Option<Membership>,

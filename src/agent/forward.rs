@@ -11,7 +11,8 @@ use super::upstream::Upstream;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::headers::end_to_end_headers;
 use crate::tunnel::protocol::{
-    CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
+    CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, REQUEST_ID_HEADER, STREAMING_HEADER,
+    TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
 };
 use crate::tunnel::proxy::{self, ProxyError, Target};
 

@@ -76,7 +76,7 @@ pub async fn kubernetes(kubeconfig: Option<&Path>) -> anyhow::Result<Upstream> {
     let tls = config
         .rustls_client_config()
         .context("TLS settings of the Kubernetes API")?;
-    let client = http_client(connector(tls));
+    let client = http_client(connector(tls, None));
     let auth = config.auth_layer().context("Kubernetes credentials")?;
     let extra = config
         .extra_headers_layer()
@@ -257,7 +257,7 @@ fn route(spec: RouteSpec) -> anyhow::Result<Upstream> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let client = http_client(connector(tls));
+    let client = http_client(connector(tls, None));
     let credential = credential(spec.auth)?.map(Arc::new);
     let drops_caller_auth = credential.is_some();
     let service = tower::ServiceBuilder::new()

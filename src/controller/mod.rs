@@ -73,7 +73,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             gateway = Some(started);
             link
         }
-        GatewayMode::Remote => remote::link(&config.access)?,
+        GatewayMode::Remote => remote::link(
+            &config.access,
+            Some(Api::namespaced(
+                client.clone(),
+                &config.control_plane_namespace,
+            )),
+        )?,
     };
     let result = run_controllers(&config, client, health, link, shutdown.clone()).await;
     shutdown.cancel();

@@ -133,10 +133,7 @@ fn connection(
                 Ok(status) => {
                     let agents = agent_connection(before.agent_connection.as_ref(), status, now);
                     if status.connected {
-                        let problem = Problem::new(
-                            Reason::AgentConnected,
-                            agents_message(status.connected_agents),
-                        );
+                        let problem = Problem::new(Reason::AgentConnected, agents_message(status));
                         return ((Truth::True, problem), Some(agents));
                     }
                     let problem = Problem::new(
@@ -266,11 +263,15 @@ fn parse_time(rfc3339: Option<&str>) -> Option<Time> {
     rfc3339.and_then(|t| t.parse::<Timestamp>().ok()).map(Time)
 }
 
-pub fn agents_message(count: usize) -> String {
-    match count {
-        0 => "no agent connected".into(),
-        1 => "1 agent connected".into(),
+fn agents_message(status: &ConnectionStatus) -> String {
+    let agents = match status.connected_agents {
+        0 => "no agent connected".to_string(),
+        1 => "1 agent connected".to_string(),
         n => format!("{n} agents connected (HA mode)"),
+    };
+    match status.replicas {
+        Some(replicas) if replicas.live > 1 => format!("{agents}, to {replicas} gateway replicas"),
+        _ => agents,
     }
 }
 
@@ -309,7 +310,8 @@ fn agent_connection(
             before.and_then(|b| b.last_disconnected_time.clone())
         },
         last_heartbeat_time: heartbeat,
-        message: Some(agents_message(now.connected_agents)),
+        message: Some(agents_message(now)),
+        gateway_replicas: now.replicas.map(|r| r.to_string()),
     }
 }
 
@@ -376,6 +378,7 @@ mod tests {
 
     fn gateway_status(connected_agents: usize) -> ConnectionStatus {
         ConnectionStatus {
+            replicas: None,
             plane_type: "dataplane".into(),
             plane_id: "p1".into(),
             namespace: Some("org".into()),

@@ -124,7 +124,9 @@ impl TryFrom<GatewayArgs> for Config {
             let label = ns.len() <= 63
                 && ns.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && ns.ends_with(|c: char| c.is_ascii_alphanumeric())
-                && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                && ns
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
             if !label {
                 return Err(ConfigError::new(
                     "--lease-namespace",

@@ -382,6 +382,7 @@ impl Hub {
             connected: connected_agents > 0,
             connected_agents,
             last_seen: last_seen.map(rfc3339),
+            replicas: None,
         }
     }
 

@@ -7,7 +7,9 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, future::BoxFuture};
 
 use super::Core;
-use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification, broadcast_stream};
+use crate::planes::connection::{
+    ConnectionStatus, GatewayLink, Notification, ReplicaTunnels, broadcast_stream,
+};
 use crate::planes::{CrRef, PlaneKey, PlaneType};
 
 pub(crate) struct LocalLink {
@@ -24,7 +26,11 @@ impl GatewayLink for LocalLink {
         key: &PlaneKey,
         cr: &CrRef,
     ) -> BoxFuture<'static, anyhow::Result<ConnectionStatus>> {
-        let status = self.core.hub.status(key, Some(cr));
+        let mut status = self.core.hub.status(key, Some(cr));
+        status.replicas = Some(ReplicaTunnels {
+            holding: usize::from(status.connected),
+            live: 1,
+        });
         async move { Ok(status) }.boxed()
     }
 

@@ -25,6 +25,23 @@ pub struct ConnectionStatus {
     /// RFC 3339; when an agent was last connected (now, while one is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
+    /// Not part of the plane API (one replica answers for itself): the controller's view
+    /// across the gateway replicas, when it could ask each of them.
+    #[serde(skip)]
+    pub replicas: Option<ReplicaTunnels>,
+}
+
+/// How many gateway replicas hold a tunnel from the plane's agents, of how many live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaTunnels {
+    pub holding: usize,
+    pub live: usize,
+}
+
+impl std::fmt::Display for ReplicaTunnels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.holding, self.live)
+    }
 }
 
 /// `POST /api/v1/planes/notify`.

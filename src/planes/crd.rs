@@ -221,6 +221,10 @@ pub struct AgentConnectionStatus {
     pub last_heartbeat_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Gateway replicas holding a tunnel from the plane's agents, of the live replicas
+    /// (e.g. `3/3`); absent when the replicas could not be asked one by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_replicas: Option<String>,
 }
 
 /// Status shared by the three plane kinds.

@@ -24,14 +24,25 @@ pub fn http_client(connector: hyper_rustls::HttpsConnector<HttpConnector>) -> Ht
         .build(connector)
 }
 
-pub fn connector(tls: rustls::ClientConfig) -> hyper_rustls::HttpsConnector<HttpConnector> {
+/// `server_name`: the name every server's certificate is checked for, whatever address
+/// the URL names (one replica of a service, reached at its own address); `None`: the
+/// URL's host.
+pub fn connector(
+    tls: rustls::ClientConfig,
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+        .https_or_http();
+    match server_name {
+        Some(name) => builder
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            .enable_http1()
+            .wrap_connector(http),
+        None => builder.enable_http1().wrap_connector(http),
+    }
 }

@@ -321,7 +321,10 @@ mod tests {
         ] {
             assert!(Hello::parse(bad).is_err(), "{bad}");
         }
-        let many = (0..65).map(|i| format!("r{i}")).collect::<Vec<_>>().join(",");
+        let many = (0..65)
+            .map(|i| format!("r{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
         assert_eq!(
             Hello::parse(&format!("protocol=1; replica=a; members={many}")).unwrap_err(),
             "more than 64 replica IDs"
