@@ -143,6 +143,12 @@ pub struct ServerArgs {
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "120s", value_parser = duration, help_heading = "Timeouts")]
     pub idle_timeout: Duration,
 
+    /// On SIGTERM, the gateway first keeps serving for this long while reporting not ready
+    /// (HTTP/1.1 callers are answered with Connection: close), so load balancers and
+    /// Service endpoints stop sending it callers before it stops listening; 0 stops at once.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = duration, help_heading = "Timeouts")]
+    pub shutdown_delay: Duration,
+
     /// On SIGTERM, open streams may finish for this long before the gateway closes them.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration, help_heading = "Timeouts")]
     pub shutdown_timeout: Duration,

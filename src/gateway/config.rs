@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// The internal listener's connection timeouts.
     pub http: HttpTimeouts,
+    /// Serving on, not ready, before the listeners close.
+    pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
     pub checks: RequestChecks,
     /// 0 = no limit.
@@ -223,6 +225,7 @@ impl ServerConfig {
                 write: args.write_timeout,
                 idle: args.idle_timeout,
             },
+            shutdown_delay: args.shutdown_delay,
             shutdown_timeout: args.shutdown_timeout,
             checks: RequestChecks {
                 allowed_targets,

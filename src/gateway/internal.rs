@@ -74,7 +74,22 @@ async fn connection(
     };
     let timeouts = core.config.http;
     server::serve_http(tls, &builder, timeouts, stop, move |req| {
-        handle(core.clone(), req)
+        let core = core.clone();
+        async move {
+            let http1 = req.version() < http::Version::HTTP_2;
+            let mut response = handle(core.clone(), req).await;
+            // Draining: an HTTP/1.1 caller's next request goes to another replica (HTTP/2
+            // callers are told by GOAWAY when the listener closes).
+            if http1
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                && core.draining.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
     })
     .await;
 }

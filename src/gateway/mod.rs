@@ -227,6 +227,13 @@ async fn drain(
     core.draining
         .store(true, std::sync::atomic::Ordering::Relaxed);
     core.membership.leave(Duration::from_secs(2)).await;
+    if !core.config.shutdown_delay.is_zero() {
+        tracing::info!(
+            "shutting down: not ready; serving on for {} (--shutdown-delay)",
+            humantime::format_duration(core.config.shutdown_delay)
+        );
+        tokio::time::sleep(core.config.shutdown_delay).await;
+    }
     let limit = core.config.shutdown_timeout;
     tracing::info!(
         "shutting down: no new connections; open streams may finish for {}",

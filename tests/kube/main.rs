@@ -80,6 +80,15 @@ fn gateway_flags(pki: &Pki, ports: &Ports, kubeconfig: &Path) -> Vec<String> {
     ]
 }
 
+/// A gateway of its own (not embedded in the controller): its replica Lease goes into the
+/// test's namespace, so the gateways of tests running side by side do not count each other.
+fn gateway_command(pki: &Pki, ports: &Ports, kubeconfig: &Path, ns: &str) -> Vec<String> {
+    let mut args = vec!["gateway".to_string()];
+    args.extend(gateway_flags(pki, ports, kubeconfig));
+    args.push(format!("--lease-namespace={ns}"));
+    args
+}
+
 fn controller_flags(pki: &Pki, ports: &Ports, ns: &str) -> Vec<String> {
     vec![
         "controller".into(),
@@ -478,8 +487,7 @@ fn remote_gateway_and_every_bad_ca_reason() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let ports = Ports::new();
-    let mut gateway_args = vec!["gateway".to_string()];
-    gateway_args.extend(gateway_flags(&pki, &ports, &c.kubeconfig_for(&c.control)));
+    let gateway_args = gateway_command(&pki, &ports, &c.kubeconfig_for(&c.control), &ns);
     let _gateway = Process::start("gateway", dir.path(), &gateway_args);
     let mut args = controller_flags(&pki, &ports, &ns);
     args.push(format!(
@@ -1034,8 +1042,12 @@ fn rbac_manifests_grant_what_the_roles_need() {
     });
 
     let ports = Ports::new();
-    let mut gateway_args = vec!["gateway".to_string()];
-    gateway_args.extend(gateway_flags(&pki, &ports, &gateway_kubeconfig));
+    let gateway_args = gateway_command(
+        &pki,
+        &ports,
+        &gateway_kubeconfig,
+        "openchoreo-control-plane",
+    );
     let _gateway = Process::start("gateway", dir.path(), &gateway_args);
     let mut args = controller_flags(&pki, &ports, &ns);
     args.retain(|a| !a.starts_with("--leader-election-namespace"));
@@ -1072,6 +1084,16 @@ fn rbac_manifests_grant_what_the_roles_need() {
         "True",
         "AgentConnected",
     );
+    // The gateway keeps its replica Lease, and the controller asks the replica it names.
+    eventually("gatewayReplicas 1/1 in the plane's status", WAIT, || {
+        let dp = c
+            .get(&c.control, &ns, "dataplane/dp")
+            .ok_or("no DataPlane dp")?;
+        match dp["status"]["agentConnection"]["gatewayReplicas"].as_str() {
+            Some("1/1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
     eventually(
         "a Connected event recorded by the controller's account",
         WAIT,
