@@ -230,21 +230,12 @@ impl Drop for Procs {
 }
 
 async fn wait_connected(internal: u16, client: &HttpsClient) {
-    let url = format!("https://127.0.0.1:{internal}/api/v1/planes/dataplane/bench/status");
     for _ in 0..200 {
-        if let Ok(r) = client
-            .request(Request::get(&url).body(Empty::new()).unwrap())
+        if plane_status(internal, client)
             .await
+            .contains("\"connected\":true")
         {
-            let body = r
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            if String::from_utf8_lossy(&body).contains("\"connected\":true") {
-                return;
-            }
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -303,27 +294,7 @@ async fn bench(quick: bool) {
     );
     let (port, internal, health) = (free_port(), free_port(), free_port());
     let bin = env!("CARGO_BIN_EXE_planelink");
-    let gateway = Command::new(bin)
-        .args([
-            "gateway",
-            "--bind-address=127.0.0.1",
-            "--internal-mtls=false",
-            "--log-level=warn",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--internal-port={internal}"))
-        .arg(format!("--health-port={health}"))
-        .arg(format!(
-            "--server-cert={}",
-            dir.join("gw/tls.crt").display()
-        ))
-        .arg(format!("--server-key={}", dir.join("gw/tls.key").display()))
-        .arg(format!("--planes-dir={}", dir.join("planes").display()))
-        .arg("--allowed-targets=svc,agent")
-        .arg("--max-agents-per-plane=1000")
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start gateway");
+    let gateway = start_gateway(dir, port, internal, health, &[]);
     let gateway_pid = gateway.id();
     let agent_args = |extra: &[String]| {
         let mut cmd = Command::new(bin);
@@ -468,6 +439,153 @@ async fn bench(quick: bool) {
     procs.0.iter_mut().for_each(|c| {
         let _ = c.kill();
     });
+    replica_memory(dir, idle_agents).await;
+}
+
+/// A gateway process serving the bench's planes directory.
+fn start_gateway(dir: &Path, port: u16, internal: u16, health: u16, extra: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_planelink"))
+        .args([
+            "gateway",
+            "--bind-address=127.0.0.1",
+            "--internal-mtls=false",
+            "--log-level=warn",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--internal-port={internal}"))
+        .arg(format!("--health-port={health}"))
+        .arg(format!(
+            "--server-cert={}",
+            dir.join("gw/tls.crt").display()
+        ))
+        .arg(format!("--server-key={}", dir.join("gw/tls.key").display()))
+        .arg(format!("--planes-dir={}", dir.join("planes").display()))
+        .arg("--allowed-targets=svc,agent")
+        .arg("--max-agents-per-plane=1000")
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start gateway")
+}
+
+/// Three gateway replicas (`--replicas 3`) behind a round-robin TCP balancer, and idle
+/// agents that each hold a tunnel to every replica: the memory a tunnel costs a replica,
+/// and what the replicas cost together.
+async fn replica_memory(dir: &Path, agents: usize) {
+    const REPLICAS: usize = 3;
+    let mut backends = Vec::new();
+    let mut procs = Procs(Vec::new());
+    let mut internals = Vec::new();
+    for i in 0..REPLICAS {
+        let (port, internal, health) = (free_port(), free_port(), free_port());
+        procs.0.push(start_gateway(
+            dir,
+            port,
+            internal,
+            health,
+            &[
+                format!("--replicas={REPLICAS}"),
+                format!("--replica-id=r{i}"),
+            ],
+        ));
+        backends.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        internals.push(internal);
+    }
+    let balancer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lb_port = balancer.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        for turn in 0.. {
+            let Ok((mut downstream, _)) = balancer.accept().await else {
+                return;
+            };
+            let backend = backends[turn % backends.len()];
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                }
+            });
+        }
+    });
+    let c1 = client(dir, 1);
+    for internal in &internals {
+        wait_ready(*internal, &c1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
+    let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p, "VmRSS:")).collect();
+    let bench_before = rss_kib(std::process::id(), "VmRSS:");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut held = Vec::new();
+    for _ in 0..agents {
+        held.push(spawn_idle_agent(dir, lb_port, shutdown.clone()).await);
+    }
+    for internal in &internals {
+        wait_agents(*internal, &c1, agents).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown: u64 = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| rss_kib(*p, "VmRSS:").saturating_sub(*b))
+        .sum();
+    let tunnels = (agents * REPLICAS) as f64;
+    println!(
+        "{:<44} {:>14} {:>10.1} KiB",
+        format!("gateway RSS per tunnel, {REPLICAS} replicas ({agents} agents)"),
+        "",
+        grown as f64 / tunnels
+    );
+    println!(
+        "{:<44} {:>14} {:>10.1} KiB",
+        format!("agent-side RSS per tunnel ({REPLICAS} per agent)"),
+        "",
+        rss_kib(std::process::id(), "VmRSS:").saturating_sub(bench_before) as f64 / tunnels
+    );
+    shutdown.cancel();
+    drop(held);
+}
+
+async fn plane_status(internal: u16, client: &HttpsClient) -> String {
+    let url = format!("https://127.0.0.1:{internal}/api/v1/planes/dataplane/bench/status");
+    match client
+        .request(Request::get(&url).body(Empty::new()).unwrap())
+        .await
+    {
+        Ok(r) => {
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until the gateway's plane API answers.
+async fn wait_ready(internal: u16, client: &HttpsClient) {
+    for _ in 0..200 {
+        if plane_status(internal, client).await.contains("planeID") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway replica did not start");
+}
+
+/// Waits until `count` agents are connected to the gateway.
+async fn wait_agents(internal: u16, client: &HttpsClient, count: usize) {
+    for _ in 0..600 {
+        let status: serde_json::Value =
+            serde_json::from_str(&plane_status(internal, client).await).unwrap_or_default();
+        if status["connectedAgents"].as_u64() == Some(count as u64) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not every agent reached the gateway replica on :{internal}");
 }
 
 /// The gateway's memory per connection of a client that finished TLS and then sends 7 KiB

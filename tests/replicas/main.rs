@@ -524,8 +524,7 @@ fn replicas_behind_haproxy() {
             false => Err("no 200 yet".into()),
         }
     });
-    for i in 0..3 {
-        let replica = &mut replicas[i];
+    for replica in replicas.iter_mut().take(3) {
         assert_eq!(
             replica.process.as_mut().unwrap().stop(),
             Some(0),
@@ -534,9 +533,9 @@ fn replicas_behind_haproxy() {
         );
         setup.start(replica);
         eventually(
-            &format!("{} ready again", replicas[i].id),
+            &format!("{} ready again", replica.id),
             WAIT,
-            || match http_get(replicas[i].health, "/ready")? {
+            || match http_get(replica.health, "/ready")? {
                 (200, _) => Ok(()),
                 (status, body) => Err(format!("{status} {body}")),
             },

@@ -409,22 +409,26 @@ async fn killed_agent_ends_requests_promptly() {
             .spawn()
             .unwrap();
         topo.wait_for_agents_exactly("p1", 1).await;
+        let received = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = topo.curl();
-        cmd.args(["-w", "\n%{http_code}", "-o", "/dev/stdout"])
+        cmd.args(["-w", "%{http_code}", "-o"])
+            .arg(received.path())
             .arg(topo.proxy_url("k8s", path));
         let request = curl(cmd);
+        let metrics_url = format!("http://{}/metrics", topo.gateway.health_addr);
         let killer = async {
-            // Kill once the request is inside the tunnel (its stream is open).
-            let metrics = format!("http://{}/metrics", topo.gateway.health_addr);
+            // Kill once the request is inside the tunnel (its stream is open) and, for the
+            // transfer, once the caller has body bytes (a kill before the response head is
+            // the first case, a clean 502).
             let in_flight = async {
                 loop {
                     let mut cmd = std::process::Command::new("curl");
-                    cmd.args(["-sS", "--max-time", "5", &metrics]);
-                    let out = curl(cmd).await;
-                    if text(&out)
+                    cmd.args(["-sS", "--max-time", "5", &metrics_url]);
+                    let open = text(&curl(cmd).await)
                         .lines()
-                        .any(|l| l == "planelink_gateway_open_streams 1")
-                    {
+                        .any(|l| l == "planelink_gateway_open_streams 1");
+                    let flowing = std::fs::metadata(received.path()).is_ok_and(|m| m.len() > 0);
+                    if open && (expect_502 || flowing) {
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -443,7 +447,7 @@ async fn killed_agent_ends_requests_promptly() {
             ended < Duration::from_secs(3),
             "{path}: the caller waited {ended:?} after the kill"
         );
-        let body = text(&out);
+        let body = std::fs::read_to_string(received.path()).unwrap_or_default() + &text(&out);
         if expect_502 {
             assert!(
                 body.ends_with("502") && body.contains("dropped the request"),
