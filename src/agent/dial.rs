@@ -122,7 +122,7 @@ pub fn host_port(url: &url::Url) -> (String, u16) {
 }
 
 /// Step 1: TCP, resolving the host now (a gateway behind a load balancer may move). The
-/// addresses a name resolves to are tried in random order, so agents spread over the
+/// addresses a name resolves to are tried from a random one on, so agents spread over the
 /// replicas a DNS name lists (a headless Service) and each finds them all in time.
 pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
     let addr = format!("{host}:{port}");
@@ -135,7 +135,16 @@ pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStre
             .await
             .map_err(|e| failed(e.to_string()))?
             .collect();
-        rand::seq::SliceRandom::shuffle(addrs.as_mut_slice(), &mut rand::rng());
+        // A random rotation from std's hasher keys (the getrandom system call): the
+        // thread RNG would need /dev/urandom, which an empty root may not have.
+        if !addrs.is_empty() {
+            let turn = std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                port,
+            );
+            let len = addrs.len();
+            addrs.rotate_left((turn % len as u64) as usize);
+        }
         let mut last = failed("the name resolves to no address".into());
         for candidate in addrs {
             match TcpStream::connect(candidate).await {
