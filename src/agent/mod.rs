@@ -52,11 +52,15 @@ impl State {
     }
 
     /// What the gateway says of its replicas: kept, and it may call for more tunnels.
+    /// Only a change of the replicas themselves counts (not which replica said it), so
+    /// that answers from different replicas do not keep waking the dialler.
     fn learn(&self, membership: Option<protocol::Membership>) {
         if let Some(m) = membership {
             self.metrics.gateway_replicas(m.count);
             self.membership.send_if_modified(|current| {
-                let changed = current.as_ref() != Some(&m);
+                let changed = current
+                    .as_ref()
+                    .is_none_or(|c| c.count != m.count || c.members != m.members);
                 *current = Some(m);
                 changed
             });
@@ -277,10 +281,12 @@ struct Pacing {
     misses: u32,
 }
 
-/// After a dial reached a replica already held, the next comes after this, doubling up
-/// to `--reconnect-delay` while the load balancer keeps choosing held replicas (a replica
-/// killed outright stays counted until its Lease expires).
+/// After a dial reached a replica already held, the next comes after this, doubling while
+/// the load balancer keeps choosing held replicas (a replica killed outright stays
+/// counted until its Lease expires); a replica never seen before starts it over.
 const MISS_DELAY: Duration = Duration::from_millis(50);
+/// Misses in a row before their delay may grow past `--reconnect-delay`.
+const PROMPT_MISSES: u32 = 10;
 
 impl Pacing {
     fn new(base: Duration, max: Duration) -> Pacing {
@@ -294,9 +300,16 @@ impl Pacing {
         }
     }
 
-    /// A dial reached a replica already held: try again soon, a little later each time.
+    /// A dial reached a replica already held: try again soon, a little later each time,
+    /// up to `--reconnect-delay`; after [`PROMPT_MISSES`] in a row up to
+    /// `--max-reconnect-delay` (a member that cannot be reached then costs little).
     fn missed(&mut self) -> Duration {
-        let delay = backoff(MISS_DELAY, self.base, self.misses);
+        let cap = if self.misses < PROMPT_MISSES {
+            self.base
+        } else {
+            self.max
+        };
+        let delay = backoff(MISS_DELAY, cap, self.misses);
         self.misses = self.misses.saturating_add(1);
         delay
     }
@@ -356,6 +369,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     let tunnels = tokio_util::task::TaskTracker::new();
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<TunnelEnd>();
     let mut membership = state.membership.subscribe();
+    let mut known_members: Vec<String> = Vec::new();
     let mut next_dial = tokio::time::Instant::now();
     loop {
         let wanted = state.missing_replicas();
@@ -386,9 +400,15 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                 if changed.is_err() {
                     break;
                 }
-                membership.borrow_and_update();
-                // A replica not held yet: look for it promptly.
-                if state.missing_replicas() {
+                let members = membership
+                    .borrow_and_update()
+                    .as_ref()
+                    .map(|m| m.members.clone())
+                    .unwrap_or_default();
+                let newcomer = members.iter().any(|id| !known_members.contains(id));
+                known_members = members;
+                // A replica never seen before and not held yet: look for it promptly.
+                if newcomer && state.missing_replicas() {
                     pacing.found_replica();
                     next_dial = next_dial.min(tokio::time::Instant::now() + rand::random_range(Duration::ZERO..=MISS_DELAY * 2));
                 }
@@ -406,12 +426,21 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                             .as_ref()
                             .map(|m| m.replica.clone())
                             .unwrap_or_default();
-                        pacing.found_replica();
                         let held = {
                             let mut held = state.held.lock().unwrap_or_else(|p| p.into_inner());
-                            held.push(replica.clone());
-                            held.len()
+                            // A gateway that cannot say 409 (one that predates replicas,
+                            // with no ID) may accept a second tunnel: not kept.
+                            (!held.contains(&replica)).then(|| {
+                                held.push(replica.clone());
+                                held.len()
+                            })
                         };
+                        let Some(held) = held else {
+                            drop(dialled);
+                            next_dial = tokio::time::Instant::now() + pacing.missed();
+                            continue;
+                        };
+                        pacing.found_replica();
                         tracing::info!(server = %config.server_url, plane_type = %config.plane_type,
                             plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
                             replica = %replica, tunnels = held, "connected to control plane");
@@ -441,6 +470,10 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     }
     tunnels.close();
     tunnels.wait().await;
+    // Tunnels that ended just before the shutdown are counted down too.
+    while let Ok(_end) = ended.try_recv() {
+        state.metrics.tunnel_lost();
+    }
     tracing::info!("agent stopped");
 }
 
