@@ -58,8 +58,7 @@ pub struct Hello {
     pub version: String,
     pub protocol: u32,
     pub capabilities: Vec<String>,
-    /// An agent's process: the same on each of its tunnels, so the replicas' counts of
-    /// one plane's agents can be told apart from tunnels.
+    /// An agent's process ID, the same on each of its tunnels.
     pub instance: Option<String>,
     /// A gateway's replica and the replicas it knows to be live; `None` from a gateway
     /// that predates replicas (it is the only one).
