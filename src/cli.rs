@@ -98,6 +98,10 @@ pub enum Command {
     Controller(ControllerArgs),
     #[command(about = Role::Register.about())]
     Register(RegisterArgs),
+    /// Every plane of the control plane in one table: mode, readiness, agents, gateway replicas, certificate expiry.
+    Status(crate::overview::StatusArgs),
+    /// Run the troubleshooting guide: every check of the control plane, its planes and (with --remote-context) a remote plane, each fix named.
+    Check(crate::overview::CheckArgs),
     /// Run a complete single-host topology: certificates, a registered DataPlane, a gateway and a connected agent.
     Up(UpArgs),
     /// Print the version, the git commit it was built from, and the TLS crypto provider.

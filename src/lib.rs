@@ -8,6 +8,7 @@
 //! - `planes`     the plane model and registry sources (directory, Kubernetes)
 //! - `tunnel`     the wire: WebSocket transport, HTTP/2 multiplexing, upgrades
 //! - `gateway`, `agent`, `controller`, `register`   one module per role
+//! - `overview`   `status` and `check`: the operator's view of every plane (reads planes, trust)
 //! - `manpages`   man pages rendered from the clap definitions
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod gateway;
 pub mod health;
 pub mod logging;
 pub mod manpages;
+pub mod overview;
 pub mod planes;
 pub mod register;
 pub mod replicas;

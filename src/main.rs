@@ -65,6 +65,8 @@ fn run(command: Command) -> ExitCode {
             ),
         },
         Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),
+        Command::Status(args) => ExitCode::from(planelink::overview::status(args)),
+        Command::Check(args) => ExitCode::from(planelink::overview::check(args)),
         Command::Version => {
             println!("planelink {}", env!("CARGO_PKG_VERSION"));
             println!("commit: {}", planelink::GIT_COMMIT.unwrap_or("unknown"));

@@ -21,6 +21,7 @@ use super::clients::GatewayAccess;
 use crate::planes::connection::{
     ConnectionStatus, GatewayLink, Notification, ReplicaTunnels, broadcast_stream,
 };
+use crate::planes::crd::ConnectedAgent;
 use crate::planes::{CrRef, PlaneKey, PlaneType};
 use crate::tunnel::body;
 use crate::tunnel::client::{HttpsClient, connector, http_client};
@@ -130,6 +131,7 @@ fn combine(
     combined.connected = ok.iter().any(|s| s.connected);
     combined.connected_agents = ok.iter().map(|s| s.connected_agents).max().unwrap_or(0);
     combined.last_seen = ok.iter().filter_map(|s| s.last_seen.clone()).max();
+    combined.agents = ConnectedAgent::distinct(ok.iter().flat_map(|s| s.agents.clone()).collect());
     combined.replicas = per_replica.then(|| ReplicaTunnels {
         holding: ok.iter().filter(|s| s.connected).count(),
         live,
@@ -363,6 +365,7 @@ mod tests {
             connected,
             connected_agents: agents,
             last_seen: last_seen.map(String::from),
+            agents: Vec::new(),
             replicas: None,
         }
     }

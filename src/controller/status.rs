@@ -19,6 +19,8 @@ pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 pub const HEARTBEAT_REFRESH: Duration = Duration::from_secs(60);
 
 /// How the plane is reached, and what was found out about it.
+// One value per reconcile, never stored in bulk: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     /// `spec.clusterAgent`: the client CA's verdict and the gateway's answer.
@@ -312,6 +314,7 @@ fn agent_connection(
         last_heartbeat_time: heartbeat,
         message: Some(agents_message(now)),
         gateway_replicas: now.replicas.map(|r| r.to_string()),
+        agents: now.agents.clone(),
     }
 }
 
@@ -378,6 +381,7 @@ mod tests {
 
     fn gateway_status(connected_agents: usize) -> ConnectionStatus {
         ConnectionStatus {
+            agents: Vec::new(),
             replicas: None,
             plane_type: "dataplane".into(),
             plane_id: "p1".into(),

@@ -14,7 +14,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::{Metrics, PlaneLabels};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::planes::connection::ConnectionStatus as PlaneStatus;
+use crate::planes::crd::ConnectedAgent;
 use crate::planes::{Authorisation, CrRef, PlaneKey, Snapshot};
 use crate::tunnel::{Body, Hello};
 
@@ -24,7 +27,11 @@ pub struct AgentConn {
     pub remote: SocketAddr,
     pub subject: String,
     pub hello: Hello,
+    /// The tunnel protocol the agent speaks.
+    pub protocol: &'static str,
     chain: Vec<CertificateDer<'static>>,
+    /// When the client certificate expires (for the plane's status and `planelink status`).
+    certificate_not_after: Option<k8s_openapi::jiff::Timestamp>,
     granted: RwLock<Vec<CrRef>>,
     sender: SendRequest<Body>,
     open_streams: AtomicUsize,
@@ -45,6 +52,15 @@ impl AgentConn {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(cr)
+    }
+
+    /// The agent as the plane API lists it.
+    pub fn summary(&self) -> ConnectedAgent {
+        ConnectedAgent {
+            instance: self.hello.instance.clone(),
+            protocol: self.protocol.to_string(),
+            certificate_not_after: self.certificate_not_after.map(Time),
+        }
     }
 
     pub fn sender(&self) -> SendRequest<Body> {
@@ -80,6 +96,7 @@ pub struct NewAgent {
     pub remote: SocketAddr,
     pub subject: String,
     pub hello: Hello,
+    pub protocol: &'static str,
     pub chain: Vec<CertificateDer<'static>>,
     pub granted: Vec<CrRef>,
     /// Cancelled when the gateway shuts down: the tunnel says "going away" and ends.
@@ -163,13 +180,22 @@ impl Hub {
     }
 
     pub fn register(&self, new: NewAgent, sender: SendRequest<Body>) -> Arc<AgentConn> {
+        let certificate_not_after = new
+            .chain
+            .first()
+            .and_then(|leaf| crate::trust::CertInfo::from_der(leaf).ok())
+            .and_then(|info| {
+                k8s_openapi::jiff::Timestamp::from_second(info.not_after.unix_timestamp()).ok()
+            });
         let agent = Arc::new(AgentConn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             key: new.key,
             remote: new.remote,
             subject: new.subject,
             hello: new.hello,
+            protocol: new.protocol,
             chain: new.chain,
+            certificate_not_after,
             granted: RwLock::new(new.granted),
             sender,
             open_streams: AtomicUsize::new(0),
@@ -360,11 +386,13 @@ impl Hub {
     }
 
     pub fn status(&self, key: &PlaneKey, cr: Option<&CrRef>) -> PlaneStatus {
-        let connected_agents = self
+        let agents: Vec<ConnectedAgent> = self
             .agents()
             .iter()
             .filter(|a| &a.key == key && a.is_usable() && cr.is_none_or(|cr| a.serves(cr)))
-            .count();
+            .map(|a| a.summary())
+            .collect();
+        let connected_agents = agents.len();
         let last_seen = if connected_agents > 0 {
             Some(SystemTime::now())
         } else {
@@ -382,6 +410,7 @@ impl Hub {
             connected: connected_agents > 0,
             connected_agents,
             last_seen: last_seen.map(rfc3339),
+            agents: ConnectedAgent::distinct(agents),
             replicas: None,
         }
     }

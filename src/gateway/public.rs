@@ -346,6 +346,7 @@ fn upgrade_request(
         remote,
         subject: subject_of(&chain),
         hello,
+        protocol: SUBPROTOCOL,
         chain: chain.as_ref().clone(),
         granted,
         going_away: core.hub.tunnel_going_away(),
@@ -433,7 +434,9 @@ async fn run_agent(
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,
-        version = %crate::logging::escape(&agent.hello.version), authorised_for = %crs.join(","), "agent connected");
+        version = %crate::logging::escape(&agent.hello.version),
+        instance = agent.hello.instance.as_deref().unwrap_or("-"),
+        authorised_for = %crs.join(","), "agent connected");
     let reason = tokio::select! {
         result = connection => match result {
             Ok(()) => "the agent closed the tunnel".to_string(),

@@ -25,6 +25,9 @@ pub struct ConnectionStatus {
     /// RFC 3339; when an agent was last connected (now, while one is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
+    /// The connected agents (planelink's addition to the plane API).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<super::crd::ConnectedAgent>,
     /// Not part of the plane API (one replica answers for itself): the controller's view
     /// across the gateway replicas, when it could ask each of them.
     #[serde(skip)]

@@ -225,6 +225,44 @@ pub struct AgentConnectionStatus {
     /// (e.g. `3/3`); absent when the replicas could not be asked one by one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_replicas: Option<String>,
+    /// The connected agents (at most 16), each once however many replicas it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<ConnectedAgent>,
+}
+
+/// One connected agent as the gateway verified it: the plane API's and the status's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectedAgent {
+    /// The agent process's ID from its hello, the same on each of its tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The tunnel protocol it speaks (`planelink.v1`).
+    pub protocol: String,
+    /// When its client certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<Time>,
+}
+
+/// The most agents a plane's status lists.
+pub const MAX_LISTED_AGENTS: usize = 16;
+
+impl ConnectedAgent {
+    /// Each agent once (an agent holds a tunnel to every replica), in a stable order, at
+    /// most [`MAX_LISTED_AGENTS`].
+    pub fn distinct(mut agents: Vec<ConnectedAgent>) -> Vec<ConnectedAgent> {
+        let order = |a: &ConnectedAgent| {
+            (
+                a.instance.clone(),
+                a.protocol.clone(),
+                a.certificate_not_after.as_ref().map(|t| t.0),
+            )
+        };
+        agents.sort_by_key(order);
+        agents.dedup_by(|a, b| order(a) == order(b));
+        agents.truncate(MAX_LISTED_AGENTS);
+        agents
+    }
 }
 
 /// Status shared by the three plane kinds.
@@ -553,6 +591,18 @@ impl AnyPlane {
 
     pub fn client_ca(&self) -> Option<&ValueFrom> {
         each_plane!(self, |p| p.client_ca())
+    }
+
+    pub fn common(&self) -> CommonSpec<'_> {
+        each_plane!(self, |p| p.common())
+    }
+
+    pub fn plane_status(&self) -> Option<&PlaneStatus> {
+        each_plane!(self, |p| p.plane_status())
+    }
+
+    pub fn gateway_spec(&self) -> Option<&GatewaySpec> {
+        each_plane!(self, |p| p.gateway_spec())
     }
 
     /// Decodes one plane object of `kind` from its JSON form.

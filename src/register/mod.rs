@@ -9,6 +9,7 @@ mod secrets;
 pub mod args;
 
 pub use args::{CertsCommand, RegisterArgs, RegisterCommand};
+pub use check::url as server_url;
 
 /// Outcome of a register command, mapped to the process exit code by main.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -179,6 +179,64 @@ impl CertInfo {
     }
 }
 
+/// The default warning window before a certificate's expiry.
+pub const DEFAULT_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Where a certificate stands against its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ExpiryState {
+    Valid,
+    ExpiringSoon,
+    Expired,
+}
+
+/// How long a certificate has left, judged against a warning window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub not_after: OffsetDateTime,
+    /// Whole days left; negative once expired.
+    pub days_left: i64,
+    pub state: ExpiryState,
+}
+
+impl Expiry {
+    /// Judged at `now` against `warn`, or against a third of the certificate's lifetime
+    /// when that is shorter (a 30-day certificate is not "expiring soon" on its first day);
+    /// without `not_before` (the lifetime unknown), against `warn`.
+    pub fn at(
+        not_before: Option<OffsetDateTime>,
+        not_after: OffsetDateTime,
+        now: SystemTime,
+        warn: std::time::Duration,
+    ) -> Expiry {
+        let now = OffsetDateTime::from(now);
+        let mut window = time::Duration::try_from(warn).unwrap_or(time::Duration::MAX);
+        if let Some(from) = not_before {
+            window = window.min((not_after - from) / 3);
+        }
+        let left = not_after - now;
+        let state = if left <= time::Duration::ZERO {
+            ExpiryState::Expired
+        } else if left <= window {
+            ExpiryState::ExpiringSoon
+        } else {
+            ExpiryState::Valid
+        };
+        Expiry {
+            not_after,
+            days_left: left.whole_days(),
+            state,
+        }
+    }
+}
+
+impl CertInfo {
+    /// This certificate's [`Expiry`] at `now`.
+    pub fn expiry(&self, now: SystemTime, warn: std::time::Duration) -> Expiry {
+        Expiry::at(Some(self.not_before), self.not_after, now, warn)
+    }
+}
+
 pub fn format_time(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
@@ -267,6 +325,41 @@ fn public_key_algorithm(cert: &X509Certificate<'_>) -> String {
         },
         Ok(_) => cert.public_key().algorithm.algorithm.to_id_string(),
         Err(_) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn day(n: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(n)
+    }
+
+    fn at(n: i64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(n as u64 * 86_400)
+    }
+
+    #[test]
+    fn the_window_is_the_flag_or_a_third_of_the_lifetime() {
+        let warn = DEFAULT_EXPIRY_WARNING;
+        // A year-long certificate: warned 30 days before.
+        let year = |now| Expiry::at(Some(day(0)), day(365), at(now), warn);
+        assert_eq!(year(334).state, ExpiryState::Valid);
+        assert_eq!(year(336).state, ExpiryState::ExpiringSoon);
+        assert_eq!(year(336).days_left, 29);
+        assert_eq!(year(366).state, ExpiryState::Expired);
+        // A 30-day certificate: warned in its last 10 days, not from its first.
+        let month = |now| Expiry::at(Some(day(0)), day(30), at(now), warn);
+        assert_eq!(month(1).state, ExpiryState::Valid);
+        assert_eq!(month(19).state, ExpiryState::Valid);
+        assert_eq!(month(21).state, ExpiryState::ExpiringSoon);
+        // Lifetime unknown: the flag alone.
+        assert_eq!(
+            Expiry::at(None, day(30), at(1), warn).state,
+            ExpiryState::ExpiringSoon
+        );
     }
 }
 

@@ -18,7 +18,7 @@ pub mod verify;
 
 pub use error::TrustError;
 pub use hostname::check_host;
-pub use inspect::{CertInfo, Eku, Validity};
+pub use inspect::{CertInfo, Eku, Expiry, ExpiryState, Validity};
 pub use pem::{
     PrivateKey, load_certificates, load_private_key, parse_certificates, parse_private_key,
 };
