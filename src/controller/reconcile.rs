@@ -412,6 +412,26 @@ async fn notify_if_changed<K: PlaneResource>(plane: &K, ctx: &Context, fingerpri
     }
 }
 
+/// A JSON merge patch from `before` to `after`: `after`, with `null` for every field
+/// `after` leaves out (an omitted field is kept by a merge patch, so a list that became
+/// empty or a value that became unknown would otherwise stay as it was).
+fn merge_patch(before: &serde_json::Value, after: &serde_json::Value) -> serde_json::Value {
+    match (before, after) {
+        (serde_json::Value::Object(old), serde_json::Value::Object(new)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, value) in new {
+                let previous = old.get(key).unwrap_or(&serde_json::Value::Null);
+                patch.insert(key.clone(), merge_patch(previous, value));
+            }
+            for key in old.keys().filter(|k| !new.contains_key(*k)) {
+                patch.insert(key.clone(), serde_json::Value::Null);
+            }
+            serde_json::Value::Object(patch)
+        }
+        _ => after.clone(),
+    }
+}
+
 /// Patches `status` when it changed, and records an Event for each condition that moved.
 async fn write_status<K: PlaneResource>(
     plane: &K,
@@ -423,7 +443,12 @@ async fn write_status<K: PlaneResource>(
     if before == status {
         return Ok(());
     }
-    let patch = serde_json::json!({ "status": status });
+    let patch = serde_json::json!({
+        "status": merge_patch(
+            &serde_json::to_value(&before).unwrap_or_default(),
+            &serde_json::to_value(&status).unwrap_or_default(),
+        )
+    });
     api.patch_status(
         &plane.name_any(),
         &PatchParams::default(),
@@ -454,4 +479,22 @@ async fn write_status<K: PlaneResource>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn a_field_left_out_is_removed_and_the_rest_is_replaced() {
+        let before = json!({"agentConnection": {"connected": true, "gatewayReplicas": "2/2",
+            "agents": [{"protocol": "planelink.v1"}]}, "observedGeneration": 1});
+        let after = json!({"agentConnection": {"connected": false}, "observedGeneration": 2});
+        assert_eq!(
+            merge_patch(&before, &after),
+            json!({"agentConnection": {"connected": false, "gatewayReplicas": null, "agents": null},
+                "observedGeneration": 2})
+        );
+    }
 }

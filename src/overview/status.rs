@@ -34,10 +34,10 @@ pub struct PlaneRow {
     pub protocols: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "clientCA", skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<CertificateExpiry>,
     /// Why the client CA cannot be used, when it cannot (the controller's reason).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "clientCAProblem", skip_serializing_if = "Option::is_none")]
     pub client_ca_problem: Option<String>,
     /// The connected agent certificate that expires first.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -23,7 +23,8 @@
 //! - **Services and DNS.** `/etc/hosts` (rewritten in place as pods come and go) maps
 //!   `SERVICE.NAMESPACE.svc[.cluster.local]` straight to the ready pods the Service selects;
 //!   the Service's port must therefore equal the container port it targets, which is
-//!   asserted. Names outside the cluster (the gateway's public host) map to the endpoints
+//!   asserted; a name with several ready pods resolves to all of them (`multi on`).
+//!   Names outside the cluster (the gateway's public host) map to the endpoints
 //!   of a Service the test names, as a load balancer's DNS would.
 //! - **Seccomp** profiles are not applied.
 
@@ -1036,6 +1037,9 @@ ln -s usr/bin "$root/bin"
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc" 2>/dev/null || mount --rbind /proc "$root/proc"
 echo "hosts: files" > "$root/etc/nsswitch.conf"
+# A name with several addresses resolves to all of them, as DNS answers with every record
+# (glibc's files backend returns only the first line's address without this).
+echo "multi on" > "$root/etc/host.conf"
 mkdir -p "$(dirname "$root$entry")"
 touch "$root$entry"
 mount --bind "$bin" "$root$entry"

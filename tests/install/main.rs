@@ -340,10 +340,392 @@ fn readme_install_runs_on_two_clusters() {
             );
         }
     }
+    status_and_check(&operator, &kubelet, clusters, dir.path());
     assert_eq!(
         kubelet.crashes(),
         Vec::<String>::new(),
         "{}",
         kubelet.report()
     );
+}
+
+/// Runs a command in the operator's shell that must exit with `code`; its stdout.
+fn exits(operator: &Operator, kubelet: &Kubelet, script: &str, code: i32) -> String {
+    let out = operator.run(script, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{script}\nstdout:\n{stdout}\nstderr:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        kubelet.report()
+    );
+    stdout
+}
+
+/// The line of `text` that starts with `prefix`, and the line after it.
+fn line_and_next<'a>(text: &'a str, prefix: &str) -> (&'a str, &'a str) {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in\n{text}"));
+    (lines[at], lines.get(at + 1).copied().unwrap_or_default())
+}
+
+fn has_line(text: &str, line: &str) {
+    assert!(
+        text.lines().any(|l| l == line),
+        "no line {line:?} in\n{text}"
+    );
+}
+
+/// The DataPlane's status as `planelink status -o json` reports it.
+fn plane_row(operator: &Operator, kubelet: &Kubelet, name: &str) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(&operator.ok(
+        kubelet,
+        r#"planelink status --context "$CP" -o json"#,
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    report["planes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "DataPlane" && p["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no DataPlane {name} in {report}"))
+}
+
+/// Waits until the DataPlane's Ready condition has `reason` and `connectedAgents` is `agents`.
+fn wait_for_plane(clusters: &Clusters, name: &str, reason: &str, agents: i64) {
+    eventually(
+        &format!("DataPlane default/{name}: {reason}, {agents} agent(s)"),
+        Duration::from_secs(60),
+        || {
+            let plane = clusters
+                .get(&clusters.control, "default", &format!("dataplane/{name}"))
+                .ok_or("no DataPlane")?;
+            let status = &plane["status"];
+            let ready = status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+                .unwrap_or_default();
+            let connected = status["agentConnection"]["connectedAgents"]
+                .as_i64()
+                .unwrap_or(0);
+            let replicas = status["agentConnection"]["gatewayReplicas"].as_str();
+            let settled = agents == 0 || replicas == Some("2/2");
+            (ready["reason"] == reason && connected == agents && settled)
+                .then_some(())
+                .ok_or_else(|| format!("{status}"))
+        },
+    );
+}
+
+/// `planelink status` and `planelink check` on the installed pair: the truth for the
+/// healthy plane, then each mistake of the troubleshooting guide planted in turn and
+/// undone with the command check names as the fix.
+fn status_and_check(operator: &Operator, kubelet: &Kubelet, clusters: &Clusters, dir: &Path) {
+    common::require_tool("script");
+    wait_for_plane(clusters, "default", "Ready", 1);
+    let check = r#"planelink check dataplane/default --context "$CP" --remote-context "$REMOTE""#;
+    let healthy = exits(operator, kubelet, check, 0);
+    for line in [
+        "  ✔ CRD dataplanes.openchoreo.dev is installed and current",
+        "  ✔ ConfigMap openchoreo-control-plane/cluster-gateway-ca matches the Secret",
+        "  ✔ gateway Deployment openchoreo-control-plane/cluster-gateway: 2/2 replicas ready",
+        "  ✔ the gateway's serving certificate (Secret openchoreo-control-plane/cluster-gateway-tls) chains to its CA",
+        "  ✔ the gateway's serving certificate covers gateway.planelink.test (publicHost of ConfigMap cluster-gateway)",
+        "  ✔ Ready",
+        "  ✔ 1 agent(s) connected, to 2/2 gateway replicas",
+        "  ✔ ConfigMap openchoreo-data-plane/cluster-gateway-ca holds the control plane's gateway CA",
+        "  ✔ ca.crt of Secret openchoreo-data-plane/cluster-agent-tls is a CA of the agent's own",
+        "  ✔ the plane's clientCA trusts the agent's certificate (Secret openchoreo-data-plane/cluster-agent-tls)",
+        "  ✔ agent Deployment openchoreo-data-plane/cluster-agent: 1/1 replicas ready",
+        "  ✔ the agent serves planeID default",
+        "  ✔ the gateway's serving certificate covers gateway.planelink.test (the agent's --server-url)",
+        "  ✔ the agent's ServiceAccount cluster-agent may do what the control plane needs",
+    ] {
+        has_line(&healthy, line);
+    }
+    let passed = healthy.lines().filter(|l| l.starts_with("  ✔ ")).count();
+    assert_eq!(
+        healthy.lines().last(),
+        Some(format!("{passed} checks: {passed} passed, 0 warnings, 0 failed").as_str()),
+        "{healthy}"
+    );
+
+    // The truth for a connected plane, for scripts and for people.
+    let row = plane_row(operator, kubelet, "default");
+    for (field, value) in [
+        ("planeID", "default"),
+        ("mode", "agent"),
+        ("ready", "True"),
+        ("reason", "Ready"),
+        ("gatewayReplicas", "2/2"),
+    ] {
+        assert_eq!(row[field], value, "{field}: {row}");
+    }
+    assert_eq!(row["connectedAgents"], 1, "{row}");
+    assert_eq!(
+        row["protocols"],
+        serde_json::json!(["planelink.v1"]),
+        "{row}"
+    );
+    assert_eq!(row["agents"][0]["protocol"], "planelink.v1", "{row}");
+    let ca_days = i64::from(planelink::trust::issue::DEFAULT_CA_DAYS) - 1;
+    let leaf_days = i64::from(planelink::trust::issue::DEFAULT_LEAF_DAYS) - 1;
+    assert_eq!(row["clientCA"]["daysLeft"], ca_days, "{row}");
+    assert_eq!(row["clientCA"]["state"], "Valid", "{row}");
+    assert_eq!(row["agentCertificate"]["daysLeft"], leaf_days, "{row}");
+    assert_eq!(row["agentCertificate"]["state"], "Valid", "{row}");
+    let table = operator.ok(
+        kubelet,
+        r#"planelink status --context "$CP""#,
+        Duration::from_secs(30),
+    );
+    assert!(!table.contains('\x1b'), "colour in a pipe: {table:?}");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap()
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "KIND",
+            "NAMESPACE/NAME",
+            "PLANE ID",
+            "MODE",
+            "READY",
+            "REASON",
+            "AGENTS",
+            "PROTOCOL",
+            "HEARTBEAT",
+            "CLIENT CA",
+            "AGENT CERT"
+        ],
+        "{table}"
+    );
+    let cells: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        [&cells[..10], &cells[11..]].concat(),
+        [
+            "DataPlane",
+            "default/default",
+            "default",
+            "agent",
+            "True",
+            "Ready",
+            "1",
+            "on",
+            "2/2",
+            "planelink.v1",
+            &format!("{ca_days}d"),
+            &format!("{leaf_days}d"),
+        ],
+        "{table}"
+    );
+    // On a terminal, the same table in colour.
+    let terminal = operator.ok(
+        kubelet,
+        r#"env -u NO_COLOR TERM=xterm script -qec 'planelink status --context "$CP"' /dev/null"#,
+        Duration::from_secs(30),
+    );
+    for painted in ["\x1b[1mKIND\x1b[0m", "\x1b[32mTrue\x1b[0m"] {
+        assert!(terminal.contains(painted), "no {painted:?} in {terminal:?}");
+    }
+
+    // An agent dialling the gateway by an IP its certificate lacks.
+    let by_ip = exits(
+        operator,
+        kubelet,
+        r#"planelink check dataplane/default --context "$CP" --server-url wss://127.0.0.1:8443/ws"#,
+        1,
+    );
+    let (_, fix) = line_and_next(
+        &by_ip,
+        "  ✘ the gateway's serving certificate does not cover 127.0.0.1 (--server-url): it has no IP SANs (valid for ",
+    );
+    assert_eq!(
+        fix,
+        "      fix: add 127.0.0.1 to the certificate's ipAddresses (bare hosts: planelink register certs \
+         gateway --ip-address 127.0.0.1), or connect by a DNS name it lists"
+    );
+
+    // The remote plane's copy of the gateway CA replaced by a placeholder.
+    operator.ok(
+        kubelet,
+        r#"kubectl --context "$REMOTE" -n openchoreo-data-plane create configmap cluster-gateway-ca \
+             --from-literal=ca.crt=placeholder --dry-run=client -o yaml |
+           kubectl --context "$REMOTE" replace -f -"#,
+        Duration::from_secs(30),
+    );
+    let placeholder = exits(operator, kubelet, check, 1);
+    let (_, fix) = line_and_next(
+        &placeholder,
+        "  ✘ ConfigMap openchoreo-data-plane/cluster-gateway-ca holds no CA (",
+    );
+    let register = format!(
+        "planelink register dataplane default --control-plane-context {} --remote-context {} \
+         --namespace default --public-virtual-host apps.example.com --organization-virtual-host apps.internal",
+        clusters.control, clusters.remote
+    );
+    assert_eq!(
+        fix,
+        format!(
+            "      fix: copy ca.crt of Secret cluster-gateway-ca from the control plane: {register}"
+        )
+    );
+    operator.ok(kubelet, &register, Duration::from_secs(60));
+    has_line(
+        &exits(operator, kubelet, check, 0),
+        "  ✔ ConfigMap openchoreo-data-plane/cluster-gateway-ca holds the control plane's gateway CA",
+    );
+
+    // The agent's leaf registered as its CA: refused, and the agent disconnected.
+    let pem_of = |namespace: &str, what: &str, key: &str, cluster: &str| {
+        let object = clusters.get(cluster, namespace, what).unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(object["data"][key].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let patch = |pem: &str| {
+        let file = dir.join("client-ca.patch.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({"spec": {"clusterAgent": {"clientCA": {"value": pem}}}}).to_string(),
+        )
+        .unwrap();
+        operator.ok(
+            kubelet,
+            &format!(
+                r#"kubectl --context "$CP" -n default patch dataplane default --type merge --patch-file {}"#,
+                file.display()
+            ),
+            Duration::from_secs(30),
+        );
+    };
+    let agent_leaf = pem_of(
+        "openchoreo-data-plane",
+        "secret/cluster-agent-tls",
+        "tls.crt",
+        &clusters.remote,
+    );
+    patch(&agent_leaf);
+    wait_for_plane(clusters, "default", "ClientCAIsLeaf", 0);
+    let row = plane_row(operator, kubelet, "default");
+    assert_eq!(
+        (row["ready"].as_str(), row["connectedAgents"].as_i64()),
+        (Some("False"), Some(0)),
+        "{row}"
+    );
+    let leaf = exits(
+        operator,
+        kubelet,
+        r#"planelink check dataplane/default --context "$CP""#,
+        1,
+    );
+    let (_, fix) = line_and_next(&leaf, "  ✘ clientCA: clientCA holds a leaf certificate (");
+    assert_eq!(
+        fix,
+        "      fix: `clientCA` holds a leaf: register `ca.crt` of Secret `cluster-agent-tls`, not `tls.crt`"
+    );
+    has_line(&leaf, "  ✘ no agent connected");
+    let table = operator.ok(
+        kubelet,
+        r#"planelink status --context "$CP""#,
+        Duration::from_secs(30),
+    );
+    let cells: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &cells[..7],
+        [
+            "DataPlane",
+            "default/default",
+            "default",
+            "agent",
+            "False",
+            "ClientCAIsLeaf",
+            "0"
+        ],
+        "{table}"
+    );
+    assert_eq!(cells[cells.len() - 2..], ["invalid", "-"], "{table}");
+
+    // The gateway's own CA registered where the agent's belongs.
+    let gateway_ca = pem_of(
+        "openchoreo-control-plane",
+        "secret/cluster-gateway-ca",
+        "ca.crt",
+        &clusters.control,
+    );
+    patch(&gateway_ca);
+    wait_for_plane(clusters, "default", "ClientCAIsGatewayCA", 0);
+    let wrong = exits(
+        operator,
+        kubelet,
+        r#"planelink check dataplane/default --context "$CP""#,
+        1,
+    );
+    let (_, fix) = line_and_next(
+        &wrong,
+        "  ✘ clientCA: clientCA is the gateway's own server CA (",
+    );
+    assert_eq!(
+        fix,
+        "      fix: `clientCA` is the gateway's own server CA: register the agent's CA from the remote plane"
+    );
+    // The register command undoes it, and the agent is back.
+    operator.ok(kubelet, &register, Duration::from_secs(60));
+    wait_for_plane(clusters, "default", "Ready", 1);
+    exits(operator, kubelet, check, 0);
+
+    // A client CA inside its warning window: shown, and warned about, not failed.
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expiring = planelink::trust::issue::new_ca(
+        &planelink::trust::issue::CaOptions::agent("expiring").window(
+            planelink::trust::issue::Window {
+                not_before: now - 80 * day,
+                not_after: now + 5 * day,
+            },
+        ),
+    )
+    .unwrap();
+    let mut indented = String::new();
+    for line in expiring.cert_pem.lines() {
+        indented += &format!("          {line}\n");
+    }
+    clusters.apply(
+        &clusters.control,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: expiring, namespace: default}}\n\
+             spec:\n  clusterAgent:\n    clientCA:\n      value: |\n{indented}  gateway:\n    \
+             publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n"
+        ),
+    );
+    wait_for_plane(clusters, "expiring", "AgentNotConnected", 0);
+    let row = plane_row(operator, kubelet, "expiring");
+    assert_eq!(row["clientCA"]["state"], "ExpiringSoon", "{row}");
+    assert_eq!(row["clientCA"]["daysLeft"], 4, "{row}");
+    let soon = exits(
+        operator,
+        kubelet,
+        r#"planelink check dataplane/expiring --context "$CP""#,
+        1,
+    );
+    let (_, fix) = line_and_next(&soon, "  ⚠ clientCA expires in 4 days (");
+    assert_eq!(
+        fix,
+        "      fix: renew it before then (planelink register certs, or cert-manager's renewBefore)"
+    );
+    has_line(&soon, "  ✘ no agent connected");
 }
