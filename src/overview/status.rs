@@ -219,7 +219,10 @@ fn cells(row: &PlaneRow, now: SystemTime) -> Vec<Cell> {
         cell(row.mode, Tone::Plain),
         cell(row.ready.clone(), ready_tone),
         cell(
-            row.reason.clone().unwrap_or_else(|| "-".into()),
+            // Whoever may write the CR's status must not write to the operator's terminal.
+            row.reason
+                .as_deref()
+                .map_or("-".to_string(), crate::logging::escape),
             Tone::Plain,
         ),
         agents,
