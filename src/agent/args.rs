@@ -36,7 +36,8 @@ pub struct AgentArgs {
           help_heading = "TLS")]
     pub tls_enabled: bool,
 
-    /// Client certificate (PEM) presented to the gateway; re-read on every dial.
+    /// Client certificate (PEM) presented to the gateway; followed: a renewed file
+    /// replaces the tunnels without dropping a request.
     #[arg(
         long,
         env = "CLIENT_CERT_PATH",
@@ -45,7 +46,7 @@ pub struct AgentArgs {
     )]
     pub client_cert: PathBuf,
 
-    /// Private key of the client certificate; re-read on every dial.
+    /// Private key of the client certificate; followed like --client-cert.
     #[arg(
         long,
         env = "CLIENT_KEY_PATH",
@@ -62,6 +63,12 @@ pub struct AgentArgs {
         help_heading = "TLS"
     )]
     pub server_ca: PathBuf,
+
+    /// The CA that issued --client-cert (ca.crt of Secret cluster-agent-tls); when it
+    /// changes, the agent proposes it to the gateway for a CA rollover. Default: ca.crt
+    /// next to --client-cert; nothing is proposed when the file does not exist.
+    #[arg(long, env = "CLIENT_CA_PATH", help_heading = "TLS")]
+    pub client_ca: Option<PathBuf>,
 
     /// Kubeconfig for the local Kubernetes API (target k8s); in-cluster service account when unset.
     #[arg(long, env = "KUBECONFIG", help_heading = "Upstreams")]

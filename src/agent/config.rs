@@ -14,12 +14,14 @@ use crate::planes::PlaneType;
 use crate::trust::Purpose;
 use crate::tunnel::protocol::Heartbeat;
 
-/// The agent's TLS material, re-read on every dial (renewed files are picked up).
+/// The agent's TLS material, followed by [`super::identity`] (renewed files are picked up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub server_ca: PathBuf,
+    /// The agent's own CA, proposed to the gateway when it changes; may not exist.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Reconnect delays: exponential from `base` up to `max`, with jitter.
@@ -68,6 +70,11 @@ impl TryFrom<AgentArgs> for Config {
             client_cert: args.client_cert.clone(),
             client_key: args.client_key.clone(),
             server_ca: args.server_ca.clone(),
+            client_ca: Some(
+                args.client_ca
+                    .clone()
+                    .unwrap_or_else(|| args.client_cert.with_file_name("ca.crt")),
+            ),
         });
         if let Some(tls) = &tls {
             check_tls_files(tls)?;

@@ -5,6 +5,7 @@ pub mod args;
 pub mod config;
 pub mod dial;
 mod forward;
+pub mod identity;
 pub mod metrics;
 pub mod upstream;
 
@@ -25,7 +26,18 @@ use crate::health::{self, Health};
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::protocol;
 use crate::tunnel::proxy::Target;
+use identity::Identity;
 use upstream::Upstream;
+
+/// One tunnel the agent holds.
+struct Held {
+    tunnel: u64,
+    replica: String,
+    /// The identity generation it was dialled with.
+    generation: u64,
+    /// Cancelled when a tunnel with a newer identity to the same replica is up.
+    retire: CancellationToken,
+}
 
 /// What the tunnel's request handler needs.
 pub(crate) struct State {
@@ -39,16 +51,42 @@ pub(crate) struct State {
     connected: tokio::sync::watch::Sender<bool>,
     /// The gateway replicas, as the gateway last told (on a dial or since).
     membership: tokio::sync::watch::Sender<Option<protocol::Membership>>,
-    /// The replicas this agent holds a tunnel to.
-    held: std::sync::Mutex<Vec<String>>,
+    /// The tunnels this agent holds (during a renewal, two to a replica for a moment).
+    held: std::sync::Mutex<Vec<Held>>,
+    /// The certificate files as last loaded.
+    identity: tokio::sync::watch::Sender<Arc<Identity>>,
+    /// The newest identity a gateway accepted: dialled again while a renewed one is
+    /// refused, so the agent stays connected until the renewal is trusted.
+    accepted: std::sync::Mutex<Option<Arc<Identity>>>,
     /// Why the last dial failed, for `up` and tests to report.
     last_error: std::sync::Mutex<Option<String>>,
     metrics: Arc<metrics::Metrics>,
 }
 
 impl State {
+    /// The replicas held, with any identity.
     fn held_replicas(&self) -> Vec<String> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut replicas: Vec<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|h| h.replica.clone())
+            .collect();
+        replicas.dedup();
+        replicas
+    }
+
+    /// The replicas held with the current identity: the others are dialled again.
+    fn renewed_replicas(&self) -> Vec<String> {
+        let generation = self.identity.borrow().generation;
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|h| h.generation >= generation)
+            .map(|h| h.replica.clone())
+            .collect()
     }
 
     /// What the gateway says of its replicas: kept, and it may call for more tunnels.
@@ -67,9 +105,10 @@ impl State {
         }
     }
 
-    /// Whether some replica the gateway knows has no tunnel from this agent yet.
+    /// Whether some replica the gateway knows has no tunnel from this agent with its
+    /// current identity yet.
     fn missing_replicas(&self) -> bool {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.renewed_replicas();
         match &*self.membership.borrow() {
             None => held.is_empty(),
             Some(m) if m.members.is_empty() => held.len() < m.count,
@@ -174,7 +213,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Agent> {
     let mut registry = prometheus_client::registry::Registry::default();
+    let identity = match &config.tls {
+        Some(files) => Identity::load(files, 0)?,
+        None => Identity::plain(),
+    };
     let state = Arc::new(State {
+        identity: tokio::sync::watch::channel(Arc::new(identity)).0,
+        accepted: std::sync::Mutex::new(None),
         targets: targets(&config).await?,
         started: Instant::now(),
         instance: format!("{:016x}", rand::random::<u64>()),
@@ -204,6 +249,9 @@ pub async fn start(
             Some(local)
         }
     };
+    if let Some(files) = &state.config.tls {
+        identity::spawn_watcher(files.clone(), state.identity.clone());
+    }
     let done = tokio::spawn(connect_loop(state.clone(), shutdown));
     Ok(Agent {
         state,
@@ -220,39 +268,84 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     exp.mul_f64(jitter)
 }
 
-/// One dial, counted by its result. The identity is read from its files every time
-/// (renewed files are picked up), and the client certificate's expiry exported.
-async fn dial(state: &State) -> Result<dial::Dialled, dial::DialError> {
-    let dialled = async {
-        let identity = match &state.config.tls {
-            Some(files) => {
-                let identity = dial::TlsIdentity::load(files)?;
-                if let Some(leaf) = identity
-                    .client
-                    .as_ref()
-                    .and_then(|(chain, _)| chain.first())
-                    && let Ok(info) = crate::trust::inspect::CertInfo::from_der(leaf)
-                {
-                    state
-                        .metrics
-                        .client_certificate_expires(info.not_after.into());
-                }
-                Some(identity)
+/// A tunnel dialled, and with which identity.
+struct Dial {
+    dialled: dial::Dialled,
+    identity: Arc<Identity>,
+    /// Set when the current identity was refused and this tunnel uses the previous one.
+    renewal_refused: Option<dial::DialError>,
+}
+
+/// One dial, counted by its result, with the current identity; when the gateway refuses
+/// a renewed certificate the agent dials again with the one it accepted before
+/// (make-before-break: the agent keeps serving until its renewal is trusted).
+async fn dial(state: &State) -> Result<Dial, dial::DialError> {
+    let identity = state.identity.borrow().clone();
+    if let Some(leaf) = identity.chain().and_then(|chain| chain.first())
+        && let Ok(info) = crate::trust::inspect::CertInfo::from_der(leaf)
+    {
+        state
+            .metrics
+            .client_certificate_expires(info.not_after.into());
+    }
+    let introduction = dial::Introduction {
+        instance: Some(state.instance.clone()),
+        held: state.renewed_replicas(),
+    };
+    let dialled = dial::dial_gateway(&state.config, identity.tls.as_ref(), &introduction).await;
+    let previous = state
+        .accepted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .filter(|p| p.generation < identity.generation);
+    let result = match (dialled, previous) {
+        (Ok(dialled), _) => Ok(Dial {
+            dialled,
+            identity,
+            renewal_refused: None,
+        }),
+        (
+            Err(
+                refused @ dial::DialError::Refused {
+                    status: 401 | 403, ..
+                },
+            ),
+            Some(previous),
+        ) => {
+            tracing::warn!(
+                generation = identity.generation,
+                "the gateway does not trust the renewed certificate yet; the tunnels keep the previous one: {refused}"
+            );
+            let introduction = dial::Introduction {
+                held: state.held_replicas(),
+                ..introduction
+            };
+            match dial::dial_gateway(&state.config, previous.tls.as_ref(), &introduction).await {
+                Ok(dialled) => Ok(Dial {
+                    dialled,
+                    identity: previous,
+                    renewal_refused: Some(refused),
+                }),
+                Err(_) => Err(refused),
             }
-            None => None,
-        };
-        let introduction = dial::Introduction {
-            instance: Some(state.instance.clone()),
-            held: state.held_replicas(),
-        };
-        dial::dial_gateway(&state.config, identity.as_ref(), &introduction).await
-    }
-    .await;
-    match &dialled {
+        }
+        (Err(e), _) => Err(e),
+    };
+    match &result {
         Err(e) => state.metrics.dial(e.step()),
-        Ok(d) => state.learn(d.gateway.membership.clone()),
+        Ok(d) => {
+            state.learn(d.dialled.gateway.membership.clone());
+            let mut accepted = state.accepted.lock().unwrap_or_else(|p| p.into_inner());
+            if accepted
+                .as_ref()
+                .is_none_or(|a| a.generation < d.identity.generation)
+            {
+                *accepted = Some(d.identity.clone());
+            }
+        }
     }
-    dialled
+    result
 }
 
 /// After a gateway said it is going away, the first dials come within a second
@@ -355,33 +448,51 @@ impl Pacing {
 
 /// How one tunnel ended.
 struct TunnelEnd {
+    tunnel: u64,
     replica: String,
     going_away: bool,
     used: bool,
 }
 
+/// A replaced tunnel is left this long for the gateway to move its requests to the new
+/// one and close it (a planelink gateway does so once its streams are done); then the
+/// agent shuts it down gracefully itself (streams in flight still finish).
+const RETIRE_AFTER: Duration = Duration::from_secs(15);
+
 /// Holds one tunnel to each gateway replica: dials through `--server-url` (whatever
-/// balances it) until every replica the gateway names is held, keeps each tunnel in a
-/// task of its own, and redials for one that ends.
+/// balances it) until every replica the gateway names is held with the current
+/// identity, keeps each tunnel in a task of its own, redials for one that ends, and
+/// retires a tunnel once its replacement with a renewed identity is up.
 async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     let config = &state.config;
     let mut pacing = Pacing::new(config.backoff.base, config.backoff.max);
     let tunnels = tokio_util::task::TaskTracker::new();
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<TunnelEnd>();
     let mut membership = state.membership.subscribe();
+    let mut identity = state.identity.subscribe();
     let mut known_members: Vec<String> = Vec::new();
     let mut next_dial = tokio::time::Instant::now();
+    let mut next_tunnel: u64 = 0;
     loop {
         let wanted = state.missing_replicas();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(end) = ended.recv() => {
-                let left = {
+                let (retired, left) = {
                     let mut held = state.held.lock().unwrap_or_else(|p| p.into_inner());
-                    held.retain(|r| r != &end.replica);
-                    held.len()
+                    let retired = held
+                        .iter()
+                        .find(|h| h.tunnel == end.tunnel)
+                        .is_some_and(|h| h.retire.is_cancelled());
+                    held.retain(|h| h.tunnel != end.tunnel);
+                    (retired, held.len())
                 };
                 state.connected.send_replace(left > 0);
+                if retired {
+                    tracing::info!(replica = %end.replica, "the replaced tunnel has closed");
+                    state.metrics.tunnel_down();
+                    continue;
+                }
                 state.metrics.tunnel_lost();
                 if end.used {
                     pacing.tunnel_used();
@@ -395,6 +506,14 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     next_dial = next_dial.max(tokio::time::Instant::now() + delay);
                     tracing::info!(delay = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "reconnecting");
                 }
+            }
+            changed = identity.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                identity.borrow_and_update();
+                // Renewed files: new tunnels at once, the old ones serve meanwhile.
+                next_dial = tokio::time::Instant::now();
             }
             changed = membership.changed() => {
                 if changed.is_err() {
@@ -419,36 +538,64 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                     _ = shutdown.cancelled() => break,
                 };
                 let delay = match dialled {
-                    Ok(dialled) => {
+                    Ok(Dial { dialled, identity, renewal_refused }) => {
                         let replica = dialled
                             .gateway
                             .membership
                             .as_ref()
                             .map(|m| m.replica.clone())
                             .unwrap_or_default();
+                        let retire = CancellationToken::new();
                         let held = {
                             let mut held = state.held.lock().unwrap_or_else(|p| p.into_inner());
                             // A gateway that cannot say 409 (one that predates replicas,
-                            // with no ID) may accept a second tunnel: not kept.
-                            (!held.contains(&replica)).then(|| {
-                                held.push(replica.clone());
-                                held.len()
-                            })
+                            // with no ID) may accept a second tunnel: not kept, unless it
+                            // replaces one dialled with an older identity.
+                            let replaces: Vec<&Held> = held
+                                .iter()
+                                .filter(|h| h.replica == replica && !h.retire.is_cancelled())
+                                .collect();
+                            if replaces.iter().any(|h| h.generation >= identity.generation) {
+                                None
+                            } else {
+                                for old in replaces {
+                                    tracing::info!(%replica, generation = identity.generation,
+                                        "a tunnel with the renewed certificate is up; retiring the one it replaces");
+                                    old.retire.cancel();
+                                }
+                                next_tunnel += 1;
+                                held.push(Held {
+                                    tunnel: next_tunnel,
+                                    replica: replica.clone(),
+                                    generation: identity.generation,
+                                    retire: retire.clone(),
+                                });
+                                Some(held.iter().filter(|h| !h.retire.is_cancelled()).count())
+                            }
                         };
                         let Some(held) = held else {
                             drop(dialled);
                             next_dial = tokio::time::Instant::now() + pacing.missed();
                             continue;
                         };
-                        pacing.found_replica();
                         tracing::info!(server = %config.server_url, plane_type = %config.plane_type,
                             plane_id = %config.plane_id, gateway_version = %dialled.gateway.version,
                             replica = %replica, tunnels = held, "connected to control plane");
                         state.connected.send_replace(true);
                         state.metrics.tunnel_up();
-                        tunnels.spawn(serve_tunnel(state.clone(), dialled, replica, ended_tx.clone(), shutdown.clone()));
-                        // More replicas to find: at once.
-                        Duration::ZERO
+                        tunnels.spawn(serve_tunnel(state.clone(), dialled, (next_tunnel, replica), retire, ended_tx.clone(), shutdown.clone()));
+                        match renewal_refused {
+                            // The renewed identity is still refused: try it again later.
+                            Some(refused) => {
+                                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(refused.to_string());
+                                pacing.next_delay()
+                            }
+                            None => {
+                                pacing.found_replica();
+                                // More replicas to find: at once.
+                                Duration::ZERO
+                            }
+                        }
                     }
                     Err(dial::DialError::AlreadyHeld { replica, membership }) => {
                         state.learn(membership);
@@ -477,12 +624,13 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     tracing::info!("agent stopped");
 }
 
-/// Serves one tunnel's requests until it ends; on shutdown, lets open streams finish
-/// (HTTP/2 GOAWAY: the gateway sends nothing new).
+/// Serves one tunnel's requests until it ends; on shutdown, or some time after it was
+/// retired, lets open streams finish (HTTP/2 GOAWAY: the gateway sends nothing new).
 async fn serve_tunnel(
     state: Arc<State>,
     dialled: dial::Dialled,
-    replica: String,
+    (tunnel, replica): (u64, String),
+    retire: CancellationToken,
     ended: tokio::sync::mpsc::UnboundedSender<TunnelEnd>,
     shutdown: CancellationToken,
 ) {
@@ -496,25 +644,36 @@ async fn serve_tunnel(
     let connection = protocol::server_builder(state.config.heartbeat)
         .serve_connection(TokioIo::new(dialled.io), service);
     tokio::pin!(connection);
+    let retired = async {
+        retire.cancelled().await;
+        tokio::time::sleep(RETIRE_AFTER).await;
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        _ = retired => {
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(Duration::from_secs(30), connection.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;
-            state.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| r != &replica);
+            state.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|h| h.tunnel != tunnel);
             state.connected.send_replace(!state.held_replicas().is_empty());
             state.metrics.tunnel_down();
             return;
         }
     };
     let going_away = peer_close.going_away();
-    if !going_away {
+    if !going_away && !retire.is_cancelled() {
         match result {
             Ok(()) => tracing::warn!(%replica, "the gateway closed the tunnel; reconnecting"),
             Err(e) => tracing::warn!(%replica, error = %e, "tunnel lost; reconnecting"),
         }
     }
     let _ = ended.send(TunnelEnd {
+        tunnel,
         replica,
         going_away,
         used: state.metrics.requests_served() > served_before,

@@ -35,6 +35,8 @@ pub struct AgentConn {
     granted: RwLock<Vec<CrRef>>,
     sender: SendRequest<Body>,
     open_streams: AtomicUsize,
+    /// Set once a newer tunnel of the same agent replaced this one: no new requests.
+    replaced: std::sync::atomic::AtomicBool,
     /// Cancelled to disconnect the agent (trust revoked, reconnect asked, shutdown).
     pub close: CancellationToken,
 }
@@ -68,7 +70,14 @@ impl AgentConn {
     }
 
     pub fn is_usable(&self) -> bool {
-        !self.close.is_cancelled() && !self.sender.is_closed()
+        !self.close.is_cancelled()
+            && !self.sender.is_closed()
+            && !self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Streams in flight on this tunnel.
+    pub fn open_streams(&self) -> usize {
+        self.open_streams.load(Ordering::Relaxed)
     }
 
     /// Counts a stream in flight until the guard drops.
@@ -199,6 +208,7 @@ impl Hub {
             granted: RwLock::new(new.granted),
             sender,
             open_streams: AtomicUsize::new(0),
+            replaced: std::sync::atomic::AtomicBool::new(false),
             close: CancellationToken::new(),
         });
         self.touch(&agent);
@@ -214,6 +224,42 @@ impl Hub {
         agent
     }
 
+    /// Marks the older tunnels `newer` replaces (the same agent process, by its hello's
+    /// instance, renewing its certificate or redialling a tunnel it lost sight of) so
+    /// that no request is sent on them, and returns them to be closed once drained. A
+    /// tunnel authorised for a CR the newer one is not keeps serving.
+    pub fn replace_older(&self, newer: &AgentConn) -> Vec<Arc<AgentConn>> {
+        let Some(instance) = &newer.hello.instance else {
+            return Vec::new();
+        };
+        let granted = newer.granted();
+        let replaced: Vec<Arc<AgentConn>> = self
+            .agents()
+            .into_iter()
+            .filter(|old| {
+                old.id != newer.id
+                    && old.key == newer.key
+                    && old.hello.instance.as_ref() == Some(instance)
+                    && old.is_usable()
+                    && old.granted().iter().all(|cr| granted.contains(cr))
+            })
+            .collect();
+        for old in &replaced {
+            // The gauge counts agents: a replaced tunnel no longer does.
+            if !old.replaced.swap(true, Ordering::Relaxed) {
+                self.metrics.tunnels_replaced.inc();
+                self.metrics
+                    .agents_connected
+                    .get_or_create(&Self::labels(&old.key))
+                    .dec();
+            }
+        }
+        if !replaced.is_empty() {
+            let _ = self.changes.send(newer.key.clone());
+        }
+        replaced
+    }
+
     pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<PlaneKey> {
         self.changes.subscribe()
     }
@@ -223,10 +269,12 @@ impl Hub {
         let before = agents.len();
         agents.retain(|a| a.id != agent.id);
         if agents.len() < before {
-            self.metrics
-                .agents_connected
-                .get_or_create(&Self::labels(&agent.key))
-                .dec();
+            if !agent.replaced.load(Ordering::Relaxed) {
+                self.metrics
+                    .agents_connected
+                    .get_or_create(&Self::labels(&agent.key))
+                    .dec();
+            }
             // An agent whose trust was revoked is not "seen" for a plane that no longer
             // trusts it; recording it would bring back a plane just pruned as gone.
             if !agent.granted().is_empty() {

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabels, Counter>,
     pub open_streams: Gauge,
     pub certificate_verifications: Counter,
+    pub tunnels_replaced: Counter,
 }
 
 impl Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
             bytes: Family::default(),
             open_streams: Gauge::default(),
             certificate_verifications: Counter::default(),
+            tunnels_replaced: Counter::default(),
         };
         let registry = registry.sub_registry_with_prefix("planelink_gateway");
         registry.register(
@@ -102,6 +104,12 @@ impl Metrics {
             "Agent certificate chains verified against plane CAs: one per connecting agent, \
              and one per connected agent whenever trust changes",
             metrics.certificate_verifications.clone(),
+        );
+        registry.register(
+            "tunnels_replaced",
+            "Agent tunnels replaced by a newer one of the same agent (a renewed certificate), \
+             closed once their requests finished",
+            metrics.tunnels_replaced.clone(),
         );
         metrics
     }

@@ -380,6 +380,24 @@ async fn probe(sender: &mut hyper::client::conn::http2::SendRequest<Body>) -> Re
     }
 }
 
+/// A replaced tunnel gets no new requests; a request picked just before it was marked
+/// has this long to open its stream ...
+const REPLACED_SETTLE: Duration = Duration::from_secs(1);
+/// ... and streams in flight this long to finish (a watch may never end on its own; its
+/// client starts it again) before the tunnel is closed.
+const REPLACED_DRAIN: Duration = Duration::from_secs(60);
+
+async fn close_when_drained(old: Arc<super::hub::AgentConn>) {
+    tokio::time::sleep(REPLACED_SETTLE).await;
+    let drained = async {
+        while old.open_streams() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(REPLACED_DRAIN, drained).await;
+    old.close.cancel();
+}
+
 /// Runs one agent's tunnel from the upgrade until it closes or is disconnected.
 async fn run_agent(
     core: Arc<Core>,
@@ -431,6 +449,11 @@ async fn run_agent(
         && !Arc::ptr_eq(&snapshot, &verified_by)
     {
         core.hub.reverify_one(&snapshot, &agent);
+    }
+    for old in core.hub.replace_older(&agent) {
+        tracing::info!(agent = old.id, by = agent.id, plane = %agent.key, remote = %old.remote,
+            "agent tunnel replaced by a newer one of the same agent; closing it once drained");
+        core.tracker.spawn(close_when_drained(old));
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,

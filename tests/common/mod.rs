@@ -219,3 +219,24 @@ pub fn agent_files(dir: &Path, name: &str) -> String {
     issue::write_bundle(&identity, &ca, true, &leaf).unwrap();
     ca.cert_pem
 }
+
+/// A pooled HTTPS client presenting the caller certificate of `dir` (caller.crt,
+/// caller.key), trusting the gateway CA (gateway/ca.crt).
+pub fn caller_client(dir: &Path) -> planelink::tunnel::client::HttpsClient {
+    let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in planelink::trust::parse_certificates(&read("gateway/ca.crt")).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let chain = planelink::trust::parse_certificates(&read("caller.crt")).unwrap();
+    let key = planelink::trust::parse_private_key(&read("caller.key"))
+        .unwrap()
+        .into_der();
+    let tls = rustls::ClientConfig::builder_with_provider(planelink::trust::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    planelink::tunnel::client::http_client(planelink::tunnel::client::connector(tls, None))
+}

@@ -14,7 +14,7 @@ mod cluster;
 mod common;
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -226,7 +226,7 @@ fn request_loop(
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let client = caller_client(&dir);
+            let client = common::caller_client(&dir);
             let tally = Arc::new(Mutex::new(Tally::default()));
             let mut callers = Vec::new();
             for _ in 0..CALLERS {
@@ -265,25 +265,6 @@ fn request_loop(
             std::mem::take(&mut *tally.lock().unwrap())
         })
     })
-}
-
-fn caller_client(dir: &Path) -> planelink::tunnel::client::HttpsClient {
-    let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in planelink::trust::parse_certificates(&read("gateway/ca.crt")).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let chain = planelink::trust::parse_certificates(&read("caller.crt")).unwrap();
-    let key = planelink::trust::parse_private_key(&read("caller.key"))
-        .unwrap()
-        .into_der();
-    let tls = rustls::ClientConfig::builder_with_provider(planelink::trust::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    planelink::tunnel::client::http_client(planelink::tunnel::client::connector(tls, None))
 }
 
 /// Records every moment the controller's `Connected` condition was not True, until `stop`.

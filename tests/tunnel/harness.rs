@@ -644,3 +644,92 @@ impl Drop for LoggedProcess {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------- request loop
+
+/// Callers sending `GET /version` to the `k8s` target through the gateway's internal
+/// listener until stopped, each on its own keep-alive connection (hyper's pooled
+/// client, as a controller would); every answer other than 200 is kept.
+pub struct RequestLoop {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicUsize>,
+    callers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl RequestLoop {
+    pub fn start(topo: &Topology, callers: usize) -> RequestLoop {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let url = topo.proxy_url("k8s", "/version");
+        let callers = (0..callers)
+            .map(|_| {
+                let (client, url) = (crate::common::caller_client(&topo.pki.dir), url.clone());
+                let (stop, ok) = (stop.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let request = Request::get(&url).body(tbody::empty()).unwrap();
+                        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                            let response = client.request(request).await?;
+                            let status = response.status();
+                            let body = response.into_body().collect().await?.to_bytes();
+                            anyhow::Ok((status, body))
+                        })
+                        .await;
+                        match answer {
+                            Ok(Ok((StatusCode::OK, _))) => {
+                                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Ok(Ok((status, body))) => failures
+                                .push(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                            Ok(Err(e)) => failures.push(format!("transport error: {e:#}")),
+                            Err(_) => failures.push("no answer within 10 s".into()),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        RequestLoop { stop, ok, callers }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (10 s at most) until `more` further requests have succeeded: the loop is
+    /// running, not stuck.
+    pub async fn advance(&self, more: usize) {
+        let target = self.ok() + more;
+        let progressed = async {
+            while self.ok() < target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), progressed)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {more} requests succeeded within 10 s"));
+    }
+
+    /// Stops the callers and asserts that every request succeeded.
+    pub async fn finish_without_failures(self) {
+        let (ok, failures) = self.finish().await;
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {failures:?}",
+            failures.len(),
+            ok + failures.len()
+        );
+    }
+
+    /// Stops the callers; the requests that succeeded and every failure.
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for caller in self.callers {
+            failures.extend(caller.await.unwrap());
+        }
+        (self.ok.load(std::sync::atomic::Ordering::Relaxed), failures)
+    }
+}

@@ -1,0 +1,140 @@
+//! The agent's certificate files, followed: a renewed set (a mounted Secret swapped
+//! through its symlink, files rewritten on a bare host) becomes a new generation, and the
+//! agent replaces its tunnels make-before-break. A set that does not load (a swap caught
+//! half-way, a key that does not match) is logged and the current one kept, so a bad
+//! renewal never takes a working agent down.
+
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::config::TlsFiles;
+use super::dial::{DialError, TlsIdentity};
+use crate::trust;
+
+/// One loaded set of certificate files.
+pub struct Identity {
+    /// Counts the sets loaded since start; a tunnel dialled with an older one is replaced.
+    pub generation: u64,
+    /// `None` with `--tls-enabled=false`.
+    pub tls: Option<TlsIdentity>,
+    /// The CA that issued the client certificate (`--client-ca`, `ca.crt` of Secret
+    /// cluster-agent-tls), when that file exists: what the agent proposes to the gateway
+    /// when it changes.
+    pub own_ca: Option<Vec<CertificateDer<'static>>>,
+    fingerprint: [u8; 32],
+}
+
+impl Identity {
+    /// The identity of an agent without TLS.
+    pub fn plain() -> Identity {
+        Identity {
+            generation: 0,
+            tls: None,
+            own_ca: None,
+            fingerprint: [0; 32],
+        }
+    }
+
+    /// The client certificate chain, leaf first.
+    pub fn chain(&self) -> Option<&[CertificateDer<'static>]> {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.client.as_ref())
+            .map(|(chain, _)| chain.as_slice())
+    }
+
+    /// Reads and checks the files: the client key must be the certificate's.
+    pub fn load(files: &TlsFiles, generation: u64) -> Result<Identity, DialError> {
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read(path)
+                .map_err(|e| DialError::Identity(format!("{flag} {}: {e}", path.display())))
+        };
+        let cert = read(&files.client_cert, "--client-cert")?;
+        let key = read(&files.client_key, "--client-key")?;
+        let server_ca = read(&files.server_ca, "--server-ca")?;
+        // The agent's own CA is optional: absent, nothing is proposed.
+        let own_ca = match &files.client_ca {
+            Some(path) => std::fs::read(path).ok(),
+            None => None,
+        };
+        let mut digest = Sha256::new();
+        for part in [&cert, &key, &server_ca] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        if let Some(own) = &own_ca {
+            digest.update(own);
+        }
+        let bad =
+            |flag: &str, e: &dyn std::fmt::Display| DialError::Identity(format!("{flag}: {e}"));
+        let chain = trust::parse_certificates(&cert).map_err(|e| bad("--client-cert", &e))?;
+        let private = trust::parse_private_key(&key).map_err(|e| bad("--client-key", &e))?;
+        if !trust::key_matches(&chain[0], &private).map_err(|e| bad("--client-key", &e))? {
+            return Err(DialError::Identity(format!(
+                "--client-key {} is not the private key of --client-cert {}",
+                files.client_key.display(),
+                files.client_cert.display()
+            )));
+        }
+        let server_ca =
+            trust::parse_certificates(&server_ca).map_err(|e| bad("--server-ca", &e))?;
+        let own_ca = own_ca.and_then(|bytes| trust::parse_certificates(&bytes).ok());
+        Ok(Identity {
+            generation,
+            tls: Some(TlsIdentity {
+                server_ca,
+                client: Some((chain, private)),
+            }),
+            own_ca,
+            fingerprint: digest.finalize().into(),
+        })
+    }
+}
+
+/// Re-reads the files every [`trust::tls::RELOAD_INTERVAL`] and publishes a new
+/// generation when their contents changed and load; ends when every receiver is gone.
+pub fn spawn_watcher(files: TlsFiles, current: watch::Sender<Arc<Identity>>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(trust::tls::RELOAD_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The fingerprint of the last set that failed to load, so it is logged once.
+        let mut last_bad: Option<String> = None;
+        loop {
+            tick.tick().await;
+            if current.is_closed() {
+                return;
+            }
+            let (fingerprint, generation) = {
+                let now = current.borrow();
+                (now.fingerprint, now.generation + 1)
+            };
+            let files = files.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || Identity::load(&files, generation)).await;
+            match loaded {
+                Ok(Ok(identity)) if identity.fingerprint == fingerprint => last_bad = None,
+                Ok(Ok(identity)) => {
+                    last_bad = None;
+                    tracing::info!(
+                        generation,
+                        "the certificate files changed; replacing the tunnels with ones using them"
+                    );
+                    current.send_replace(Arc::new(identity));
+                }
+                Ok(Err(e)) => {
+                    let text = e.to_string();
+                    if last_bad.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(
+                            "the certificate files changed but cannot be used; keeping the current ones: {text}"
+                        );
+                        last_bad = Some(text);
+                    }
+                }
+                Err(join) => tracing::warn!("reading the certificate files failed: {join}"),
+            }
+        }
+    });
+}

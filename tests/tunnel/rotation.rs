@@ -1,0 +1,226 @@
+//! Certificates renewed under load: the agent's files swapped the way the kubelet swaps
+//! a mounted Secret, and the gateway's serving certificate rewritten, each while callers
+//! keep sending requests through the tunnel; not one may fail.
+
+use std::path::Path;
+use std::time::Duration;
+
+use planelink::planes::{PlaneKey, PlaneType};
+use planelink::trust::issue::{self, FileKind, Issued, LeafOptions};
+
+use crate::harness::*;
+
+/// Writes `files` the way the kubelet updates a mounted Secret: into a new hidden
+/// directory, then one rename of the `..data` symlink; each file is a symlink through
+/// `..data`, so a reader sees the old set or the new one, never half of each.
+pub fn mount_secret(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, contents) in files {
+        issue::write_file(&data.join(name), contents, FileKind::Secret).unwrap();
+    }
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(format!("..v{version}"), &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+fn agent_secret<'a>(ca: &'a Issued, leaf: &'a Issued) -> [(&'static str, &'a str); 3] {
+    [
+        ("ca.crt", ca.cert_pem.as_str()),
+        ("tls.crt", leaf.cert_pem.as_str()),
+        ("tls.key", leaf.key_pem()),
+    ]
+}
+
+fn p1() -> PlaneKey {
+    PlaneKey {
+        plane_type: PlaneType::DataPlane,
+        plane_id: "p1".into(),
+    }
+}
+
+/// The `certificateNotAfter` of each agent the gateway lists for p1.
+fn agent_expiries(topo: &Topology) -> Vec<String> {
+    topo.gateway
+        .status(&p1(), None)
+        .agents
+        .iter()
+        .map(|a| {
+            a.certificate_not_after
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Waits (15 s at most) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), waited)
+        .await
+        .unwrap_or_else(|_| panic!("not within 15 s: {what}"));
+}
+
+/// A topology, the CA of identity a1, and a1's first certificate in a directory mounted
+/// like a Secret.
+async fn mounted_agent_files() -> (Topology, Issued, std::path::PathBuf, Issued) {
+    let topo = Topology::start(false).await;
+    let ca = Issued::load_ca(&topo.pki.dir.join("a1")).unwrap();
+    let mounted = topo.pki.dir.join("mounted");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let first = issue::issue_leaf(&ca, &LeafOptions::client("a1")).unwrap();
+    mount_secret(&mounted, 1, &agent_secret(&ca, &first));
+    (topo, ca, mounted, first)
+}
+
+/// The agent's certificate renewed under the same CA, its Secret swapped as the kubelet
+/// does: the agent dials a tunnel with the new certificate, the gateway moves requests
+/// to it and closes the old one once drained, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_agent_certificate_replaces_the_tunnel_without_a_failed_request() {
+    let (topo, ca, mounted, _) = mounted_agent_files().await;
+    let _agent = topo.agent("mounted", "p1").await;
+    let before = agent_expiries(&topo);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    let callers = RequestLoop::start(&topo, 4);
+    callers.advance(200).await;
+    let renewed = issue::issue_leaf(
+        &ca,
+        &LeafOptions::client("a1").valid_for(Duration::from_secs(200 * 86400)),
+    )
+    .unwrap();
+    mount_secret(&mounted, 2, &agent_secret(&ca, &renewed));
+    until(
+        "the gateway lists only the agent's renewed certificate",
+        || {
+            let now = agent_expiries(&topo);
+            now.len() == 1 && now != before
+        },
+    )
+    .await;
+    callers.advance(200).await;
+    callers.finish_without_failures().await;
+    // The replaced tunnel is closed: one tunnel, the renewed one.
+    topo.wait_for_agents_exactly("p1", 1).await;
+    let metrics = topo.metrics().await;
+    for series in [
+        "planelink_gateway_agents_connected{plane_type=\"dataplane\",plane_id=\"p1\"} 1\n",
+        "planelink_gateway_tunnels_replaced_total 1\n",
+    ] {
+        assert!(metrics.contains(series), "{series} missing: {metrics}");
+    }
+}
+
+/// A renewal whose files do not fit together (a key that is not the certificate's) is
+/// not used: the agent keeps its tunnel on the current files and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_renewal_keeps_the_working_certificate() {
+    let (topo, ca, mounted, first) = mounted_agent_files().await;
+    let agent = topo.agent("mounted", "p1").await;
+    let before = agent_expiries(&topo);
+    let callers = RequestLoop::start(&topo, 2);
+    callers.advance(100).await;
+    let other = issue::issue_leaf(&ca, &LeafOptions::client("a1")).unwrap();
+    let mismatched = [
+        ("ca.crt", ca.cert_pem.as_str()),
+        ("tls.crt", first.cert_pem.as_str()),
+        ("tls.key", other.key_pem()),
+    ];
+    mount_secret(&mounted, 2, &mismatched);
+    // Three reload periods: the broken set has been read and refused.
+    tokio::time::sleep(planelink::trust::tls::RELOAD_INTERVAL * 3).await;
+    callers.advance(100).await;
+    callers.finish_without_failures().await;
+    assert!(agent.is_connected());
+    assert_eq!(agent_expiries(&topo), before);
+}
+
+/// The DER of the certificate a TLS listener at `port` presents now.
+async fn served_certificate(topo: &Topology, port: u16) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in planelink::trust::load_certificates(&topo.pki.dir.join("gateway/ca.crt")).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(planelink::trust::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The gateway's serving certificate rewritten on disk: both listeners present the new
+/// one to new connections within seconds, tunnels and callers already connected carry
+/// on, a new agent connects, and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_gateway_certificate_is_served_without_a_failed_request() {
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let public = topo.gateway.public_addr.port();
+    let internal = topo.gateway.internal_addr.port();
+    let old = served_certificate(&topo, public).await;
+    let callers = RequestLoop::start(&topo, 4);
+    callers.advance(200).await;
+
+    let renewed = issue::issue_leaf(
+        &topo.pki.gateway_ca,
+        &LeafOptions::server(
+            "gateway",
+            vec!["localhost".into()],
+            vec!["127.0.0.1".parse().unwrap()],
+        ),
+    )
+    .unwrap();
+    let dir = topo.pki.dir.join("gateway");
+    issue::write_file(
+        &dir.join("tls.key.new"),
+        renewed.key_pem(),
+        FileKind::Secret,
+    )
+    .unwrap();
+    issue::write_file(
+        &dir.join("tls.crt.new"),
+        &renewed.cert_pem,
+        FileKind::Public,
+    )
+    .unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    let expected =
+        planelink::trust::parse_certificates(renewed.cert_pem.as_bytes()).unwrap()[0].to_vec();
+    assert_ne!(old, expected);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for port in [public, internal] {
+        while served_certificate(&topo, port).await != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port {port} still serves the old certificate after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // A second agent of the plane dials the renewed certificate.
+    let _second = topo.agent("a1", "p1").await;
+    callers.advance(200).await;
+    callers.finish_without_failures().await;
+}
