@@ -103,6 +103,8 @@ pub struct Introduction {
     pub instance: Option<String>,
     /// The gateway replicas it already holds a tunnel to.
     pub held: Vec<String>,
+    /// A CA rollover to propose: the renewed certificate and the CA that issued it.
+    pub proposal: Option<crate::trust::rollover::Proposal>,
 }
 
 /// A connected tunnel's byte stream and what the gateway said about itself.
@@ -277,6 +279,13 @@ pub async fn upgrade<S: Stream>(
         && let Ok(held) = HeaderValue::from_str(&introduction.held.join(","))
     {
         headers.insert(HELD_REPLICAS_HEADER, held);
+    }
+    if let Some(proposal) = &introduction.proposal {
+        let (cas, chain) = proposal.to_headers();
+        if let (Ok(cas), Ok(chain)) = (HeaderValue::from_str(&cas), HeaderValue::from_str(&chain)) {
+            headers.insert(crate::trust::rollover::CA_HEADER, cas);
+            headers.insert(crate::trust::rollover::CERTIFICATE_HEADER, chain);
+        }
     }
     let boxed: Box<dyn Stream> = Box::new(stream);
     let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(ws::config()));

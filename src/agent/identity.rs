@@ -46,6 +46,24 @@ impl Identity {
             .map(|(chain, _)| chain.as_slice())
     }
 
+    /// The CA rollover this identity calls for: its own CA and its certificate, when the
+    /// certificate verifies against that CA (nothing else is worth proposing).
+    pub fn proposal(&self) -> Option<trust::rollover::Proposal> {
+        let proposal = trust::rollover::Proposal {
+            cas: self.own_ca.clone()?,
+            chain: self.chain()?.to_vec(),
+        };
+        match proposal.verify(std::time::SystemTime::now()) {
+            Ok(()) => Some(proposal),
+            Err(e) => {
+                tracing::warn!(
+                    "the renewed certificate's CA (--client-ca) is not proposed to the gateway: {e}"
+                );
+                None
+            }
+        }
+    }
+
     /// Reads and checks the files: the client key must be the certificate's.
     pub fn load(files: &TlsFiles, generation: u64) -> Result<Identity, DialError> {
         let read = |path: &std::path::Path, flag: &str| {

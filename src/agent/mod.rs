@@ -291,6 +291,7 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
     let introduction = dial::Introduction {
         instance: Some(state.instance.clone()),
         held: state.renewed_replicas(),
+        proposal: None,
     };
     let dialled = dial::dial_gateway(&state.config, identity.tls.as_ref(), &introduction).await;
     let previous = state
@@ -317,8 +318,10 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
                 generation = identity.generation,
                 "the gateway does not trust the renewed certificate yet; the tunnels keep the previous one: {refused}"
             );
+            // The renewed certificate's CA goes with the dial the gateway still trusts.
             let introduction = dial::Introduction {
                 held: state.held_replicas(),
+                proposal: identity.proposal(),
                 ..introduction
             };
             match dial::dial_gateway(&state.config, previous.tls.as_ref(), &introduction).await {

@@ -84,6 +84,16 @@ pub struct ControllerArgs {
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = duration, help_heading = "Controller")]
     pub resync_period: Duration,
 
+    /// Warn (condition CertificatesCurrent=False, an Event) this long before a certificate
+    /// a plane depends on expires, or at the last third of its lifetime when that is shorter.
+    #[arg(long, env = "EXPIRY_WARNING", default_value = "720h", value_parser = duration, help_heading = "Controller")]
+    pub expiry_warning: Duration,
+
+    /// In a CA rollover, the old CA stays trusted at least this long after the new one
+    /// was added, and then until no connected agent uses it.
+    #[arg(long, env = "CA_ROTATION_GRACE", default_value = "10m", value_parser = duration, help_heading = "Controller")]
+    pub ca_rotation_grace: Duration,
+
     /// Kubeconfig of the control plane; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG", help_heading = "Controller")]
     pub kubeconfig: Option<PathBuf>,

@@ -8,6 +8,7 @@ use crate::planes::Reason;
 pub const READY: &str = "Ready";
 pub const CONNECTED: &str = "Connected";
 pub const GATEWAY_PROVISIONED: &str = "GatewayProvisioned";
+pub const CERTIFICATES_CURRENT: &str = "CertificatesCurrent";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Truth {
@@ -55,7 +56,7 @@ pub fn set(
 }
 
 fn order(type_: &str) -> (usize, String) {
-    let rank = [READY, CONNECTED, GATEWAY_PROVISIONED]
+    let rank = [READY, CONNECTED, GATEWAY_PROVISIONED, CERTIFICATES_CURRENT]
         .iter()
         .position(|t| *t == type_)
         .unwrap_or(usize::MAX);

@@ -34,7 +34,15 @@ pub struct Config {
     /// The Lease's and Secret `cluster-gateway-ca`'s namespace.
     pub control_plane_namespace: String,
     pub health: SocketAddr,
+    pub timing: Timing,
+}
+
+/// How often planes are re-checked, and how early certificates are warned about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
     pub resync: Duration,
+    pub expiry_warning: Duration,
+    pub ca_rotation_grace: Duration,
 }
 
 fn read(path: Option<&Path>, flag: &str) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -62,6 +70,7 @@ impl TryFrom<ControllerArgs> for Config {
             config::check_existing_file("--kubeconfig", kubeconfig)?;
         }
         config::check_positive("--resync-period", args.resync_period)?;
+        config::check_positive("--expiry-warning", args.expiry_warning)?;
         let access = GatewayAccess {
             url: args.gateway_url.clone(),
             ca_pem: read(args.gateway_ca.as_deref(), "--gateway-ca")?,
@@ -82,7 +91,11 @@ impl TryFrom<ControllerArgs> for Config {
             leader_election: args.leader_elect.then_some(args.leader_election_id),
             control_plane_namespace,
             health: SocketAddr::new(args.bind_address, args.controller_health_port),
-            resync: args.resync_period,
+            timing: Timing {
+                resync: args.resync_period,
+                expiry_warning: args.expiry_warning,
+                ca_rotation_grace: args.ca_rotation_grace,
+            },
         })
     }
 }

@@ -141,7 +141,7 @@ async fn run_controllers(
             )),
         },
         metrics,
-        config.resync,
+        config.timing,
     ));
     tracing::info!(gateway = %ctx.link.describe(), namespace = ?config.namespace, "controller running");
     let stop = CancellationToken::new();

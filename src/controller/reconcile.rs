@@ -21,11 +21,14 @@ use sha2::{Digest, Sha256};
 use super::clients::{PlaneClients, read_secret};
 use super::conditions;
 use super::metrics::Metrics;
-use super::status::{self, Facts, GATEWAY_API_GROUP, GatewayProbe, Mode};
-use crate::planes::connection::{GatewayLink, Notification};
+use super::status::{self, CertificateExpiry, Facts, GATEWAY_API_GROUP, GatewayProbe, Mode};
+use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
 use crate::planes::crd::{Environment, ObservabilityPlane, PlaneResource, PlaneStatus};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
+use crate::planes::rollover::{self, Step};
 use crate::planes::{PlaneType, Problem, Reason, secret_data};
+use crate::trust::inspect::Expiry;
+use base64::Engine as _;
 
 /// How soon a blocked deletion is looked at again.
 const DELETION_RETRY: Duration = Duration::from_secs(5);
@@ -72,7 +75,7 @@ pub struct Context {
     pub planes: PlaneClients,
     pub gateway_ca: GatewayCa,
     pub metrics: Metrics,
-    pub resync: Duration,
+    pub timing: super::config::Timing,
     /// What each CR's trust material was when the gateway was last notified.
     notified: Mutex<HashMap<String, String>>,
 }
@@ -85,7 +88,7 @@ impl Context {
         planes: PlaneClients,
         gateway_ca: GatewayCa,
         metrics: Metrics,
-        resync: Duration,
+        timing: super::config::Timing,
     ) -> Context {
         Context {
             client,
@@ -94,7 +97,7 @@ impl Context {
             planes,
             gateway_ca,
             metrics,
-            resync,
+            timing,
             notified: Mutex::new(HashMap::new()),
         }
     }
@@ -176,6 +179,7 @@ pub fn error_policy<K: PlaneResource>(plane: Arc<K>, error: &Error, _ctx: Arc<Co
 
 async fn apply<K: PlaneResource>(plane: &K, ctx: &Context, api: &Api<K>) -> Result<Action, Error> {
     let facts = gather(plane, ctx).await;
+    advance_rollover(plane, ctx, &facts.rollover).await?;
     let before = plane.plane_status().cloned().unwrap_or_default();
     let status = status::decide(&before, &facts, &Time(Timestamp::now()));
     let ready = status
@@ -194,7 +198,7 @@ async fn apply<K: PlaneResource>(plane: &K, ctx: &Context, api: &Api<K>) -> Resu
         is_ready,
         &reason,
     );
-    Ok(Action::requeue(ctx.resync))
+    Ok(Action::requeue(ctx.timing.resync))
 }
 
 /// Deleting: a DataPlane that Environments still name stays until they are gone.
@@ -256,8 +260,13 @@ async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
     let namespace = plane.namespace().unwrap_or_default();
     let common = plane.common();
     let mut remote: Option<Client> = None;
+    let mut certificates = Vec::new();
+    let mut rollover = Step::Idle;
     let mode = if plane.agent().is_some() {
         let ca = validate_client_ca(plane, ctx).await;
+        if let Ok(cas) = &ca {
+            certificates.extend(client_ca_expiry(cas, ctx.timing.expiry_warning));
+        }
         notify_if_changed(plane, ctx, fingerprint(plane.meta().generation, &ca)).await;
         let (key, cr) = (plane.key(), plane.cr());
         let connection = ctx
@@ -265,6 +274,19 @@ async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
             .status(&key, &cr)
             .await
             .map_err(|e| format!("{e:#}"));
+        if let Ok(status) = &connection {
+            certificates.extend(connection_expiries(status, ctx.timing.expiry_warning));
+        }
+        if let Ok(cas) = &ca {
+            rollover = rollover::next_step(
+                K::PLANE_TYPE,
+                (&namespace, &plane.name_any()),
+                plane.annotations(),
+                cas,
+                connection.as_ref().ok(),
+                (SystemTime::now(), ctx.timing.ca_rotation_grace),
+            );
+        }
         if connection.as_ref().is_ok_and(|c| c.connected) {
             match ctx.planes.through_gateway(&cache_key(plane), &key, &cr) {
                 Ok(client) => remote = Some(client),
@@ -330,7 +352,172 @@ async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
         mode,
         observability_plane,
         gateway,
+        certificates,
+        rollover,
     }
+}
+
+/// Takes the rollover step the facts call for: the writes, and an Event for each.
+async fn advance_rollover<K: PlaneResource>(
+    plane: &K,
+    ctx: &Context,
+    step: &Step,
+) -> Result<(), Error> {
+    let namespace = plane.namespace().unwrap_or_default();
+    let name = plane.name_any();
+    let Some(client_ca) = plane.client_ca() else {
+        return Ok(());
+    };
+    let at = (namespace.as_str(), name.as_str());
+    let note = match step {
+        Step::Idle => return Ok(()),
+        Step::Waiting(why) => {
+            tracing::debug!(%namespace, %name, "CA rollover waits: {why}");
+            return Ok(());
+        }
+        Step::Proposed { proposal, .. } => {
+            // Kept on the CR for `planelink register rotate` (the condition names it).
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&proposal.ca_bundle);
+            if plane.annotations().get(rollover::PROPOSED) != Some(&encoded) {
+                rollover::write(
+                    &ctx.client,
+                    K::PLANE_TYPE,
+                    at,
+                    client_ca,
+                    None,
+                    &[(rollover::PROPOSED, Some(encoded))],
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        Step::Extend {
+            bundle,
+            retiring,
+            agent,
+        } => {
+            let started = crate::trust::inspect::format_time(
+                time::OffsetDateTime::now_utc()
+                    .replace_nanosecond(0)
+                    .unwrap_or(time::OffsetDateTime::now_utc()),
+            );
+            rollover::write(
+                &ctx.client,
+                K::PLANE_TYPE,
+                at,
+                client_ca,
+                Some(bundle),
+                &[
+                    (rollover::RETIRING, Some(retiring.join(","))),
+                    (rollover::STARTED, Some(started)),
+                    (rollover::PROPOSED, None),
+                ],
+            )
+            .await?;
+            (
+                "ClientCAExtended",
+                format!(
+                    "agent {} proposed the CA of its renewed certificate: clientCA now trusts it next to \
+                 the current CA ({}), which is removed once no connected agent uses it and {} have passed",
+                    agent.as_deref().unwrap_or("(unnamed)"),
+                    retiring.join(", "),
+                    humantime::format_duration(ctx.timing.ca_rotation_grace),
+                ),
+            )
+        }
+        Step::Retire { bundle, retired } => {
+            rollover::write(
+                &ctx.client,
+                K::PLANE_TYPE,
+                at,
+                client_ca,
+                (!retired.is_empty()).then_some(bundle.as_slice()),
+                &[
+                    (rollover::RETIRING, None),
+                    (rollover::STARTED, None),
+                    (rollover::PROPOSED, None),
+                ],
+            )
+            .await?;
+            (
+                "ClientCARetired",
+                format!(
+                    "the old CA ({}) is used by no connected agent: clientCA now trusts only {}",
+                    retired.join(", "),
+                    bundle
+                        .iter()
+                        .map(crate::trust::inspect::fingerprint)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            )
+        }
+    };
+    let (reason, message) = note;
+    tracing::info!(kind = %K::kind(&()), %namespace, %name, reason, "{message}");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(message),
+        action: "RollClientCA".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &plane.object_ref(&())).await {
+        tracing::debug!("cannot record an Event: {e}");
+    }
+    Ok(())
+}
+
+/// The client CA bundle lasts as long as its longest-lived CA.
+fn client_ca_expiry(cas: &[CertificateDer<'_>], warn: Duration) -> Option<CertificateExpiry> {
+    let last = cas
+        .iter()
+        .filter_map(|c| crate::trust::CertInfo::from_der(c).ok())
+        .max_by_key(|info| info.not_after)?;
+    Some(CertificateExpiry {
+        reason: Reason::ClientCAExpiringSoon,
+        what: format!("clientCA {:?}", last.subject),
+        expiry: last.expiry(SystemTime::now(), warn),
+    })
+}
+
+/// The connected agents' certificates and the gateway's serving certificate, as the
+/// gateway reports them.
+fn connection_expiries(status: &ConnectionStatus, warn: Duration) -> Vec<CertificateExpiry> {
+    let now = SystemTime::now();
+    let judge = |unix: i64| {
+        time::OffsetDateTime::from_unix_timestamp(unix)
+            .ok()
+            .map(|t| Expiry::at(None, t, now, warn))
+    };
+    let mut out: Vec<CertificateExpiry> = status
+        .agents
+        .iter()
+        .filter_map(|agent| {
+            let expiry = judge(agent.certificate_not_after.as_ref()?.0.as_second())?;
+            Some(CertificateExpiry {
+                reason: Reason::AgentCertExpiringSoon,
+                what: format!(
+                    "the certificate of agent {}",
+                    agent.instance.as_deref().unwrap_or("(unnamed)")
+                ),
+                expiry,
+            })
+        })
+        .collect();
+    if let Some(expiry) = status
+        .gateway_certificate_not_after
+        .as_deref()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .and_then(|t| judge(t.as_second()))
+    {
+        out.push(CertificateExpiry {
+            reason: Reason::GatewayCertExpiringSoon,
+            what: "the gateway's serving certificate".into(),
+            expiry,
+        });
+    }
+    out
 }
 
 async fn probe_gateway_api(remote: Option<&Client>) -> GatewayProbe {

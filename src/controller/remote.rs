@@ -132,6 +132,17 @@ fn combine(
     combined.connected_agents = ok.iter().map(|s| s.connected_agents).max().unwrap_or(0);
     combined.last_seen = ok.iter().filter_map(|s| s.last_seen.clone()).max();
     combined.agents = ConnectedAgent::distinct(ok.iter().flat_map(|s| s.agents.clone()).collect());
+    // The replica whose certificate expires first is the one to warn about (RFC 3339 in
+    // UTC from the same formatter: ordered as text).
+    combined.gateway_certificate_not_after = ok
+        .iter()
+        .filter_map(|s| s.gateway_certificate_not_after.clone())
+        .min();
+    combined.ca_proposal = ok.iter().find_map(|s| s.ca_proposal.clone());
+    let mut in_use: Vec<String> = ok.iter().flat_map(|s| s.client_ca_in_use.clone()).collect();
+    in_use.sort();
+    in_use.dedup();
+    combined.client_ca_in_use = in_use;
     combined.replicas = per_replica.then(|| ReplicaTunnels {
         holding: ok.iter().filter(|s| s.connected).count(),
         live,
@@ -366,6 +377,9 @@ mod tests {
             connected_agents: agents,
             last_seen: last_seen.map(String::from),
             agents: Vec::new(),
+            gateway_certificate_not_after: None,
+            ca_proposal: None,
+            client_ca_in_use: Vec::new(),
             replicas: None,
         }
     }

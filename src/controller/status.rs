@@ -7,10 +7,12 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::conditions::{self, CONNECTED, GATEWAY_PROVISIONED, READY, Truth};
+use super::conditions::{self, CERTIFICATES_CURRENT, CONNECTED, GATEWAY_PROVISIONED, READY, Truth};
 use crate::planes::connection::ConnectionStatus;
 use crate::planes::crd::{AgentConnectionStatus, GatewaySpec, PlaneStatus};
+use crate::planes::rollover::Step;
 use crate::planes::{PlaneKey, Problem, Reason};
+use crate::trust::inspect::{Expiry, ExpiryState, format_time};
 
 /// The group of the Gateway API, which the reference lists as a data plane prerequisite.
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
@@ -59,6 +61,20 @@ pub struct Facts {
     pub observability_plane: Option<(String, bool)>,
     /// DataPlanes only: the gateway spec and what the remote cluster serves.
     pub gateway: Option<(GatewaySpec, GatewayProbe)>,
+    /// The certificates an agent-mode plane depends on (none known: no condition).
+    pub certificates: Vec<CertificateExpiry>,
+    /// Where a rollover of the client CA stands.
+    pub rollover: Step,
+}
+
+/// A certificate a plane depends on, and how long it has left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateExpiry {
+    /// The reason written while it expires soon.
+    pub reason: Reason,
+    /// What it is, for the message.
+    pub what: String,
+    pub expiry: Expiry,
 }
 
 /// The status `facts` call for, keeping transition times from `before`.
@@ -109,8 +125,75 @@ pub fn decide(before: &PlaneStatus, facts: &Facts, now: &Time) -> PlaneStatus {
         ),
         Some(problem) => set(READY, Truth::False, problem),
     }
+    let certificates = match &facts.rollover {
+        // A CA proposed and waiting for the operator comes before any expiry.
+        Step::Proposed { problem, .. } => Some((Truth::False, problem.clone())),
+        _ if facts.certificates.is_empty() => None,
+        _ => Some(certificates_current(&facts.certificates)),
+    };
+    if let Some((truth, problem)) = certificates {
+        conditions::set(
+            &mut status.conditions,
+            CERTIFICATES_CURRENT,
+            truth,
+            problem.reason,
+            &problem.message,
+            facts.generation,
+            now,
+        );
+    } else {
+        status
+            .conditions
+            .retain(|c| c.type_ != CERTIFICATES_CURRENT);
+    }
     status.agent_connection = agent_connection;
     status
+}
+
+/// `CertificatesCurrent`: False, with the reason of the first to expire, while any is
+/// inside its warning window; the message lists each and says what to do.
+fn certificates_current(certificates: &[CertificateExpiry]) -> (Truth, Problem) {
+    let mut by_expiry: Vec<&CertificateExpiry> = certificates.iter().collect();
+    by_expiry.sort_by_key(|c| c.expiry.not_after);
+    let expiring: Vec<&&CertificateExpiry> = by_expiry
+        .iter()
+        .filter(|c| c.expiry.state != ExpiryState::Valid)
+        .collect();
+    let Some(first) = expiring.first() else {
+        let next = by_expiry[0];
+        return (
+            Truth::True,
+            Problem::new(
+                Reason::CertificatesCurrent,
+                format!(
+                    "no certificate expires within the warning window; the first to expire is {} on {}",
+                    next.what,
+                    format_time(next.expiry.not_after)
+                ),
+            ),
+        );
+    };
+    let listed: Vec<String> = expiring
+        .iter()
+        .map(|c| match c.expiry.state {
+            ExpiryState::Expired => {
+                format!("{} expired on {}", c.what, format_time(c.expiry.not_after))
+            }
+            _ => format!(
+                "{} expires on {} ({} days left)",
+                c.what,
+                format_time(c.expiry.not_after),
+                c.expiry.days_left
+            ),
+        })
+        .collect();
+    (
+        Truth::False,
+        Problem::new(
+            first.reason,
+            format!("{}; {}", listed.join("; "), first.reason.meaning()),
+        ),
+    )
 }
 
 /// The `Connected` condition and `status.agentConnection`, adding what blocks readiness.
@@ -382,6 +465,9 @@ mod tests {
     fn gateway_status(connected_agents: usize) -> ConnectionStatus {
         ConnectionStatus {
             agents: Vec::new(),
+            gateway_certificate_not_after: None,
+            ca_proposal: None,
+            client_ca_in_use: Vec::new(),
             replicas: None,
             plane_type: "dataplane".into(),
             plane_id: "p1".into(),
@@ -407,6 +493,8 @@ mod tests {
             },
             observability_plane: None,
             gateway: None,
+            certificates: Vec::new(),
+            rollover: Step::Idle,
         }
     }
 
@@ -505,6 +593,8 @@ mod tests {
             },
             observability_plane: None,
             gateway: None,
+            certificates: Vec::new(),
+            rollover: Step::Idle,
         };
         let up = decide(&none, &direct(Ok("v1.32.0".into())), &at(1));
         assert_eq!(
@@ -527,6 +617,8 @@ mod tests {
             mode: Mode::Unconfigured,
             observability_plane: None,
             gateway: None,
+            certificates: Vec::new(),
+            rollover: Step::Idle,
         };
         let status = decide(&none, &neither, &at(1));
         assert_eq!(
@@ -678,5 +770,70 @@ mod tests {
             &at(3_000),
         );
         assert_eq!(unknown.agent_connection, gone.agent_connection);
+    }
+
+    /// Certificates inside their warning window turn `CertificatesCurrent` False with the
+    /// reason of the first to expire and every one listed; Ready is not affected.
+    #[test]
+    fn expiring_certificates_are_reported_soonest_first() {
+        let day = 86_400;
+        let expiry = |reason, what: &str, days_left: i64, state| CertificateExpiry {
+            reason,
+            what: what.into(),
+            expiry: Expiry {
+                not_after: time::OffsetDateTime::from_unix_timestamp(1_000_000 + days_left * day)
+                    .unwrap(),
+                days_left,
+                state,
+            },
+        };
+        let mut facts = agent_facts(Ok(()), Ok(gateway_status(1)));
+        facts.certificates = vec![
+            expiry(
+                Reason::ClientCAExpiringSoon,
+                "clientCA \"CN=a\"",
+                3650,
+                ExpiryState::Valid,
+            ),
+            expiry(
+                Reason::GatewayCertExpiringSoon,
+                "the gateway's serving certificate",
+                20,
+                ExpiryState::ExpiringSoon,
+            ),
+            expiry(
+                Reason::AgentCertExpiringSoon,
+                "the certificate of agent x",
+                4,
+                ExpiryState::ExpiringSoon,
+            ),
+        ];
+        let status = decide(&PlaneStatus::default(), &facts, &at(1));
+        let current = condition(&status, CERTIFICATES_CURRENT);
+        assert_eq!(current.status, "False");
+        assert_eq!(current.reason, "AgentCertExpiringSoon");
+        assert_eq!(
+            current.message,
+            format!(
+                "the certificate of agent x expires on 1970-01-16T13:46:40Z (4 days left); the \
+                 gateway's serving certificate expires on 1970-02-01T13:46:40Z (20 days left); {}",
+                crate::planes::reason::AGENT_CERT_RENEWAL
+            )
+        );
+        assert_eq!(condition(&status, READY).status, "True");
+
+        facts
+            .certificates
+            .retain(|c| c.expiry.state == ExpiryState::Valid);
+        let status = decide(&status, &facts, &at(2));
+        let current = condition(&status, CERTIFICATES_CURRENT);
+        assert_eq!(
+            (current.status.as_str(), current.reason.as_str()),
+            ("True", "CertificatesCurrent")
+        );
+
+        facts.certificates.clear();
+        let status = decide(&status, &facts, &at(3));
+        assert!(conditions::find(&status.conditions, CERTIFICATES_CURRENT).is_none());
     }
 }

@@ -113,7 +113,7 @@ pub async fn handle(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
                     );
                 }
             };
-            let status = core.hub.status(&key, cr.as_ref());
+            let status = core.plane_status(&key, cr.as_ref());
             json(
                 StatusCode::OK,
                 serde_json::to_value(status).unwrap_or_default(),

@@ -49,7 +49,8 @@ impl AgentConn {
             .clone()
     }
 
-    fn serves(&self, cr: &CrRef) -> bool {
+    /// Whether the agent is authorised for `cr`.
+    pub fn serves(&self, cr: &CrRef) -> bool {
         self.granted
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -73,6 +74,16 @@ impl AgentConn {
         !self.close.is_cancelled()
             && !self.sender.is_closed()
             && !self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// The client certificate chain the agent presented.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// When the client certificate expires.
+    pub fn certificate_not_after(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        self.certificate_not_after
     }
 
     /// Streams in flight on this tunnel.
@@ -112,6 +123,15 @@ pub struct NewAgent {
     pub going_away: CancellationToken,
 }
 
+/// A CA rollover an agent proposed, as the gateway holds it.
+#[derive(Debug, Clone)]
+pub struct PendingProposal {
+    pub proposal: crate::trust::rollover::Proposal,
+    /// The proposing agent's instance.
+    pub agent: Option<String>,
+    pub at: SystemTime,
+}
+
 /// What a re-verification changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,6 +157,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Planes whose agents came or went, for a controller in the same process.
     changes: tokio::sync::broadcast::Sender<PlaneKey>,
+    /// The newest CA rollover proposed for each plane CR by an agent authorised for it.
+    proposals: Mutex<HashMap<(PlaneKey, CrRef), PendingProposal>>,
     /// Cancelled when the gateway shuts down; every tunnel's own token is a child, so a
     /// tunnel still in its handshake then is told "going away" as soon as it starts.
     going_away: CancellationToken,
@@ -159,7 +181,48 @@ impl Hub {
             metrics,
             changes: tokio::sync::broadcast::channel(256).0,
             going_away: CancellationToken::new(),
+            proposals: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records a verified CA proposal for the CRs its agent is authorised for.
+    pub fn propose(
+        &self,
+        key: &PlaneKey,
+        crs: &[CrRef],
+        proposal: crate::trust::rollover::Proposal,
+        agent: Option<String>,
+    ) {
+        let mut proposals = self.proposals.lock().unwrap_or_else(|p| p.into_inner());
+        for cr in crs {
+            proposals.insert(
+                (key.clone(), cr.clone()),
+                PendingProposal {
+                    proposal: proposal.clone(),
+                    agent: agent.clone(),
+                    at: SystemTime::now(),
+                },
+            );
+        }
+        drop(proposals);
+        let _ = self.changes.send(key.clone());
+    }
+
+    /// The newest proposal for a CR, if any.
+    pub fn proposal(&self, key: &PlaneKey, cr: &CrRef) -> Option<PendingProposal> {
+        self.proposals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(key.clone(), cr.clone()))
+            .cloned()
+    }
+
+    /// Forgets the proposals of CRs no longer registered.
+    fn prune_proposals(&self, snapshot: &Snapshot) {
+        self.proposals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(key, cr), _| snapshot.entries_for(key).any(|e| &e.cr == cr));
     }
 
     /// The going-away token of a new tunnel.
@@ -405,6 +468,7 @@ impl Hub {
     /// Forgets when planes that are neither registered nor connected were last seen, so
     /// that planeIDs of departed agents do not accumulate.
     pub fn prune_last_seen(&self, snapshot: &Snapshot) {
+        self.prune_proposals(snapshot);
         // Agents just disconnected by the re-verification before this are still listed
         // until their tunnels wind down; they no longer keep their plane.
         let connected: Vec<PlaneKey> = self
@@ -459,6 +523,9 @@ impl Hub {
             connected_agents,
             last_seen: last_seen.map(rfc3339),
             agents: ConnectedAgent::distinct(agents),
+            gateway_certificate_not_after: None,
+            ca_proposal: None,
+            client_ca_in_use: Vec::new(),
             replicas: None,
         }
     }

@@ -26,7 +26,7 @@ impl GatewayLink for LocalLink {
         key: &PlaneKey,
         cr: &CrRef,
     ) -> BoxFuture<'static, anyhow::Result<ConnectionStatus>> {
-        let mut status = self.core.hub.status(key, Some(cr));
+        let mut status = self.core.plane_status(key, Some(cr));
         status.replicas = Some(ReplicaTunnels {
             holding: usize::from(status.connected),
             live: 1,

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub open_streams: Gauge,
     pub certificate_verifications: Counter,
     pub tunnels_replaced: Counter,
+    pub ca_proposals: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
 }
 
 impl Metrics {
@@ -67,6 +73,7 @@ impl Metrics {
             open_streams: Gauge::default(),
             certificate_verifications: Counter::default(),
             tunnels_replaced: Counter::default(),
+            ca_proposals: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("planelink_gateway");
         registry.register(
@@ -111,6 +118,11 @@ impl Metrics {
              closed once their requests finished",
             metrics.tunnels_replaced.clone(),
         );
+        registry.register(
+            "ca_proposals",
+            "CA rollovers proposed by agents, by result (accepted, invalid, unauthorised)",
+            metrics.ca_proposals.clone(),
+        );
         metrics
     }
 
@@ -118,6 +130,14 @@ impl Metrics {
         self.handshake_rejections
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn ca_proposal(&self, result: &str) {
+        self.ca_proposals
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
             })
             .inc();
     }
@@ -156,5 +176,93 @@ impl Collector for ServingCertificateExpiry {
             MetricType::Gauge,
         )?;
         ConstGauge::new(not_after).encode(metric)
+    }
+}
+
+/// The client CAs each plane CR trusts and the certificates of the connected agents,
+/// read at each scrape from the registry and the hub: when each expires (Unix time).
+pub struct PlaneCertificateExpiry(Arc<super::Core>);
+
+impl std::fmt::Debug for PlaneCertificateExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlaneCertificateExpiry")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrLabels {
+    plane_type: String,
+    plane_id: String,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    plane_type: String,
+    plane_id: String,
+    instance: String,
+}
+
+impl PlaneCertificateExpiry {
+    pub(crate) fn register(registry: &mut Registry, core: Arc<super::Core>) {
+        registry
+            .sub_registry_with_prefix("planelink_gateway")
+            .register_collector(Box::new(PlaneCertificateExpiry(core)));
+    }
+}
+
+impl Collector for PlaneCertificateExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let core = &self.0;
+        if let Some(snapshot) = core.registry.current() {
+            let mut family = encoder.encode_descriptor(
+                "client_ca_expiry_timestamp_seconds",
+                "When the last CA of each plane CR's clientCA expires (Unix time): its agents \
+                 are cut off then unless a renewed CA is registered",
+                None,
+                MetricType::Gauge,
+            )?;
+            for entry in &snapshot.entries {
+                let Ok(cas) = &entry.client_ca else { continue };
+                let Some(latest) = cas
+                    .iter()
+                    .filter_map(|c| crate::trust::CertInfo::from_der(c).ok())
+                    .map(|i| i.not_after.unix_timestamp())
+                    .max()
+                else {
+                    continue;
+                };
+                let labels = CrLabels {
+                    plane_type: entry.key.plane_type.as_str().to_string(),
+                    plane_id: entry.key.plane_id.clone(),
+                    namespace: entry.cr.namespace_or_cluster().to_string(),
+                    name: entry.cr.name.clone(),
+                };
+                ConstGauge::new(latest).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "agent_certificate_expiry_timestamp_seconds",
+            "When each connected agent's client certificate expires (Unix time)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for agent in core.hub.agents().iter().filter(|a| a.is_usable()) {
+            let Some(not_after) = agent.certificate_not_after() else {
+                continue;
+            };
+            let labels = AgentLabels {
+                plane_type: agent.key.plane_type.as_str().to_string(),
+                plane_id: agent.key.plane_id.clone(),
+                instance: agent
+                    .hello
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| agent.id.to_string()),
+            };
+            ConstGauge::new(not_after.as_second()).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

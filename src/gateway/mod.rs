@@ -50,6 +50,8 @@ pub(crate) struct Core {
     started: std::time::Instant,
     /// Set on shutdown: `/ready` fails at once, so load balancers send callers elsewhere.
     draining: std::sync::atomic::AtomicBool,
+    /// The serving certificate, for its expiry in plane status.
+    cert: Arc<ReloadingCert>,
 }
 
 /// A new replica among others waits this long at most for the agents of every
@@ -57,6 +59,67 @@ pub(crate) struct Core {
 const REPLICA_WARMUP: Duration = Duration::from_secs(5);
 
 impl Core {
+    /// The fingerprints of the CAs in `trusted` that some connected agent of `cr` chains to.
+    fn client_cas_in_use(
+        &self,
+        key: &PlaneKey,
+        cr: &CrRef,
+        trusted: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Vec<String> {
+        let agents: Vec<_> = self
+            .hub
+            .agents()
+            .into_iter()
+            .filter(|a| &a.key == key && a.is_usable() && a.serves(cr))
+            .collect();
+        let now = std::time::SystemTime::now();
+        trusted
+            .iter()
+            .filter(|ca| {
+                agents.iter().any(|a| {
+                    crate::trust::verify_chain(
+                        a.chain(),
+                        std::slice::from_ref(*ca),
+                        crate::trust::Usage::ClientAuth,
+                        now,
+                    )
+                    .is_ok()
+                })
+            })
+            .map(crate::trust::inspect::fingerprint)
+            .collect()
+    }
+
+    /// The plane API's status of a plane (or one CR of it), with the serving
+    /// certificate's expiry.
+    fn plane_status(&self, key: &PlaneKey, cr: Option<&CrRef>) -> PlaneStatus {
+        let mut status = self.hub.status(key, cr);
+        if let (Some(cr), Some(snapshot)) = (cr, self.registry.current())
+            && let Some(Ok(trusted)) = snapshot
+                .entries_for(key)
+                .find(|e| &e.cr == cr)
+                .map(|e| e.client_ca.clone())
+        {
+            status.client_ca_in_use = self.client_cas_in_use(key, cr, &trusted);
+            status.ca_proposal = self.hub.proposal(key, cr).and_then(|pending| {
+                // Pending while some proposed CA is not trusted yet.
+                let new = pending.proposal.cas.iter().any(|ca| !trusted.contains(ca));
+                new.then(|| crate::planes::connection::CaProposal {
+                    ca_bundle: pending.proposal.ca_pem(),
+                    fingerprints: pending.proposal.fingerprints(),
+                    agent: pending.agent,
+                    proposed_at: crate::trust::inspect::format_time(pending.at.into()),
+                })
+            });
+        }
+        status.gateway_certificate_not_after = self.cert.not_after_unix().and_then(|secs| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .ok()
+                .map(crate::trust::inspect::format_time)
+        });
+        status
+    }
+
     /// Ready for callers: the registry is loaded, the gateway is not draining, and (when
     /// other replicas can serve meanwhile) every registered plane has an agent here or
     /// [`REPLICA_WARMUP`] has passed, so a restarted replica does not answer 503s for
@@ -108,7 +171,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn status(&self, key: &PlaneKey, cr: Option<&CrRef>) -> PlaneStatus {
-        self.core.hub.status(key, cr)
+        self.core.plane_status(key, cr)
     }
 
     pub fn all_statuses(&self) -> Vec<PlaneStatus> {
@@ -153,7 +216,7 @@ pub async fn start(
         Some(ca) => Some(tls::client_ca_verifier(ca).context("--internal-client-ca-cert")?),
         None => None,
     };
-    let internal_tls = tls::server_config(cert, internal_verifier, &[b"h2", b"http/1.1"])?;
+    let internal_tls = tls::server_config(cert.clone(), internal_verifier, &[b"h2", b"http/1.1"])?;
     let (public_addr, internal_addr, health_addr) = (
         listeners.public.local_addr()?,
         listeners.internal.local_addr()?,
@@ -168,7 +231,9 @@ pub async fn start(
         membership: membership::Membership::new(&config.replicas),
         started: std::time::Instant::now(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        cert,
     });
+    metrics::PlaneCertificateExpiry::register(&mut metrics_registry, core.clone());
 
     let ready_core = core.clone();
     let health = Health {

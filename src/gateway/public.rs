@@ -253,6 +253,50 @@ fn authorise(
     Err((refusal, Some(decision.refusal_summary(key))))
 }
 
+/// A CA rollover the dialling agent proposes: recorded for the CRs its current
+/// certificate is authorised for, when the renewed certificate verifies against the
+/// proposed CAs; otherwise refused and logged. The dial itself is judged on its own.
+fn take_proposal(
+    core: &Core,
+    req: &Request<Incoming>,
+    key: &PlaneKey,
+    hello: &Hello,
+    granted: Option<&[crate::planes::CrRef]>,
+) {
+    use crate::trust::rollover::{self, Proposal};
+    let (Some(cas), Some(chain)) = (
+        header_str(req, rollover::CA_HEADER),
+        header_str(req, rollover::CERTIFICATE_HEADER),
+    ) else {
+        return;
+    };
+    let instance = hello.instance.as_deref().unwrap_or("-");
+    let Some(granted) = granted.filter(|g| !g.is_empty()) else {
+        core.metrics.ca_proposal("unauthorised");
+        tracing::warn!(plane = %key, instance,
+            "CA proposal refused: the proposing agent is not authorised for any plane CR");
+        return;
+    };
+    let proposal = Proposal::from_headers(cas, chain).and_then(|p| {
+        p.verify(SystemTime::now())?;
+        Ok(p)
+    });
+    match proposal {
+        Ok(proposal) => {
+            let crs: Vec<String> = granted.iter().map(ToString::to_string).collect();
+            tracing::info!(plane = %key, instance, fingerprints = %proposal.fingerprints().join(","),
+                crs = %crs.join(","), "agent proposes a CA rollover");
+            core.metrics.ca_proposal("accepted");
+            core.hub
+                .propose(key, granted, proposal, hello.instance.clone());
+        }
+        Err(e) => {
+            core.metrics.ca_proposal("invalid");
+            tracing::warn!(plane = %key, instance, "CA proposal refused: {}", crate::logging::escape(&e));
+        }
+    }
+}
+
 /// An agent names the replicas it already holds a tunnel to; one more to the same
 /// replica is refused (409) before it is registered, as the agent keeps dialling
 /// through the load balancer until it holds every replica.
@@ -307,7 +351,15 @@ fn upgrade_request(
     let admitted = parse_ws_request(&req)
         .map_err(|refusal| (refusal, None))
         .and_then(|(key, hello, switching)| {
-            let (granted, verified_by) = authorise(&core, &key, &chain)?;
+            let authorised = authorise(&core, &key, &chain);
+            take_proposal(
+                &core,
+                &req,
+                &key,
+                &hello,
+                authorised.as_ref().ok().map(|(g, _)| g.as_slice()),
+            );
+            let (granted, verified_by) = authorised?;
             check_not_held(&core, &req).map_err(|refusal| (refusal, None))?;
             check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
             Ok((key, hello, switching, granted, verified_by))

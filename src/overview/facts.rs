@@ -5,16 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+use crate::planes::kubernetes::plane_api;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::core::{DynamicObject, GroupVersionKind};
-use kube::discovery::ApiResource;
 use rustls_pki_types::CertificateDer;
 
 use crate::planes::crd::{AgentConnectionStatus, AnyPlane};
-use crate::planes::manifest::API_GROUP;
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
 use crate::planes::{PlaneType, Problem, Reason, secret_data};
 use crate::trust;
@@ -116,19 +114,6 @@ pub const PLANE_TYPES: [PlaneType; 3] = [
     PlaneType::BuildPlane,
     PlaneType::ObservabilityPlane,
 ];
-
-pub fn plane_api(
-    client: &Client,
-    plane_type: PlaneType,
-    namespace: Option<&str>,
-) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(API_GROUP, "v1alpha1", plane_type.kind());
-    let resource = ApiResource::from_gvk(&gvk);
-    match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    }
-}
 
 /// The gateway CA certificates from Secret `cluster-gateway-ca`, when readable.
 pub async fn gateway_ca(client: &Client, namespace: &str) -> Result<Option<Secret>, kube::Error> {

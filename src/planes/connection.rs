@@ -28,10 +28,37 @@ pub struct ConnectionStatus {
     /// The connected agents (planelink's addition to the plane API).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<super::crd::ConnectedAgent>,
+    /// RFC 3339; when the serving certificate of the gateway that answered expires
+    /// (planelink's addition, for the plane's `CertificatesCurrent` condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_certificate_not_after: Option<String>,
+    /// A CA rollover an agent of this CR proposed that the CR does not trust yet
+    /// (planelink's addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_proposal: Option<CaProposal>,
+    /// SHA-256 fingerprints of the CR's client CAs that a connected agent's certificate
+    /// chains to (planelink's addition): a CA missing here is used by no agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_ca_in_use: Vec<String>,
     /// Not part of the plane API (one replica answers for itself): the controller's view
     /// across the gateway replicas, when it could ask each of them.
     #[serde(skip)]
     pub replicas: Option<ReplicaTunnels>,
+}
+
+/// A CA rollover an agent proposed over its authenticated tunnel: the CA bundle that
+/// issued its renewed certificate, verified by the gateway against that certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaProposal {
+    /// PEM of the proposed CAs.
+    pub ca_bundle: String,
+    pub fingerprints: Vec<String>,
+    /// The proposing agent's instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// RFC 3339.
+    pub proposed_at: String,
 }
 
 /// How many gateway replicas hold a tunnel from the plane's agents, of how many live.

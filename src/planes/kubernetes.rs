@@ -388,3 +388,21 @@ impl PlaneSource for KubernetesSource {
         })
     }
 }
+
+/// The plane API of one kind, namespaced or across namespaces.
+pub fn plane_api(
+    client: &kube::Client,
+    plane_type: super::PlaneType,
+    namespace: Option<&str>,
+) -> kube::Api<kube::core::DynamicObject> {
+    let gvk = kube::core::GroupVersionKind::gvk(
+        super::manifest::API_GROUP,
+        "v1alpha1",
+        plane_type.kind(),
+    );
+    let resource = kube::discovery::ApiResource::from_gvk(&gvk);
+    match namespace {
+        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
+        None => kube::Api::all_with(client.clone(), &resource),
+    }
+}

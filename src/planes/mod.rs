@@ -9,6 +9,7 @@ pub mod kubernetes;
 pub mod manifest;
 pub mod reason;
 pub mod registry;
+pub mod rollover;
 
 use std::collections::BTreeMap;
 

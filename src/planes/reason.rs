@@ -30,10 +30,27 @@ pub enum Reason {
     GatewayAPIAvailable,
     GatewayAPIMissing,
     GatewayAPIUnknown,
+    CertificatesCurrent,
+    ClientCAExpiringSoon,
+    AgentCertExpiringSoon,
+    GatewayCertExpiringSoon,
+    ClientCARotationPending,
 }
 
+/// What to do about each certificate nearing expiry: in the condition's message and the
+/// README's table.
+pub const CLIENT_CA_RENEWAL: &str = "the plane's `clientCA` expires soon: issue the agent a new CA \
+     and certificate, register the new `ca.crt` next to the old one (a bundle in `clientCA`), and \
+     remove the old one once the agents use the new certificate";
+pub const AGENT_CERT_RENEWAL: &str = "an agent's client certificate expires soon: renew it (cert-manager \
+     renews Secret `cluster-agent-tls` itself; bare hosts: `planelink register certs agent`); the \
+     agent replaces its tunnels with the renewed files without a restart";
+pub const GATEWAY_CERT_RENEWAL: &str = "the gateway's serving certificate expires soon: renew it \
+     (cert-manager renews Secret `cluster-gateway-tls` itself; bare hosts: `planelink register \
+     certs gateway`); the gateway serves the renewed files without a restart";
+
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 29] = [
         Reason::Ready,
         Reason::ClientCAMissing,
         Reason::ClientCAUnparseable,
@@ -58,6 +75,11 @@ impl Reason {
         Reason::GatewayAPIAvailable,
         Reason::GatewayAPIMissing,
         Reason::GatewayAPIUnknown,
+        Reason::CertificatesCurrent,
+        Reason::ClientCAExpiringSoon,
+        Reason::AgentCertExpiringSoon,
+        Reason::GatewayCertExpiringSoon,
+        Reason::ClientCARotationPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +108,11 @@ impl Reason {
             Reason::GatewayAPIAvailable => "GatewayAPIAvailable",
             Reason::GatewayAPIMissing => "GatewayAPIMissing",
             Reason::GatewayAPIUnknown => "GatewayAPIUnknown",
+            Reason::CertificatesCurrent => "CertificatesCurrent",
+            Reason::ClientCAExpiringSoon => "ClientCAExpiringSoon",
+            Reason::AgentCertExpiringSoon => "AgentCertExpiringSoon",
+            Reason::GatewayCertExpiringSoon => "GatewayCertExpiringSoon",
+            Reason::ClientCARotationPending => "ClientCARotationPending",
         }
     }
 
@@ -103,6 +130,11 @@ impl Reason {
             | Reason::GatewayAPIMissing
             | Reason::GatewayAPIUnknown
             | Reason::GatewaySpecInvalid => "GatewayProvisioned",
+            Reason::CertificatesCurrent
+            | Reason::ClientCAExpiringSoon
+            | Reason::AgentCertExpiringSoon
+            | Reason::GatewayCertExpiringSoon
+            | Reason::ClientCARotationPending => "CertificatesCurrent",
             _ => "Ready",
         }
     }
@@ -170,6 +202,18 @@ impl Reason {
                 "the remote cluster lacks `gateway.networking.k8s.io`: install the Gateway API CRDs there"
             }
             Reason::GatewayAPIUnknown => "the remote cluster's API groups cannot be listed",
+            Reason::CertificatesCurrent => {
+                "the plane's client CA, its agents' certificates and the gateway's serving \
+                 certificate are all valid beyond the controller's `--expiry-warning`"
+            }
+            Reason::ClientCAExpiringSoon => CLIENT_CA_RENEWAL,
+            Reason::AgentCertExpiringSoon => AGENT_CERT_RENEWAL,
+            Reason::GatewayCertExpiringSoon => GATEWAY_CERT_RENEWAL,
+            Reason::ClientCARotationPending => {
+                "an agent proposes the CA of its renewed certificate and the plane does not take \
+                 proposals itself: run the `planelink register rotate` command the message names, \
+                 or annotate the plane `planelink.dev/ca-rotation=agent`"
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod issue;
 pub mod pem;
 pub mod purpose;
+pub mod rollover;
 pub mod tls;
 pub mod verify;
 

@@ -277,15 +277,7 @@ fn agent_mode_end_to_end() {
             ValueFrom::from_secret(None, "agent-ca", "ca.crt"),
         ),
     );
-    let (_controller, ports) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
-    let plane_id = format!("dp-{ns}");
-    let _agent = start_agent(
-        &pki,
-        &ports,
-        "agent1",
-        &plane_id,
-        &c.kubeconfig_for(&c.remote),
-    );
+    let (_controller, ports, _agent, plane_id) = controller_and_agent(c, &pki, &ns, "agent1", &[]);
 
     await_condition(
         c,
@@ -694,6 +686,27 @@ fn with_gateway_controller(
     args.extend(gateway_flags(pki, &ports, &c.kubeconfig_for(&c.control)));
     args.extend(extra.iter().map(|s| s.to_string()));
     (Process::start(name, &pki.dir, &args), ports)
+}
+
+/// A controller with an embedded gateway (`extra` flags) and an agent of `identity` for
+/// the DataPlane whose planeID is `dp-NS`; the planeID is returned last.
+fn controller_and_agent(
+    c: &Clusters,
+    pki: &Pki,
+    ns: &str,
+    identity: &str,
+    extra: &[&str],
+) -> (Process, Ports, Process, String) {
+    let (controller, ports) = with_gateway_controller(c, pki, ns, "controller", extra);
+    let plane_id = format!("dp-{ns}");
+    let agent = start_agent(
+        pki,
+        &ports,
+        identity,
+        &plane_id,
+        &c.kubeconfig_for(&c.remote),
+    );
+    (controller, ports, agent, plane_id)
 }
 
 /// Direct access mode: the controller builds a client from `kubernetesCluster` (server,
@@ -1105,5 +1118,164 @@ fn rbac_manifests_grant_what_the_roles_need() {
                 Err("none yet".into())
             }
         },
+    );
+}
+
+/// The `/metrics` text of the health listener on `port`.
+fn scrape(port: u16) -> Result<String, String> {
+    let out = crate::common::output_within(
+        std::process::Command::new("curl").args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ]),
+        crate::common::COMMAND_LIMIT,
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Certificates issued with short lifetimes show before they bite: the condition
+/// `CertificatesCurrent` names the first to expire (an Event records it), the gateway
+/// exports each not-after time; renewing the agent's files and then the gateway's, with
+/// both processes running, clears the warnings one by one.
+#[test]
+fn expiring_certificates_are_reported_and_renewals_clear_them() {
+    let c = clusters();
+    let ns = c.namespace("expiry");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca_pem = pki.agent("short");
+    let agent_ca = Issued::load_ca(&dir.path().join("short")).unwrap();
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let short = issue::issue_leaf(
+        &agent_ca,
+        &LeafOptions::client("short").window(Window {
+            not_before: now - day,
+            not_after: now + 2 * day,
+        }),
+    )
+    .unwrap();
+    issue::write_bundle(&dir.path().join("short"), &agent_ca, true, &short).unwrap();
+    c.apply(
+        &c.control,
+        &dataplane(&ns, "dp", ValueFrom::inline(&ca_pem)),
+    );
+    // 1000h: the gateway's 30-day serving certificate is inside the window too.
+    let (_controller, ports, _agent, plane_id) =
+        controller_and_agent(c, &pki, &ns, "short", &["--expiry-warning=1000h"]);
+
+    let message = await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "CertificatesCurrent",
+        "False",
+        "AgentCertExpiringSoon",
+    );
+    let unix = |pem: &str| {
+        let der = planelink::trust::parse_certificates(pem.as_bytes()).unwrap();
+        planelink::trust::CertInfo::from_der(&der[0])
+            .unwrap()
+            .not_after
+    };
+    let agent_not_after = unix(&short.cert_pem);
+    let fmt = planelink::trust::inspect::format_time;
+    let gateway_pem = std::fs::read_to_string(pki.path("gateway/tls.crt")).unwrap();
+    assert!(
+        message.starts_with("the certificate of agent "),
+        "{message}"
+    );
+    for part in [
+        format!(" expires on {} (1 days left); ", fmt(agent_not_after)),
+        format!(
+            "the gateway's serving certificate expires on {} (29 days left); ",
+            fmt(unix(&gateway_pem))
+        ),
+        planelink::planes::reason::AGENT_CERT_RENEWAL.to_string(),
+    ] {
+        assert!(message.contains(&part), "{part:?} missing from {message:?}");
+    }
+    eventually("an AgentCertExpiringSoon Event", WAIT, || {
+        let events = c.ok(
+            &c.control,
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "reason=AgentCertExpiringSoon",
+                "-o",
+                "name",
+            ],
+        );
+        if events.trim().is_empty() {
+            Err("none yet".into())
+        } else {
+            Ok(())
+        }
+    });
+    let metrics = scrape(ports.health).unwrap();
+    let ca_not_after = unix(&ca_pem).unix_timestamp();
+    for series in [
+        format!(
+            "planelink_gateway_client_ca_expiry_timestamp_seconds{{plane_type=\"dataplane\",plane_id=\"{plane_id}\",namespace=\"{ns}\",name=\"dp\"}} {ca_not_after}\n"
+        ),
+        format!(
+            "planelink_gateway_serving_certificate_expiry_timestamp_seconds {}\n",
+            unix(&gateway_pem).unix_timestamp()
+        ),
+    ] {
+        assert!(metrics.contains(&series), "{series} missing from {metrics}");
+    }
+    let agent_series = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("planelink_gateway_agent_certificate_expiry_timestamp_seconds{{plane_type=\"dataplane\",plane_id=\"{plane_id}\",instance=")))
+        .unwrap_or_else(|| panic!("no agent certificate series in {metrics}"));
+    assert!(
+        agent_series.ends_with(&format!("}} {}", agent_not_after.unix_timestamp())),
+        "{agent_series}"
+    );
+
+    // The agent's certificate renewed on disk: the running agent replaces its tunnel, and
+    // the gateway's certificate is what is left to renew.
+    let renewed = issue::issue_leaf(&agent_ca, &LeafOptions::client("short")).unwrap();
+    issue::write_bundle(&dir.path().join("short"), &agent_ca, true, &renewed).unwrap();
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "CertificatesCurrent",
+        "False",
+        "GatewayCertExpiringSoon",
+    );
+    // The gateway's renewed too: nothing left to warn about.
+    let serving = common::server_leaf(
+        &pki.gateway_ca,
+        &["localhost"],
+        &["127.0.0.1"],
+        Window::days(365),
+    );
+    issue::write_bundle(&dir.path().join("gateway"), &pki.gateway_ca, true, &serving).unwrap();
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "CertificatesCurrent",
+        "True",
+        "CertificatesCurrent",
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
     );
 }
