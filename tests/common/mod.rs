@@ -240,3 +240,122 @@ pub fn caller_client(dir: &Path) -> planelink::tunnel::client::HttpsClient {
         .unwrap();
     planelink::tunnel::client::http_client(planelink::tunnel::client::connector(tls, None))
 }
+
+/// Writes `files` the way the kubelet updates a mounted Secret: into a new hidden
+/// directory, then one rename of the `..data` symlink; each file is a symlink through
+/// `..data`, so a reader sees the old set or the new one, never half of each.
+pub fn mount_secret(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, contents) in files {
+        issue::write_file(&data.join(name), contents, FileKind::Secret).unwrap();
+    }
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(format!("..v{version}"), &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+/// Sends `GET url` with `client` until `stop`, counting each 200 in `ok`; every other
+/// answer (status and body, transport error, no answer within 10 s) is returned.
+pub async fn call_until(
+    client: planelink::tunnel::client::HttpsClient,
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<String> {
+    use http_body_util::BodyExt as _;
+    let mut failures = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let request = http::Request::get(&url)
+            .body(planelink::tunnel::body::empty())
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            let response = client.request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        })
+        .await;
+        match answer {
+            Ok(Ok((http::StatusCode::OK, _))) => {
+                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Ok((status, body))) => {
+                failures.push(format!("{status}: {}", String::from_utf8_lossy(&body)))
+            }
+            Ok(Err(e)) => failures.push(format!("transport error: {e:#}")),
+            Err(_) => failures.push("no answer within 10 s".into()),
+        }
+    }
+    failures
+}
+
+/// [`call_until`] for tests without a runtime: callers on a thread of their own.
+pub struct CallerThread {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl CallerThread {
+    /// `callers` callers of `url`, presenting the caller certificate of `dir`.
+    pub fn start(dir: &Path, url: String, callers: usize) -> CallerThread {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (dir, thread_stop, thread_ok) = (dir.to_path_buf(), stop.clone(), ok.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = caller_client(&dir);
+                let tasks: Vec<_> = (0..callers)
+                    .map(|_| {
+                        tokio::spawn(call_until(
+                            client.clone(),
+                            url.clone(),
+                            thread_stop.clone(),
+                            thread_ok.clone(),
+                        ))
+                    })
+                    .collect();
+                let mut failures = Vec::new();
+                for task in tasks {
+                    failures.extend(task.await.unwrap());
+                }
+                failures
+            })
+        });
+        CallerThread { stop, ok, thread }
+    }
+
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the callers and asserts that every request succeeded and at least `least` did.
+    pub fn finish_without_failures(self, least: usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failures = self.thread.join().unwrap();
+        let ok = self.ok.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {failures:?}",
+            failures.len(),
+            ok + failures.len()
+        );
+        assert!(
+            ok >= least,
+            "only {ok} requests succeeded, fewer than {least}"
+        );
+    }
+}

@@ -11,6 +11,7 @@ mod common;
 mod install;
 mod model;
 mod register;
+mod rollover;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -665,29 +665,7 @@ impl RequestLoop {
             .map(|_| {
                 let (client, url) = (crate::common::caller_client(&topo.pki.dir), url.clone());
                 let (stop, ok) = (stop.clone(), ok.clone());
-                tokio::spawn(async move {
-                    let mut failures = Vec::new();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let request = Request::get(&url).body(tbody::empty()).unwrap();
-                        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-                            let response = client.request(request).await?;
-                            let status = response.status();
-                            let body = response.into_body().collect().await?.to_bytes();
-                            anyhow::Ok((status, body))
-                        })
-                        .await;
-                        match answer {
-                            Ok(Ok((StatusCode::OK, _))) => {
-                                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Ok(Ok((status, body))) => failures
-                                .push(format!("{status}: {}", String::from_utf8_lossy(&body))),
-                            Ok(Err(e)) => failures.push(format!("transport error: {e:#}")),
-                            Err(_) => failures.push("no answer within 10 s".into()),
-                        }
-                    }
-                    failures
-                })
+                tokio::spawn(crate::common::call_until(client, url, stop, ok))
             })
             .collect();
         RequestLoop { stop, ok, callers }

@@ -2,34 +2,13 @@
 //! a mounted Secret, and the gateway's serving certificate rewritten, each while callers
 //! keep sending requests through the tunnel; not one may fail.
 
-use std::path::Path;
 use std::time::Duration;
 
 use planelink::planes::{PlaneKey, PlaneType};
 use planelink::trust::issue::{self, FileKind, Issued, LeafOptions};
 
+use crate::common::mount_secret;
 use crate::harness::*;
-
-/// Writes `files` the way the kubelet updates a mounted Secret: into a new hidden
-/// directory, then one rename of the `..data` symlink; each file is a symlink through
-/// `..data`, so a reader sees the old set or the new one, never half of each.
-pub fn mount_secret(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    let data = dir.join(format!("..v{version}"));
-    std::fs::create_dir_all(&data).unwrap();
-    for (name, contents) in files {
-        issue::write_file(&data.join(name), contents, FileKind::Secret).unwrap();
-    }
-    let staged = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&staged);
-    std::os::unix::fs::symlink(format!("..v{version}"), &staged).unwrap();
-    std::fs::rename(&staged, dir.join("..data")).unwrap();
-    for (name, _) in files {
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-        }
-    }
-}
 
 fn agent_secret<'a>(ca: &'a Issued, leaf: &'a Issued) -> [(&'static str, &'a str); 3] {
     [

@@ -1,0 +1,191 @@
+//! An agent's CA rolled over while callers keep sending requests through the gateway to
+//! the remote API server: the agent's Secret is swapped the way the kubelet swaps a
+//! mounted Secret, to a new CA and a certificate from it. Not one request may fail, the
+//! plane ends trusting only the new CA, and each step is an Event.
+
+use std::path::Path;
+
+use planelink::planes::rollover;
+use planelink::trust::issue::{self, CaOptions, Issued, LeafOptions};
+
+use super::*;
+use crate::common::{CallerThread, mount_secret};
+
+/// Mounts a new CA and a client certificate from it into `dir` (Secret version
+/// `version`); returns the CA.
+fn mount_new_identity(dir: &Path, version: u32) -> Issued {
+    let ca = issue::new_ca(&CaOptions::agent("rolling")).unwrap();
+    let leaf = issue::issue_leaf(&ca, &LeafOptions::client("rolling")).unwrap();
+    mount_secret(
+        dir,
+        version,
+        &[
+            ("ca.crt", ca.cert_pem.as_str()),
+            ("tls.crt", leaf.cert_pem.as_str()),
+            ("tls.key", leaf.key_pem()),
+        ],
+    );
+    ca
+}
+
+/// The PEM bundle of the DataPlane's inline clientCA, or of the Secret key it references.
+fn trusted(c: &Clusters, ns: &str, secret: Option<&str>) -> Vec<String> {
+    let pem = match secret {
+        None => {
+            let dp = c.get(&c.control, ns, "dataplane/dp").expect("DataPlane dp");
+            dp["spec"]["clusterAgent"]["clientCA"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+        Some(name) => {
+            let secret = c
+                .get(&c.control, ns, &format!("secret/{name}"))
+                .expect("Secret");
+            let encoded = secret["data"]["ca.crt"].as_str().unwrap_or_default();
+            String::from_utf8(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+                    .unwrap(),
+            )
+            .unwrap()
+        }
+    };
+    planelink::trust::parse_certificates(pem.as_bytes())
+        .unwrap_or_default()
+        .iter()
+        .map(planelink::trust::inspect::fingerprint)
+        .collect()
+}
+
+fn fingerprint(pem: &str) -> String {
+    planelink::trust::inspect::fingerprint(
+        &planelink::trust::parse_certificates(pem.as_bytes()).unwrap()[0],
+    )
+}
+
+/// Waits until an Event with `reason` was recorded in `ns`; its message.
+fn event(c: &Clusters, ns: &str, reason: &str) -> String {
+    eventually(&format!("a {reason} Event"), WAIT, || {
+        let events = c.ok(
+            &c.control,
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                &format!("reason={reason}"),
+                "-o",
+                "jsonpath={.items[*].note}{.items[*].message}",
+            ],
+        );
+        if events.trim().is_empty() {
+            Err("none yet".into())
+        } else {
+            Ok(events)
+        }
+    })
+}
+
+/// Waits until the plane trusts exactly the CAs `fingerprints`.
+fn await_trusted(
+    c: &Clusters,
+    ns: &str,
+    secret: Option<&str>,
+    fingerprints: &[String],
+    what: &str,
+) {
+    eventually(what, Duration::from_secs(60), || {
+        let now = trusted(c, ns, secret);
+        if now == fingerprints {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+}
+
+/// A plane opted in with `planelink.dev/ca-rotation: agent`: the agent proposes its new
+/// CA over its trusted tunnel, the controller trusts old and new, the agent's tunnel moves
+/// to the new certificate, and the old CA is removed once unused and past the grace period.
+#[test]
+fn agent_driven_ca_rollover_loses_no_request() {
+    let c = clusters();
+    let ns = c.namespace("rollover");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mounted = dir.path().join("rolling");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let old = mount_new_identity(&mounted, 1);
+    c.apply(
+        &c.control,
+        &dataplane(&ns, "dp", ValueFrom::inline(&old.cert_pem)),
+    );
+    c.ok(
+        &c.control,
+        &[
+            "annotate",
+            "-n",
+            &ns,
+            "dataplane/dp",
+            &format!("{}={}", rollover::OPT_IN, rollover::BY_AGENT),
+        ],
+    );
+    let (_controller, ports, _agent, plane_id) =
+        controller_and_agent(c, &pki, &ns, "rolling", &["--ca-rotation-grace=3s"]);
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
+    );
+
+    let callers = CallerThread::start(
+        dir.path(),
+        format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
+            ports.internal
+        ),
+        4,
+    );
+    let new = mount_new_identity(&mounted, 2);
+    let (old_fp, new_fp) = (fingerprint(&old.cert_pem), fingerprint(&new.cert_pem));
+    let extended = event(c, &ns, "ClientCAExtended");
+    assert!(
+        extended.contains(&format!("next to the current CA ({old_fp})")),
+        "{extended}"
+    );
+    await_trusted(
+        c,
+        &ns,
+        None,
+        std::slice::from_ref(&new_fp),
+        "the DataPlane trusts only the new CA",
+    );
+    let retired = event(c, &ns, "ClientCARetired");
+    assert!(
+        retired.contains(&format!(
+            "the old CA ({old_fp}) is used by no connected agent: clientCA now trusts only {new_fp}"
+        )),
+        "{retired}"
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
+    );
+    let dp = c.get(&c.control, &ns, "dataplane/dp").unwrap();
+    let annotations = &dp["metadata"]["annotations"];
+    for mark in [rollover::RETIRING, rollover::STARTED, rollover::PROPOSED] {
+        assert!(
+            annotations.get(mark).is_none(),
+            "{mark} left on {annotations}"
+        );
+    }
+    callers.finish_without_failures(100);
+}
