@@ -113,17 +113,21 @@ impl Identity {
 }
 
 /// Re-reads the files every [`trust::tls::RELOAD_INTERVAL`] and publishes a new
-/// generation when their contents changed and load; ends when every receiver is gone.
-pub fn spawn_watcher(files: TlsFiles, current: watch::Sender<Arc<Identity>>) {
+/// generation when their contents changed and load; ends with `stop`.
+pub fn spawn_watcher(
+    files: TlsFiles,
+    current: watch::Sender<Arc<Identity>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(trust::tls::RELOAD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The fingerprint of the last set that failed to load, so it is logged once.
         let mut last_bad: Option<String> = None;
         loop {
-            tick.tick().await;
-            if current.is_closed() {
-                return;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
             }
             let (fingerprint, generation) = {
                 let now = current.borrow();

@@ -250,7 +250,7 @@ pub async fn start(
         }
     };
     if let Some(files) = &state.config.tls {
-        identity::spawn_watcher(files.clone(), state.identity.clone());
+        identity::spawn_watcher(files.clone(), state.identity.clone(), shutdown.clone());
     }
     let done = tokio::spawn(connect_loop(state.clone(), shutdown));
     Ok(Agent {

@@ -27,7 +27,6 @@ use crate::planes::crd::{Environment, ObservabilityPlane, PlaneResource, PlaneSt
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
 use crate::planes::rollover::{self, Step};
 use crate::planes::{PlaneType, Problem, Reason, secret_data};
-use crate::trust::inspect::Expiry;
 use base64::Engine as _;
 
 /// How soon a blocked deletion is looked at again.
@@ -485,32 +484,21 @@ fn client_ca_expiry(cas: &[CertificateDer<'_>], warn: Duration) -> Option<Certif
 /// gateway reports them.
 fn connection_expiries(status: &ConnectionStatus, warn: Duration) -> Vec<CertificateExpiry> {
     let now = SystemTime::now();
-    let judge = |unix: i64| {
-        time::OffsetDateTime::from_unix_timestamp(unix)
-            .ok()
-            .map(|t| Expiry::at(None, t, now, warn))
-    };
     let mut out: Vec<CertificateExpiry> = status
         .agents
         .iter()
         .filter_map(|agent| {
-            let expiry = judge(agent.certificate_not_after.as_ref()?.0.as_second())?;
             Some(CertificateExpiry {
                 reason: Reason::AgentCertExpiringSoon,
                 what: format!(
                     "the certificate of agent {}",
                     agent.instance.as_deref().unwrap_or("(unnamed)")
                 ),
-                expiry,
+                expiry: agent.certificate_expiry(now, warn)?,
             })
         })
         .collect();
-    if let Some(expiry) = status
-        .gateway_certificate_not_after
-        .as_deref()
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .and_then(|t| judge(t.as_second()))
-    {
+    if let Some(expiry) = status.gateway_certificate_expiry(now, warn) {
         out.push(CertificateExpiry {
             reason: Reason::GatewayCertExpiringSoon,
             what: "the gateway's serving certificate".into(),

@@ -134,10 +134,14 @@ fn combine(
     combined.agents = ConnectedAgent::distinct(ok.iter().flat_map(|s| s.agents.clone()).collect());
     // The replica whose certificate expires first is the one to warn about (RFC 3339 in
     // UTC from the same formatter: ordered as text).
-    combined.gateway_certificate_not_after = ok
+    if let Some(first) = ok
         .iter()
-        .filter_map(|s| s.gateway_certificate_not_after.clone())
-        .min();
+        .filter(|s| s.gateway_certificate_not_after.is_some())
+        .min_by_key(|s| s.gateway_certificate_not_after.clone())
+    {
+        combined.gateway_certificate_not_after = first.gateway_certificate_not_after.clone();
+        combined.gateway_certificate_not_before = first.gateway_certificate_not_before.clone();
+    }
     combined.ca_proposal = ok.iter().find_map(|s| s.ca_proposal.clone());
     let mut in_use: Vec<String> = ok.iter().flat_map(|s| s.client_ca_in_use.clone()).collect();
     in_use.sort();
@@ -378,6 +382,7 @@ mod tests {
             last_seen: last_seen.map(String::from),
             agents: Vec::new(),
             gateway_certificate_not_after: None,
+            gateway_certificate_not_before: None,
             ca_proposal: None,
             client_ca_in_use: Vec::new(),
             replicas: None,

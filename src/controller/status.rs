@@ -466,6 +466,7 @@ mod tests {
         ConnectionStatus {
             agents: Vec::new(),
             gateway_certificate_not_after: None,
+            gateway_certificate_not_before: None,
             ca_proposal: None,
             client_ca_in_use: Vec::new(),
             replicas: None,

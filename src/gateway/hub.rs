@@ -32,6 +32,7 @@ pub struct AgentConn {
     chain: Vec<CertificateDer<'static>>,
     /// When the client certificate expires (for the plane's status and `planelink status`).
     certificate_not_after: Option<k8s_openapi::jiff::Timestamp>,
+    certificate_not_before: Option<k8s_openapi::jiff::Timestamp>,
     granted: RwLock<Vec<CrRef>>,
     sender: SendRequest<Body>,
     open_streams: AtomicUsize,
@@ -63,6 +64,7 @@ impl AgentConn {
             instance: self.hello.instance.clone(),
             protocol: self.protocol.to_string(),
             certificate_not_after: self.certificate_not_after.map(Time),
+            certificate_not_before: self.certificate_not_before.map(Time),
         }
     }
 
@@ -252,13 +254,15 @@ impl Hub {
     }
 
     pub fn register(&self, new: NewAgent, sender: SendRequest<Body>) -> Arc<AgentConn> {
-        let certificate_not_after = new
+        let leaf = new
             .chain
             .first()
-            .and_then(|leaf| crate::trust::CertInfo::from_der(leaf).ok())
-            .and_then(|info| {
-                k8s_openapi::jiff::Timestamp::from_second(info.not_after.unix_timestamp()).ok()
-            });
+            .and_then(|leaf| crate::trust::CertInfo::from_der(leaf).ok());
+        let timestamp = |t: time::OffsetDateTime| {
+            k8s_openapi::jiff::Timestamp::from_second(t.unix_timestamp()).ok()
+        };
+        let certificate_not_after = leaf.as_ref().and_then(|info| timestamp(info.not_after));
+        let certificate_not_before = leaf.as_ref().and_then(|info| timestamp(info.not_before));
         let agent = Arc::new(AgentConn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             key: new.key,
@@ -268,6 +272,7 @@ impl Hub {
             protocol: new.protocol,
             chain: new.chain,
             certificate_not_after,
+            certificate_not_before,
             granted: RwLock::new(new.granted),
             sender,
             open_streams: AtomicUsize::new(0),
@@ -524,6 +529,7 @@ impl Hub {
             last_seen: last_seen.map(rfc3339),
             agents: ConnectedAgent::distinct(agents),
             gateway_certificate_not_after: None,
+            gateway_certificate_not_before: None,
             ca_proposal: None,
             client_ca_in_use: Vec::new(),
             replicas: None,

@@ -112,11 +112,10 @@ impl Core {
                 })
             });
         }
-        status.gateway_certificate_not_after = self.cert.not_after_unix().and_then(|secs| {
-            time::OffsetDateTime::from_unix_timestamp(secs)
-                .ok()
-                .map(crate::trust::inspect::format_time)
-        });
+        let validity = self.cert.validity();
+        let format = crate::trust::inspect::format_time;
+        status.gateway_certificate_not_before = validity.map(|(from, _)| format(from));
+        status.gateway_certificate_not_after = validity.map(|(_, until)| format(until));
         status
     }
 

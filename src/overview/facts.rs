@@ -87,9 +87,7 @@ impl PlaneFacts {
             .as_ref()?
             .agents
             .iter()
-            .filter_map(|a| a.certificate_not_after.as_ref())
-            .filter_map(|t| time::OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok())
-            .map(|not_after| trust::Expiry::at(None, not_after, now, warn))
+            .filter_map(|a| a.certificate_expiry(now, warn))
             .min_by_key(|e| e.not_after)
     }
 

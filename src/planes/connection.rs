@@ -32,6 +32,9 @@ pub struct ConnectionStatus {
     /// (planelink's addition, for the plane's `CertificatesCurrent` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_certificate_not_after: Option<String>,
+    /// RFC 3339; when that certificate became valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_certificate_not_before: Option<String>,
     /// A CA rollover an agent of this CR proposed that the CR does not trust yet
     /// (planelink's addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +62,28 @@ pub struct CaProposal {
     pub agent: Option<String>,
     /// RFC 3339.
     pub proposed_at: String,
+}
+
+impl ConnectionStatus {
+    /// Where the answering gateway's serving certificate stands against `warn` (a third
+    /// of its lifetime when that is shorter).
+    pub fn gateway_certificate_expiry(
+        &self,
+        now: std::time::SystemTime,
+        warn: std::time::Duration,
+    ) -> Option<crate::trust::Expiry> {
+        let parse = |t: &Option<String>| {
+            let t = t.as_deref()?.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
+            time::OffsetDateTime::from_unix_timestamp(t.as_second()).ok()
+        };
+        let not_after = parse(&self.gateway_certificate_not_after)?;
+        Some(crate::trust::Expiry::at(
+            parse(&self.gateway_certificate_not_before),
+            not_after,
+            now,
+            warn,
+        ))
+    }
 }
 
 /// How many gateway replicas hold a tunnel from the plane's agents, of how many live.

@@ -242,12 +242,33 @@ pub struct ConnectedAgent {
     /// When its client certificate expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_not_after: Option<Time>,
+    /// When its client certificate became valid: with the expiry, the lifetime that
+    /// scales the expiry warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_before: Option<Time>,
+}
+
+/// A Kubernetes time as the trust module's.
+fn offset_time(t: &Time) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok()
 }
 
 /// The most agents a plane's status lists.
 pub const MAX_LISTED_AGENTS: usize = 16;
 
 impl ConnectedAgent {
+    /// Where the agent's certificate stands against `warn` (a third of its lifetime when
+    /// that is shorter).
+    pub fn certificate_expiry(
+        &self,
+        now: std::time::SystemTime,
+        warn: std::time::Duration,
+    ) -> Option<crate::trust::Expiry> {
+        let not_after = offset_time(self.certificate_not_after.as_ref()?)?;
+        let not_before = self.certificate_not_before.as_ref().and_then(offset_time);
+        Some(crate::trust::Expiry::at(not_before, not_after, now, warn))
+    }
+
     /// Each agent once (an agent holds a tunnel to every replica), in a stable order, at
     /// most [`MAX_LISTED_AGENTS`].
     pub fn distinct(mut agents: Vec<ConnectedAgent>) -> Vec<ConnectedAgent> {

@@ -245,6 +245,7 @@ mod tests {
             last_seen: None,
             agents: Vec::new(),
             gateway_certificate_not_after: None,
+            gateway_certificate_not_before: None,
             ca_proposal: proposal.map(|p| CaProposal {
                 ca_bundle: bundle_pem(std::slice::from_ref(p)),
                 fingerprints: vec![fingerprint(p)],

@@ -74,13 +74,18 @@ impl ReloadingCert {
         }
     }
 
-    /// When the certificate being served expires (Unix seconds).
-    pub fn not_after_unix(&self) -> Option<i64> {
+    /// When the certificate being served became valid and when it expires.
+    pub fn validity(&self) -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         let leaf = current.1.cert.first()?;
         crate::trust::inspect::CertInfo::from_der(leaf)
             .ok()
-            .map(|info| info.not_after.unix_timestamp())
+            .map(|info| (info.not_before, info.not_after))
+    }
+
+    /// When the certificate being served expires (Unix seconds).
+    pub fn not_after_unix(&self) -> Option<i64> {
+        self.validity().map(|(_, until)| until.unix_timestamp())
     }
 
     /// Polls the files until the process ends.

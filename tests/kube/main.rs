@@ -1153,20 +1153,32 @@ fn expiring_certificates_are_reported_and_renewals_clear_them() {
     let agent_ca = Issued::load_ca(&dir.path().join("short")).unwrap();
     let day = Duration::from_secs(86_400);
     let now = std::time::SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    // Twelve days of life, two left: inside a third of its lifetime.
     let short = issue::issue_leaf(
         &agent_ca,
         &LeafOptions::client("short").window(Window {
-            not_before: now - day,
-            not_after: now + 2 * day,
+            not_before: now - 10 * day,
+            not_after: now + 2 * day + hour,
         }),
     )
     .unwrap();
     issue::write_bundle(&dir.path().join("short"), &agent_ca, true, &short).unwrap();
+    // A serving certificate with 29 of its 89 days left: inside --expiry-warning too.
+    let serving = common::server_leaf(
+        &pki.gateway_ca,
+        &["localhost"],
+        &["127.0.0.1"],
+        Window {
+            not_before: now - 60 * day,
+            not_after: now + 29 * day + hour,
+        },
+    );
+    issue::write_bundle(&dir.path().join("gateway"), &pki.gateway_ca, true, &serving).unwrap();
     c.apply(
         &c.control,
         &dataplane(&ns, "dp", ValueFrom::inline(&ca_pem)),
     );
-    // 1000h: the gateway's 30-day serving certificate is inside the window too.
     let (_controller, ports, _agent, plane_id) =
         controller_and_agent(c, &pki, &ns, "short", &["--expiry-warning=1000h"]);
 
@@ -1192,7 +1204,7 @@ fn expiring_certificates_are_reported_and_renewals_clear_them() {
         "{message}"
     );
     for part in [
-        format!(" expires on {} (1 days left); ", fmt(agent_not_after)),
+        format!(" expires on {} (2 days left); ", fmt(agent_not_after)),
         format!(
             "the gateway's serving certificate expires on {} (29 days left); ",
             fmt(unix(&gateway_pem))
