@@ -34,6 +34,50 @@ pub enum RegisterCommand {
     /// Register an observability plane: the whole trust exchange between the two clusters.
     #[command(name = "observabilityplane")]
     ObservabilityPlane(ExchangeArgs),
+    /// Roll a plane's client CA over to a new CA without an outage: trust both, then
+    /// (planelink's controller) remove the old one once no agent uses it.
+    Rotate(RotateArgs),
+}
+
+/// `register rotate`: the client CA rollover from the operator's shell.
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// The plane's kind.
+    #[arg(value_enum)]
+    pub kind: PlaneType,
+
+    /// Name of the plane resource in the control plane.
+    pub name: String,
+
+    /// Namespace of the plane resource.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+
+    /// Kube context of the control plane; the current context when unset.
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Kubeconfig files (a list separated by `:`); the default kubeconfig when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The new CA (PEM: ca.crt of Secret cluster-agent-tls in the remote plane); default:
+    /// the CA the plane's agent proposed (annotation planelink.dev/ca-proposal).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+
+    /// Namespace of the control plane's gateway (Secret cluster-gateway-ca, which must
+    /// never become a client CA).
+    #[arg(long, default_value = "openchoreo-control-plane")]
+    pub control_plane_namespace: String,
+
+    /// How long to wait for the controller to remove the old CA (0: do not wait).
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub wait: Duration,
+
+    /// Print what would change, and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The trust exchange of the reference guide (Steps 1-4), as one command.

@@ -263,7 +263,7 @@ async fn apply_object(client: &Client, object: &Value, step: &'static str) -> Re
 
 /// A wait's progress on stderr: one line rewritten in place on a terminal; in a pipe or
 /// log, a line every 10 s.
-struct Progress {
+pub(super) struct Progress {
     what: String,
     wait: Duration,
     started: Instant,
@@ -273,7 +273,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(what: String, wait: Duration) -> Progress {
+    pub(super) fn new(what: String, wait: Duration) -> Progress {
         use std::io::IsTerminal as _;
         Progress {
             what,
@@ -284,11 +284,11 @@ impl Progress {
         }
     }
 
-    fn elapsed(&self) -> Duration {
+    pub(super) fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }
 
-    fn tick(&mut self) {
+    pub(super) fn tick(&mut self) {
         let secs = self.started.elapsed().as_secs();
         let of = self.wait.as_secs();
         if self.terminal {
@@ -301,7 +301,7 @@ impl Progress {
     }
 
     /// Ends the line rewritten in place, if one was written.
-    fn done(&self) {
+    pub(super) fn done(&self) {
         if self.terminal && self.last_line.is_some() {
             eprintln!();
         }

@@ -4,6 +4,7 @@ mod certs;
 mod check;
 mod exchange;
 mod inspect;
+mod rotate;
 mod secrets;
 
 pub mod args;
@@ -44,6 +45,7 @@ pub fn run(args: RegisterArgs) -> Outcome {
         RegisterCommand::ObservabilityPlane(a) => {
             exchange::run(crate::planes::PlaneType::ObservabilityPlane, &a)
         }
+        RegisterCommand::Rotate(a) => rotate::run(&a),
     }
 }
 

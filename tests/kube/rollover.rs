@@ -189,3 +189,159 @@ fn agent_driven_ca_rollover_loses_no_request() {
     }
     callers.finish_without_failures(100);
 }
+
+/// A plane that does not opt in, its clientCA in a Secret: the agent's proposal becomes
+/// the condition `ClientCARotationPending` naming the command; running it (after a dry
+/// run that writes nothing) completes the rollover, and no request fails meanwhile.
+#[test]
+fn operator_rotation_from_the_named_command_loses_no_request() {
+    let c = clusters();
+    let ns = c.namespace("rotate");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mounted = dir.path().join("rolling");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let old = mount_new_identity(&mounted, 1);
+    c.apply(
+        &c.control,
+        &secret(&ns, "agent-ca", "ca.crt", &old.cert_pem),
+    );
+    c.apply(
+        &c.control,
+        &dataplane(
+            &ns,
+            "dp",
+            ValueFrom::from_secret(None, "agent-ca", "ca.crt"),
+        ),
+    );
+    let (_controller, ports, _agent, plane_id) =
+        controller_and_agent(c, &pki, &ns, "rolling", &["--ca-rotation-grace=3s"]);
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
+    );
+    let callers = CallerThread::start(
+        dir.path(),
+        format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
+            ports.internal
+        ),
+        4,
+    );
+
+    let new = mount_new_identity(&mounted, 2);
+    let (old_fp, new_fp) = (fingerprint(&old.cert_pem), fingerprint(&new.cert_pem));
+    let message = await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "CertificatesCurrent",
+        "False",
+        "ClientCARotationPending",
+    );
+    let command = format!("planelink register rotate dataplane dp --namespace {ns}");
+    assert!(
+        message.contains(&format!(
+            "proposes the CA {new_fp} that issued its renewed certificate"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("roll it over with `{command}`")),
+        "{message}"
+    );
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = command.split(' ').skip(1).map(String::from).collect();
+        args.push(format!(
+            "--kubeconfig={}",
+            c.kubeconfig_for(&c.control).display()
+        ));
+        args.push(format!("--control-plane-namespace={ns}"));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        crate::common::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_planelink"))
+                .args(&args)
+                .env_remove("KUBECONFIG"),
+            crate::common::COMMAND_LIMIT,
+        )
+    };
+    let dry = run(&["--dry-run"]);
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "{dry_out}{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        dry_out.ends_with(&format!(
+            "dry run: would write 2 CAs into key ca.crt of Secret {ns}/agent-ca and mark the old ones \
+             retiring (annotations {}, {}); nothing was written\n",
+            rollover::RETIRING,
+            rollover::STARTED
+        )),
+        "{dry_out}"
+    );
+    assert_eq!(
+        trusted(c, &ns, Some("agent-ca")),
+        vec![old_fp.clone()],
+        "the dry run wrote"
+    );
+
+    let done = run(&["--wait=60s"]);
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let subject = "O=planelink, CN=planelink cluster-agent CA rolling";
+    assert!(
+        lines[0].starts_with(&format!(
+            "new CA:      {subject} (SHA-256 {new_fp}, expires "
+        )),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "retiring CA: {subject} (SHA-256 {old_fp}, expires "
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        &lines[2..],
+        [
+            format!(
+                "step 1: DataPlane {ns}/dp trusts the old and the new CA (key ca.crt of Secret \
+                 {ns}/agent-ca); agents move to certificates from the new CA"
+            ),
+            format!("step 2: the old CA is removed: DataPlane {ns}/dp trusts only {new_fp}"),
+        ],
+        "{out}"
+    );
+    assert_eq!(trusted(c, &ns, Some("agent-ca")), vec![new_fp.clone()]);
+    event(c, &ns, "ClientCARetired");
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "CertificatesCurrent",
+        "True",
+        "CertificatesCurrent",
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
+    );
+    callers.finish_without_failures(100);
+}
