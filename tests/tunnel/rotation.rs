@@ -203,3 +203,90 @@ async fn renewed_gateway_certificate_is_served_without_a_failed_request() {
     callers.advance(200).await;
     callers.finish_without_failures().await;
 }
+
+/// Dials as identity `name` for plane p1 (the agent's own three steps), offering
+/// `proposal`; what the gateway answered.
+async fn dial_proposing(
+    topo: &Topology,
+    name: &str,
+    proposal: planelink::trust::rollover::Proposal,
+) -> Result<planelink::agent::dial::Dialled, planelink::agent::dial::DialError> {
+    use planelink::agent::dial;
+    let config = topo.agent_config(name, "p1");
+    let identity = dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let (host, port) = dial::host_port(&config.dial_url);
+    let tcp = dial::connect(&host, port, dial::STEP_TIMEOUT).await?;
+    let (tls, _) = dial::tls(tcp, &host, &identity, b"http/1.1", dial::STEP_TIMEOUT).await?;
+    let introduction = dial::Introduction {
+        proposal: Some(proposal),
+        ..dial::Introduction::default()
+    };
+    dial::upgrade(tls, &config.dial_url, &introduction, dial::STEP_TIMEOUT).await
+}
+
+/// A proposal is taken only from an agent the gateway authorised, only for the CRs it is
+/// authorised for, and only when the renewed certificate verifies against the proposed
+/// CA; everything else is refused and counted by reason (and logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_proposals_are_taken_only_from_authorised_agents_for_their_own_crs() {
+    use planelink::planes::CrRef;
+    use planelink::trust::issue::CaOptions;
+    use planelink::trust::rollover::Proposal;
+    let topo = Topology::start(false).await;
+    // A second DataPlane of planeID p1, trusting another CA: a1 is not authorised for it.
+    let (_, other_ca) = agent_identity(&topo.pki.dir, "other");
+    write(
+        &topo.planes.join("dp2.yaml"),
+        &dataplane("dp2", "p1", &other_ca),
+    );
+    let _other = topo.agent("other", "p1").await;
+
+    let der = |pem: &str| planelink::trust::parse_certificates(pem.as_bytes()).unwrap();
+    let new_ca = issue::new_ca(&CaOptions::agent("renewed")).unwrap();
+    let renewed = issue::issue_leaf(&new_ca, &LeafOptions::client("a1")).unwrap();
+    let proposal = Proposal {
+        cas: der(&new_ca.cert_pem),
+        chain: der(&renewed.cert_pem),
+    };
+    let _tunnel = dial_proposing(&topo, "a1", proposal.clone())
+        .await
+        .expect("a1 is trusted by dp1");
+    let pending = |cr: &str| {
+        topo.gateway
+            .status(&p1(), Some(&CrRef::new("org", cr)))
+            .ca_proposal
+    };
+    let taken = pending("dp1").expect("the proposal is pending for dp1");
+    assert_eq!(taken.fingerprints, proposal.fingerprints());
+    assert_eq!(taken.ca_bundle, proposal.ca_pem());
+    assert_eq!(
+        pending("dp2"),
+        None,
+        "a1 proposed for a CR that does not trust it"
+    );
+
+    // An agent no CR trusts: its dial is refused and its proposal not taken.
+    let (_, _stranger_ca) = agent_identity(&topo.pki.dir, "stranger");
+    match dial_proposing(&topo, "stranger", proposal.clone()).await {
+        Err(planelink::agent::dial::DialError::Refused { status: 401, .. }) => {}
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a stranger was let in"),
+    }
+    // A renewed certificate that the proposed CA did not issue: refused.
+    let forged = Proposal {
+        cas: der(&other_ca),
+        chain: der(&renewed.cert_pem),
+    };
+    let _tunnel = dial_proposing(&topo, "a1", forged)
+        .await
+        .expect("a1 itself is still trusted");
+    assert_eq!(
+        pending("dp1").unwrap().fingerprints,
+        proposal.fingerprints()
+    );
+    let metrics = topo.metrics().await;
+    for result in ["accepted", "unauthorised", "invalid"] {
+        let series = format!("planelink_gateway_ca_proposals_total{{result=\"{result}\"}} 1\n");
+        assert!(metrics.contains(&series), "{series} missing: {metrics}");
+    }
+}
