@@ -444,6 +444,12 @@ async fn gateway_ca(ctx: &mut Context<'_>, findings: &mut Findings) {
             Ok(published) if published == ctx.gateway_ca => {
                 findings.pass(format!("{origin_map} matches the Secret"));
             }
+            Ok(published) if overlaps(&published, &ctx.gateway_ca) => {
+                findings.pass(format!(
+                    "{origin_map} holds the Secret's CA and {} more (a CA rollover's overlap)",
+                    published.len() - ctx.gateway_ca.len()
+                ));
+            }
             Ok(_) => findings.fail(
                 format!("{origin_map} differs from Secret {ns}/{GATEWAY_CA}"),
                 publish_fix(ctx, &ns),
@@ -454,6 +460,12 @@ async fn gateway_ca(ctx: &mut Context<'_>, findings: &mut Findings) {
             ),
         }
     }
+}
+
+/// Whether a published bundle trusts every CA of `current` and more: the overlap of a
+/// rollover, in which agents trust the old and the new gateway CA.
+fn overlaps(published: &[CertificateDer<'_>], current: &[CertificateDer<'_>]) -> bool {
+    published.len() > current.len() && current.iter().all(|ca| published.contains(ca))
 }
 
 fn publish_fix(ctx: &Context<'_>, ns: &str) -> String {
@@ -929,6 +941,12 @@ async fn remote_checks(
                     format!("{origin} holds no CA ({e}): a placeholder, so the agent cannot verify the gateway"),
                     format!("copy ca.crt of Secret {GATEWAY_CA} from the control plane: {register}"),
                 ),
+                Ok(certs) if !ctx.gateway_ca.is_empty() && overlaps(&certs, &ctx.gateway_ca) && certs != ctx.gateway_ca => {
+                    findings.pass(format!(
+                        "{origin} holds the control plane's gateway CA and {} more (a CA rollover's overlap)",
+                        certs.len() - ctx.gateway_ca.len()
+                    ))
+                }
                 Ok(certs) if !ctx.gateway_ca.is_empty() && certs != ctx.gateway_ca => findings.fail(
                     format!("{origin} is not the control plane's gateway CA (Secret {GATEWAY_CA})"),
                     format!("copy ca.crt of Secret {GATEWAY_CA} from the control plane: {register}"),

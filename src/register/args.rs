@@ -251,6 +251,12 @@ pub struct CertsDestination {
     #[arg(long, value_name = "NAMESPACE/NAME", requires = "secret")]
     pub ca_configmap: Option<ObjectRef>,
 
+    /// With --ca-configmap: publish this CA too (PEM), after the current one: the overlap
+    /// of a CA rollover (the new CA before switching to it, the old one after). Drop the
+    /// flag once every peer trusts the new CA and the certificates in use come from it.
+    #[arg(long, value_name = "FILE", requires = "ca_configmap")]
+    pub also_publish_ca: Option<PathBuf>,
+
     /// With --secret: reissue a certificate that expires within this long.
     #[arg(long, default_value = "360h", value_parser = duration, requires = "secret")]
     pub renew_before: Duration,

@@ -74,10 +74,21 @@ pub fn keep(destination: &CertsDestination, request: &Request) -> Outcome {
             namespace: secret.namespace.clone(),
             name: request.default_ca_secret.into(),
         });
+        let also_published = match &destination.also_publish_ca {
+            None => None,
+            Some(path) => match crate::trust::load_certificates(path) {
+                Ok(certs) => Some(crate::planes::rollover::bundle_pem(&certs)),
+                Err(e) => {
+                    eprintln!("error: --also-publish-ca {}: {e}", path.display());
+                    return Outcome::Usage;
+                }
+            },
+        };
         let targets = Targets {
             secret,
             ca_secret,
             ca_configmap: destination.ca_configmap.clone(),
+            also_published,
             renew_before: destination.renew_before,
         };
         for _ in 0..ATTEMPTS {
@@ -103,6 +114,8 @@ struct Targets {
     secret: ObjectRef,
     ca_secret: ObjectRef,
     ca_configmap: Option<ObjectRef>,
+    /// `--also-publish-ca`: published next to the current CA.
+    also_published: Option<String>,
     renew_before: Duration,
 }
 
@@ -370,6 +383,13 @@ async fn publish_ca(client: &Client, targets: &Targets, ca: &Issued) -> Result<(
     let Some(at) = &targets.ca_configmap else {
         return Ok(());
     };
+    // The current CA first, then the other one of a rollover's overlap.
+    let published = match &targets.also_published {
+        Some(other) if other.trim() != ca.cert_pem.trim() => {
+            format!("{}\n{other}", ca.cert_pem.trim_end())
+        }
+        _ => ca.cert_pem.clone(),
+    };
     let api = Api::<ConfigMap>::namespaced(client.clone(), &at.namespace);
     match api.get_opt(&at.name).await? {
         Some(existing)
@@ -377,7 +397,7 @@ async fn publish_ca(client: &Client, targets: &Targets, ca: &Issued) -> Result<(
                 .data
                 .as_ref()
                 .and_then(|d| d.get("ca.crt"))
-                .is_some_and(|v| v == &ca.cert_pem) =>
+                .is_some_and(|v| v == &published) =>
         {
             println!("CA        ConfigMap {at}: ca.crt already current");
         }
@@ -385,7 +405,7 @@ async fn publish_ca(client: &Client, targets: &Targets, ca: &Issued) -> Result<(
             existing
                 .data
                 .get_or_insert_with(BTreeMap::new)
-                .insert("ca.crt".into(), ca.cert_pem.clone());
+                .insert("ca.crt".into(), published.clone());
             api.replace(&at.name, &PostParams::default(), &existing)
                 .await?;
             println!("CA        ConfigMap {at}: ca.crt updated");
@@ -398,7 +418,7 @@ async fn publish_ca(client: &Client, targets: &Targets, ca: &Issued) -> Result<(
                     labels: Some(managed_labels()),
                     ..ObjectMeta::default()
                 },
-                data: Some([("ca.crt".to_string(), ca.cert_pem.clone())].into()),
+                data: Some([("ca.crt".to_string(), published.clone())].into()),
                 ..ConfigMap::default()
             };
             api.create(&PostParams::default(), &map).await?;

@@ -156,48 +156,13 @@ async fn renewed_gateway_certificate_is_served_without_a_failed_request() {
     let topo = Topology::start(false).await;
     let _agent = topo.agent("a1", "p1").await;
     let public = topo.gateway.public_addr.port();
-    let internal = topo.gateway.internal_addr.port();
     let old = served_certificate(&topo, public).await;
     let callers = RequestLoop::start(&topo, 4);
     callers.advance(200).await;
 
-    let renewed = issue::issue_leaf(
-        &topo.pki.gateway_ca,
-        &LeafOptions::server(
-            "gateway",
-            vec!["localhost".into()],
-            vec!["127.0.0.1".parse().unwrap()],
-        ),
-    )
-    .unwrap();
-    let dir = topo.pki.dir.join("gateway");
-    issue::write_file(
-        &dir.join("tls.key.new"),
-        renewed.key_pem(),
-        FileKind::Secret,
-    )
-    .unwrap();
-    issue::write_file(
-        &dir.join("tls.crt.new"),
-        &renewed.cert_pem,
-        FileKind::Public,
-    )
-    .unwrap();
-    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
-    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
-    let expected =
-        planelink::trust::parse_certificates(renewed.cert_pem.as_bytes()).unwrap()[0].to_vec();
+    let expected = renew_serving_certificate(&topo, &topo.pki.gateway_ca);
     assert_ne!(old, expected);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for port in [public, internal] {
-        while served_certificate(&topo, port).await != expected {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "port {port} still serves the old certificate after 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    until_served(&topo, &expected).await;
     // A second agent of the plane dials the renewed certificate.
     let _second = topo.agent("a1", "p1").await;
     callers.advance(200).await;
@@ -289,4 +254,93 @@ async fn ca_proposals_are_taken_only_from_authorised_agents_for_their_own_crs() 
         let series = format!("planelink_gateway_ca_proposals_total{{result=\"{result}\"}} 1\n");
         assert!(metrics.contains(&series), "{series} missing: {metrics}");
     }
+}
+
+/// Writes a serving certificate for 127.0.0.1 from `ca` over the gateway's files, the
+/// key first (each by rename); returns its DER.
+fn renew_serving_certificate(topo: &Topology, ca: &Issued) -> Vec<u8> {
+    let renewed = issue::issue_leaf(
+        ca,
+        &LeafOptions::server(
+            "gateway",
+            vec!["localhost".into()],
+            vec!["127.0.0.1".parse().unwrap()],
+        ),
+    )
+    .unwrap();
+    let dir = topo.pki.dir.join("gateway");
+    issue::write_file(
+        &dir.join("tls.key.new"),
+        renewed.key_pem(),
+        FileKind::Secret,
+    )
+    .unwrap();
+    issue::write_file(
+        &dir.join("tls.crt.new"),
+        &renewed.cert_pem,
+        FileKind::Public,
+    )
+    .unwrap();
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+    planelink::trust::parse_certificates(renewed.cert_pem.as_bytes()).unwrap()[0].to_vec()
+}
+
+/// Waits (10 s at most) until both gateway listeners present `expected`.
+async fn until_served(topo: &Topology, expected: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for port in [
+        topo.gateway.public_addr.port(),
+        topo.gateway.internal_addr.port(),
+    ] {
+        while served_certificate(topo, port).await != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port {port} still serves the old certificate after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The gateway's own CA rolled over with an overlap, as the README describes: agents
+/// (`--server-ca`) and callers trust the old and the new CA, the gateway switches to a
+/// serving certificate from the new one, and the old CA is dropped from the bundle (the
+/// agents replace their tunnels with ones that trust only the new CA). New agents connect
+/// at each step and no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_ca_rollover_with_overlap_loses_no_request() {
+    let topo = Topology::start(false).await;
+    let bundle = topo.pki.dir.join("gateway/ca.crt");
+    let new_ca = issue::new_ca(&planelink::trust::issue::CaOptions::gateway()).unwrap();
+    // Step 1: trust both (the ConfigMap cluster-gateway-ca of each plane, the callers' CA).
+    write(
+        &bundle,
+        &format!("{}{}", topo.pki.gateway_ca.cert_pem, new_ca.cert_pem),
+    );
+    let _agent = topo.agent("a1", "p1").await;
+    let callers = RequestLoop::start(&topo, 4);
+    callers.advance(200).await;
+    // Step 2: the gateway serves a certificate from the new CA.
+    let served = renew_serving_certificate(&topo, &new_ca);
+    until_served(&topo, &served).await;
+    let _second = topo.agent("a1", "p1").await;
+    callers.advance(200).await;
+    // Step 3: the old CA is dropped; the agents reload and replace their tunnels.
+    write(&bundle, &new_ca.cert_pem);
+    let replaced = async {
+        while !topo
+            .metrics()
+            .await
+            .contains("planelink_gateway_tunnels_replaced_total 2\n")
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), replaced)
+        .await
+        .expect("both agents replace their tunnels within 15 s");
+    let _third = topo.agent("a1", "p1").await;
+    callers.advance(200).await;
+    callers.finish_without_failures().await;
 }
