@@ -346,3 +346,147 @@ fn agent_and_caller_secrets_follow_their_names() {
         ),
     );
 }
+
+/// Whether some line starts with `prefix`.
+fn has(lines: &[String], prefix: &str) {
+    assert!(
+        lines.iter().any(|l| l.starts_with(prefix)),
+        "no line starts with {prefix:?}: {lines:?}"
+    );
+}
+
+/// The DER certificates of a PEM bundle.
+fn ders(pem: &str) -> Vec<Vec<u8>> {
+    planelink::trust::parse_certificates(pem.as_bytes())
+        .unwrap()
+        .iter()
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// A gateway CA rollover with `--also-publish-ca`: the ConfigMap trusts the old and the
+/// new CA while the serving certificate still comes from the old one; the switch to the
+/// new CA reissues it with both still published; a last run publishes the new CA alone.
+#[test]
+fn gateway_ca_rollover_publishes_both_cas_during_the_overlap() {
+    let c = clusters();
+    let ns = c.namespace("carollover");
+    let tls = format!("{ns}/cluster-gateway-tls");
+    let map = format!("{ns}/cluster-gateway-ca");
+    let next = format!("{ns}/cluster-gateway-ca-next");
+    let svc = format!("cluster-gateway.{ns}.svc");
+    let base = [
+        "gateway",
+        "--secret",
+        tls.as_str(),
+        "--ca-configmap",
+        map.as_str(),
+        "--dns-name",
+        svc.as_str(),
+    ];
+    certs_ok(c, &base);
+    let old_pem = value(
+        &c.get(&c.control, &ns, "secret/cluster-gateway-ca").unwrap(),
+        "tls.crt",
+    );
+    // The new CA, issued into files and stored as cert-manager stores a CA.
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_planelink"))
+            .args([
+                "register",
+                "certs",
+                "gateway",
+                "--dns-name",
+                "localhost",
+                "--out",
+            ])
+            .arg(dir.path()),
+        crate::common::COMMAND_LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let new_file = dir.path().join("ca.crt");
+    let new_pem = std::fs::read_to_string(&new_file).unwrap();
+    c.ok(
+        &c.control,
+        &[
+            "create",
+            "secret",
+            "tls",
+            "cluster-gateway-ca-next",
+            "-n",
+            &ns,
+            &format!("--cert={}", new_file.display()),
+            &format!("--key={}", dir.path().join("ca.key").display()),
+        ],
+    );
+    let published = || {
+        value(
+            &c.get(&c.control, &ns, "configmap/cluster-gateway-ca")
+                .unwrap(),
+            "ca.crt",
+        )
+    };
+    let serving = || {
+        ders(&value(
+            &c.get(&c.control, &ns, "secret/cluster-gateway-tls")
+                .unwrap(),
+            "tls.crt",
+        ))
+    };
+    let before = serving();
+
+    // Step 1: the new CA published next to the old; the serving certificate kept.
+    let mut args = base.to_vec();
+    let new_arg = new_file.display().to_string();
+    args.extend(["--also-publish-ca", new_arg.as_str()]);
+    let printed = certs_ok(c, &args);
+    has(&printed, &format!("leaf      Secret {tls}: kept ("));
+    has(
+        &printed,
+        &format!("CA        ConfigMap {map}: ca.crt updated"),
+    );
+    assert_eq!(
+        ders(&published()),
+        [ders(&old_pem), ders(&new_pem)].concat()
+    );
+    assert_eq!(serving(), before);
+
+    // Step 2: the gateway's CA switched; the old one still published.
+    let old_file = dir.path().join("old.crt");
+    std::fs::write(&old_file, &old_pem).unwrap();
+    let old_arg = old_file.display().to_string();
+    let mut args = base.to_vec();
+    args.extend([
+        "--ca-secret",
+        next.as_str(),
+        "--also-publish-ca",
+        old_arg.as_str(),
+    ]);
+    let printed = certs_ok(c, &args);
+    has(
+        &printed,
+        &format!("leaf      Secret {tls}: issued, because "),
+    );
+    assert_eq!(
+        ders(&published()),
+        [ders(&new_pem), ders(&old_pem)].concat()
+    );
+    let leaf: Vec<rustls_pki_types::CertificateDer<'static>> =
+        serving().into_iter().map(Into::into).collect();
+    let new_ca: Vec<rustls_pki_types::CertificateDer<'static>> =
+        ders(&new_pem).into_iter().map(Into::into).collect();
+    planelink::trust::verify_chain(
+        &leaf,
+        &new_ca,
+        planelink::trust::Usage::ServerAuth,
+        SystemTime::now(),
+    )
+    .expect("the serving certificate comes from the new CA");
+
+    // Step 3: the overlap ends.
+    let mut args = base.to_vec();
+    args.extend(["--ca-secret", next.as_str()]);
+    certs_ok(c, &args);
+    assert_eq!(ders(&published()), ders(&new_pem));
+}
