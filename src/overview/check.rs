@@ -683,6 +683,7 @@ fn plane_checks(ctx: &Context<'_>, findings: &mut Findings, plane: &PlaneFacts) 
             }
             None => {}
         }
+        rollover_findings(findings, plane);
     }
     let controller_logs = format!(
         "is the controller running? kubectl {}-n {} logs deployment/controller-manager",
@@ -759,6 +760,35 @@ fn plane_checks(ctx: &Context<'_>, findings: &mut Findings, plane: &PlaneFacts) 
                 format!("renew Secret {AGENT_TLS} in {remote_ns}"),
             ),
         }
+    }
+}
+
+/// A client CA rollover proposed by an agent and waiting for the operator, or under way.
+fn rollover_findings(findings: &mut Findings, plane: &PlaneFacts) {
+    use crate::planes::rollover::{PROPOSED, RETIRING, STARTED, rotate_command};
+    let Some(annotations) = plane.plane.meta().annotations.as_ref() else {
+        return;
+    };
+    if annotations.contains_key(PROPOSED) {
+        findings.warn(
+            "an agent proposes a new CA that this plane does not trust yet (its certificate was renewed)",
+            format!(
+                "roll the client CA over: {}",
+                rotate_command(plane.plane.plane_type(), &plane.namespace, &plane.name)
+            ),
+        );
+    }
+    if let Some(retiring) = annotations.get(RETIRING) {
+        findings.warn(
+            format!(
+                "a client CA rollover is under way since {}: the old CA ({}) is removed once no \
+                 connected agent uses it",
+                crate::logging::escape(annotations.get(STARTED).map_or("-", String::as_str)),
+                crate::logging::escape(retiring)
+            ),
+            "if it lasts, renew the agents' certificates from the new CA (planelink status shows \
+             their expiry) and check that planelink's controller runs",
+        );
     }
 }
 

@@ -1142,7 +1142,7 @@ fn scrape(port: u16) -> Result<String, String> {
 /// Certificates issued with short lifetimes show before they bite: the condition
 /// `CertificatesCurrent` names the first to expire (an Event records it), the gateway
 /// exports each not-after time; renewing the agent's files and then the gateway's, with
-/// both processes running, clears the warnings one by one.
+/// both processes running, clears the warnings one by one, and no request fails.
 #[test]
 fn expiring_certificates_are_reported_and_renewals_clear_them() {
     let c = clusters();
@@ -1255,8 +1255,17 @@ fn expiring_certificates_are_reported_and_renewals_clear_them() {
         "{agent_series}"
     );
 
-    // The agent's certificate renewed on disk: the running agent replaces its tunnel, and
-    // the gateway's certificate is what is left to renew.
+    // The agent's certificate renewed on disk (written in place, file by file, as a bare
+    // host might): the running agent replaces its tunnel, and the gateway's certificate is
+    // what is left to renew. Callers keep sending requests through both renewals.
+    let callers = common::CallerThread::start(
+        dir.path(),
+        format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
+            ports.internal
+        ),
+        4,
+    );
     let renewed = issue::issue_leaf(&agent_ca, &LeafOptions::client("short")).unwrap();
     issue::write_bundle(&dir.path().join("short"), &agent_ca, true, &renewed).unwrap();
     await_condition(
@@ -1291,4 +1300,5 @@ fn expiring_certificates_are_reported_and_renewals_clear_them() {
         "True",
         "AgentConnected",
     );
+    callers.finish_without_failures(100);
 }

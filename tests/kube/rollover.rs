@@ -269,6 +269,33 @@ fn operator_rotation_from_the_named_command_loses_no_request() {
             crate::common::COMMAND_LIMIT,
         )
     };
+    // planelink check names the same command.
+    let check = crate::common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_planelink"))
+            .args([
+                "check",
+                "dataplane/dp",
+                "-n",
+                &ns,
+                "--control-plane-namespace",
+                &ns,
+            ])
+            .arg(format!(
+                "--kubeconfig={}",
+                c.kubeconfig_for(&c.control).display()
+            ))
+            .env_remove("KUBECONFIG")
+            .env("NO_COLOR", "1"),
+        crate::common::COMMAND_LIMIT,
+    );
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains(&format!(
+            "  ⚠ an agent proposes a new CA that this plane does not trust yet (its certificate was \
+             renewed)\n      fix: roll the client CA over: {command}\n"
+        )),
+        "{report}"
+    );
     let dry = run(&["--dry-run"]);
     let dry_out = String::from_utf8_lossy(&dry.stdout);
     assert_eq!(
