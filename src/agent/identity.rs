@@ -53,8 +53,18 @@ impl Identity {
             cas: self.own_ca.clone()?,
             chain: self.chain()?.to_vec(),
         };
+        let (cas, chain) = proposal.to_headers();
+        let fits = cas.len().max(chain.len()) <= trust::rollover::MAX_HEADER_LEN;
         match proposal.verify(std::time::SystemTime::now()) {
-            Ok(()) => Some(proposal),
+            Ok(()) if fits => Some(proposal),
+            Ok(()) => {
+                tracing::warn!(
+                    "the renewed certificate's CA (--client-ca) is not proposed to the gateway: \
+                     over {} bytes encoded; register it by hand",
+                    trust::rollover::MAX_HEADER_LEN
+                );
+                None
+            }
             Err(e) => {
                 tracing::warn!(
                     "the renewed certificate's CA (--client-ca) is not proposed to the gateway: {e}"

@@ -35,7 +35,10 @@ struct Held {
     replica: String,
     /// The identity generation it was dialled with.
     generation: u64,
-    /// Cancelled when a tunnel with a newer identity to the same replica is up.
+    /// Cancelled when a tunnel with a newer identity to the same replica is up: the
+    /// gateway moves the requests to that one and closes this one once drained (or keeps
+    /// it, while it serves plane CRs the newer one is not trusted for yet); its end is
+    /// then no loss.
     retire: CancellationToken,
 }
 
@@ -457,11 +460,6 @@ struct TunnelEnd {
     used: bool,
 }
 
-/// A replaced tunnel is left this long for the gateway to move its requests to the new
-/// one and close it (a planelink gateway does so once its streams are done); then the
-/// agent shuts it down gracefully itself (streams in flight still finish).
-const RETIRE_AFTER: Duration = Duration::from_secs(15);
-
 /// Holds one tunnel to each gateway replica: dials through `--server-url` (whatever
 /// balances it) until every replica the gateway names is held with the current
 /// identity, keeps each tunnel in a task of its own, redials for one that ends, and
@@ -627,8 +625,8 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
     tracing::info!("agent stopped");
 }
 
-/// Serves one tunnel's requests until it ends; on shutdown, or some time after it was
-/// retired, lets open streams finish (HTTP/2 GOAWAY: the gateway sends nothing new).
+/// Serves one tunnel's requests until it ends; on shutdown, lets open streams finish
+/// (HTTP/2 GOAWAY: the gateway sends nothing new).
 async fn serve_tunnel(
     state: Arc<State>,
     dialled: dial::Dialled,
@@ -647,18 +645,8 @@ async fn serve_tunnel(
     let connection = protocol::server_builder(state.config.heartbeat)
         .serve_connection(TokioIo::new(dialled.io), service);
     tokio::pin!(connection);
-    let retired = async {
-        retire.cancelled().await;
-        tokio::time::sleep(RETIRE_AFTER).await;
-    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = retired => {
-            connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(Duration::from_secs(30), connection.as_mut())
-                .await
-                .unwrap_or(Ok(()))
-        }
         _ = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(30), connection.as_mut()).await;

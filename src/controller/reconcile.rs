@@ -367,11 +367,24 @@ async fn advance_rollover<K: PlaneResource>(
     let Some(client_ca) = plane.client_ca() else {
         return Ok(());
     };
-    let at = (namespace.as_str(), name.as_str());
+    let version = plane.resource_version();
+    let at = (namespace.as_str(), name.as_str(), version.as_deref());
     let note = match step {
         Step::Idle => return Ok(()),
         Step::Waiting(why) => {
-            tracing::debug!(%namespace, %name, "CA rollover waits: {why}");
+            tracing::info!(%namespace, %name, "CA rollover: the old CA stays: {why}");
+            return Ok(());
+        }
+        Step::Mark { unused_since } => {
+            rollover::write(
+                &ctx.client,
+                K::PLANE_TYPE,
+                at,
+                client_ca,
+                None,
+                &[(rollover::UNUSED_SINCE, unused_since.clone())],
+            )
+            .await?;
             return Ok(());
         }
         Step::Proposed { proposal, .. } => {
@@ -409,6 +422,7 @@ async fn advance_rollover<K: PlaneResource>(
                 &[
                     (rollover::RETIRING, Some(retiring.join(","))),
                     (rollover::STARTED, Some(started)),
+                    (rollover::UNUSED_SINCE, None),
                     (rollover::PROPOSED, None),
                 ],
             )

@@ -143,6 +143,7 @@ fn combine(
         combined.gateway_certificate_not_before = first.gateway_certificate_not_before.clone();
     }
     combined.ca_proposal = ok.iter().find_map(|s| s.ca_proposal.clone());
+    combined.partial = ok.len() < live;
     let mut in_use: Vec<String> = ok.iter().flat_map(|s| s.client_ca_in_use.clone()).collect();
     in_use.sort();
     in_use.dedup();
@@ -385,6 +386,7 @@ mod tests {
             gateway_certificate_not_before: None,
             ca_proposal: None,
             client_ca_in_use: Vec::new(),
+            partial: false,
             replicas: None,
         }
     }

@@ -469,6 +469,7 @@ mod tests {
             gateway_certificate_not_before: None,
             ca_proposal: None,
             client_ca_in_use: Vec::new(),
+            partial: false,
             replicas: None,
             plane_type: "dataplane".into(),
             plane_id: "p1".into(),

@@ -129,9 +129,25 @@ pub struct NewAgent {
 #[derive(Debug, Clone)]
 pub struct PendingProposal {
     pub proposal: crate::trust::rollover::Proposal,
+    /// SHA-256 fingerprints of the CR's CAs that verified the certificate being renewed.
+    pub replaces: Vec<String>,
     /// The proposing agent's instance.
     pub agent: Option<String>,
     pub at: SystemTime,
+}
+
+/// A proposal not repeated for this long is forgotten: the agent repeats it on every
+/// dial while its renewed certificate is refused.
+pub const PROPOSAL_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl PendingProposal {
+    fn is_fresh(&self, now: SystemTime) -> bool {
+        now.duration_since(self.at).unwrap_or_default() < PROPOSAL_TTL
+            && self.proposal.cas.iter().all(|ca| {
+                crate::trust::CertInfo::from_der(ca)
+                    .is_ok_and(|i| i.validity_at(now) == crate::trust::Validity::Valid)
+            })
+    }
 }
 
 /// What a re-verification changed.
@@ -187,20 +203,22 @@ impl Hub {
         }
     }
 
-    /// Records a verified CA proposal for the CRs its agent is authorised for.
+    /// Records a verified CA proposal for the CRs its agent is authorised for, each with
+    /// the CAs of that CR the proposal replaces.
     pub fn propose(
         &self,
         key: &PlaneKey,
-        crs: &[CrRef],
+        crs: &[(CrRef, Vec<String>)],
         proposal: crate::trust::rollover::Proposal,
         agent: Option<String>,
     ) {
         let mut proposals = self.proposals.lock().unwrap_or_else(|p| p.into_inner());
-        for cr in crs {
+        for (cr, replaces) in crs {
             proposals.insert(
                 (key.clone(), cr.clone()),
                 PendingProposal {
                     proposal: proposal.clone(),
+                    replaces: replaces.clone(),
                     agent: agent.clone(),
                     at: SystemTime::now(),
                 },
@@ -210,21 +228,35 @@ impl Hub {
         let _ = self.changes.send(key.clone());
     }
 
-    /// The newest proposal for a CR, if any.
+    /// The newest proposal for a CR, while it is fresh (the agent repeats it on each dial
+    /// until its CA is trusted) and its CAs are valid.
     pub fn proposal(&self, key: &PlaneKey, cr: &CrRef) -> Option<PendingProposal> {
+        let now = SystemTime::now();
         self.proposals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(key.clone(), cr.clone()))
+            .filter(|p| p.is_fresh(now))
             .cloned()
     }
 
-    /// Forgets the proposals of CRs no longer registered.
+    /// Forgets the proposals of CRs no longer registered, those already trusted, and
+    /// stale ones: an old proposal must never bring back a CA removed since.
     fn prune_proposals(&self, snapshot: &Snapshot) {
+        let now = SystemTime::now();
         self.proposals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(key, cr), _| snapshot.entries_for(key).any(|e| &e.cr == cr));
+            .retain(|(key, cr), pending| {
+                let Some(entry) = snapshot.entries_for(key).find(|e| &e.cr == cr) else {
+                    return false;
+                };
+                let trusted = entry
+                    .client_ca
+                    .as_ref()
+                    .is_ok_and(|cas| pending.proposal.cas.iter().all(|ca| cas.contains(ca)));
+                !trusted && pending.is_fresh(now)
+            });
     }
 
     /// The going-away token of a new tunnel.
@@ -293,7 +325,7 @@ impl Hub {
     }
 
     /// Marks the older tunnels `newer` replaces (the same agent process, by its hello's
-    /// instance, renewing its certificate or redialling a tunnel it lost sight of) so
+    /// instance and its certificate's subject, renewing its certificate or redialling a tunnel it lost sight of) so
     /// that no request is sent on them, and returns them to be closed once drained. A
     /// tunnel authorised for a CR the newer one is not keeps serving.
     pub fn replace_older(&self, newer: &AgentConn) -> Vec<Arc<AgentConn>> {
@@ -308,6 +340,9 @@ impl Hub {
                 old.id != newer.id
                     && old.key == newer.key
                     && old.hello.instance.as_ref() == Some(instance)
+                    // The instance is no secret: another agent naming it must not take
+                    // this one's place; a renewal keeps the certificate's subject.
+                    && old.subject == newer.subject
                     && old.is_usable()
                     && old.granted().iter().all(|cr| granted.contains(cr))
             })
@@ -532,6 +567,7 @@ impl Hub {
             gateway_certificate_not_before: None,
             ca_proposal: None,
             client_ca_in_use: Vec::new(),
+            partial: false,
             replicas: None,
         }
     }

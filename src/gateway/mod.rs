@@ -107,6 +107,7 @@ impl Core {
                 new.then(|| crate::planes::connection::CaProposal {
                     ca_bundle: pending.proposal.ca_pem(),
                     fingerprints: pending.proposal.fingerprints(),
+                    replaces: pending.replaces,
                     agent: pending.agent,
                     proposed_at: crate::trust::inspect::format_time(pending.at.into()),
                 })

@@ -38,8 +38,9 @@ const MAX_AGENT_CONNECTIONS: usize = 16384;
 /// Connections between TCP accept and a verified tunnel at once: an unauthenticated
 /// flood is dropped beyond this instead of holding memory and descriptors.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
-/// The `/ws` request is a few headers: its read buffer needs no more (hyper's minimum).
-const UPGRADE_REQUEST_BUFFER: usize = 8 * 1024;
+/// The `/ws` request is a few headers, and at most a CA proposal's two
+/// ([`crate::trust::rollover::MAX_HEADER_LEN`] each): its read buffer needs no more.
+const UPGRADE_REQUEST_BUFFER: usize = 32 * 1024;
 
 pub async fn serve(
     core: Arc<Core>,
@@ -261,7 +262,7 @@ fn take_proposal(
     req: &Request<Incoming>,
     key: &PlaneKey,
     hello: &Hello,
-    granted: Option<&[crate::planes::CrRef]>,
+    (presented, granted): (&[CertificateDer<'static>], Option<&[crate::planes::CrRef]>),
 ) {
     use crate::trust::rollover::{self, Proposal};
     let (Some(cas), Some(chain)) = (
@@ -279,6 +280,7 @@ fn take_proposal(
     };
     let proposal = Proposal::from_headers(cas, chain).and_then(|p| {
         p.verify(SystemTime::now())?;
+        p.renews(presented)?;
         Ok(p)
     });
     match proposal {
@@ -287,8 +289,37 @@ fn take_proposal(
             tracing::info!(plane = %key, instance, fingerprints = %proposal.fingerprints().join(","),
                 crs = %crs.join(","), "agent proposes a CA rollover");
             core.metrics.ca_proposal("accepted");
+            // Per CR, the CAs that verified the certificate being renewed: those the
+            // rollover may retire, and no other.
+            let snapshot = core.registry.current();
+            let now = SystemTime::now();
+            let replaces: Vec<(crate::planes::CrRef, Vec<String>)> = granted
+                .iter()
+                .map(|cr| {
+                    let cas = snapshot
+                        .as_ref()
+                        .and_then(|s| s.entries_for(key).find(|e| &e.cr == cr))
+                        .and_then(|e| e.client_ca.clone().ok())
+                        .map(|cas| {
+                            cas.iter()
+                                .filter(|ca| {
+                                    crate::trust::verify_chain(
+                                        presented,
+                                        std::slice::from_ref(*ca),
+                                        crate::trust::Usage::ClientAuth,
+                                        now,
+                                    )
+                                    .is_ok()
+                                })
+                                .map(crate::trust::inspect::fingerprint)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (cr.clone(), cas)
+                })
+                .collect();
             core.hub
-                .propose(key, granted, proposal, hello.instance.clone());
+                .propose(key, &replaces, proposal, hello.instance.clone());
         }
         Err(e) => {
             core.metrics.ca_proposal("invalid");
@@ -357,7 +388,7 @@ fn upgrade_request(
                 &req,
                 &key,
                 &hello,
-                authorised.as_ref().ok().map(|(g, _)| g.as_slice()),
+                (&chain, authorised.as_ref().ok().map(|(g, _)| g.as_slice())),
             );
             let (granted, verified_by) = authorised?;
             check_not_held(&core, &req).map_err(|refusal| (refusal, None))?;
@@ -439,15 +470,18 @@ const REPLACED_SETTLE: Duration = Duration::from_secs(1);
 /// client starts it again) before the tunnel is closed.
 const REPLACED_DRAIN: Duration = Duration::from_secs(60);
 
-async fn close_when_drained(old: Arc<super::hub::AgentConn>) {
-    tokio::time::sleep(REPLACED_SETTLE).await;
+async fn close_when_drained(old: Arc<super::hub::AgentConn>, going_away: CancellationToken) {
     let drained = async {
+        tokio::time::sleep(REPLACED_SETTLE).await;
         while old.open_streams() > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let _ = tokio::time::timeout(REPLACED_DRAIN, drained).await;
-    old.close.cancel();
+    // A gateway shutting down closes every tunnel itself.
+    tokio::select! {
+        _ = tokio::time::timeout(REPLACED_SETTLE + REPLACED_DRAIN, drained) => old.close.cancel(),
+        _ = going_away.cancelled() => {}
+    }
 }
 
 /// Runs one agent's tunnel from the upgrade until it closes or is disconnected.
@@ -505,7 +539,8 @@ async fn run_agent(
     for old in core.hub.replace_older(&agent) {
         tracing::info!(agent = old.id, by = agent.id, plane = %agent.key, remote = %old.remote,
             "agent tunnel replaced by a newer one of the same agent; closing it once drained");
-        core.tracker.spawn(close_when_drained(old));
+        core.tracker
+            .spawn(close_when_drained(old, core.hub.tunnel_going_away()));
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,

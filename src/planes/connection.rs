@@ -43,6 +43,10 @@ pub struct ConnectionStatus {
     /// chains to (planelink's addition): a CA missing here is used by no agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub client_ca_in_use: Vec<String>,
+    /// Not part of the plane API: set by a controller when some gateway replica did not
+    /// answer, so what this says of the agents may be incomplete.
+    #[serde(skip)]
+    pub partial: bool,
     /// Not part of the plane API (one replica answers for itself): the controller's view
     /// across the gateway replicas, when it could ask each of them.
     #[serde(skip)]
@@ -57,6 +61,10 @@ pub struct CaProposal {
     /// PEM of the proposed CAs.
     pub ca_bundle: String,
     pub fingerprints: Vec<String>,
+    /// SHA-256 fingerprints of the CR's CAs that verified the proposing agent's current
+    /// certificate: the ones the rollover retires.
+    #[serde(default)]
+    pub replaces: Vec<String>,
     /// The proposing agent's instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,

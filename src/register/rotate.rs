@@ -40,6 +40,7 @@ pub fn run(args: &RotateArgs) -> Outcome {
 
 /// The plane as it stands: its clientCA reference, the CAs it trusts, its annotations.
 struct Plane {
+    resource_version: Option<String>,
     client_ca: ValueFrom,
     trusted: Vec<CertificateDer<'static>>,
     annotations: BTreeMap<String, String>,
@@ -58,6 +59,7 @@ async fn read_plane(client: &Client, kind: PlaneType, args: &RotateArgs) -> Resu
             )
         })?;
     let annotations = object.annotations().clone();
+    let resource_version = object.resource_version();
     let value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
     let plane = AnyPlane::from_value(kind, value).map_err(|e| format!("{what}: {e}"))?;
     let client_ca = plane.client_ca().cloned().ok_or_else(|| {
@@ -78,6 +80,7 @@ async fn read_plane(client: &Client, kind: PlaneType, args: &RotateArgs) -> Resu
     })
     .map_err(|problem| format!("{what}: {}", problem.message))?;
     Ok(Plane {
+        resource_version,
         client_ca,
         trusted,
         annotations,
@@ -189,12 +192,17 @@ async fn rotate(args: &RotateArgs) -> Result<(), Failed> {
         rollover::write(
             &client,
             kind,
-            (&args.namespace, &args.name),
+            (
+                &args.namespace,
+                &args.name,
+                plane.resource_version.as_deref(),
+            ),
             &plane.client_ca,
             (!added.is_empty()).then_some(bundle.as_slice()),
             &[
                 (rollover::RETIRING, Some(fingerprints.join(","))),
                 (rollover::STARTED, Some(started)),
+                (rollover::UNUSED_SINCE, None),
                 (rollover::PROPOSED, None),
             ],
         )

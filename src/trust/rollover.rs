@@ -18,8 +18,9 @@ pub const CERTIFICATE_HEADER: &str = "planelink-proposed-certificate";
 
 /// Most CAs one proposal may carry, and most certificates in its chain.
 pub const MAX_CERTIFICATES: usize = 4;
-/// Longest header value accepted (a P-256 certificate is about 1 KiB of base64 PEM).
-pub const MAX_HEADER_LEN: usize = 16 * 1024;
+/// Longest header value accepted (a P-256 certificate is about 1 KiB of base64 PEM, an
+/// RSA-4096 one about 2.5 KiB).
+pub const MAX_HEADER_LEN: usize = 12 * 1024;
 
 /// A proposed CA bundle and the certificate it must verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +86,28 @@ impl Proposal {
         })
     }
 
+    /// The renewed certificate names the same agent as the one `presented` on the dial
+    /// (same subject and SANs): a renewal, not another identity riding on this one.
+    pub fn renews(&self, presented: &[CertificateDer<'_>]) -> Result<(), String> {
+        let leaf = |chain: &[CertificateDer<'_>]| {
+            chain
+                .first()
+                .ok_or_else(|| "no certificate".to_string())
+                .and_then(|c| CertInfo::from_der(c).map_err(|e| e.to_string()))
+        };
+        let (renewed, current) = (leaf(&self.chain)?, leaf(presented)?);
+        if renewed.subject != current.subject || renewed.san_list() != current.san_list() {
+            return Err(format!(
+                "the renewed certificate names {:?} ({}), not the presented {:?} ({})",
+                renewed.subject,
+                renewed.san_list(),
+                current.subject,
+                current.san_list()
+            ));
+        }
+        Ok(())
+    }
+
     /// The proposed CA bundle as PEM.
     pub fn ca_pem(&self) -> String {
         pem_of(&self.cas)
@@ -139,6 +162,28 @@ mod tests {
                 "{:?} is not a CA",
                 CertInfo::from_der(&der(&leaf.cert_pem)[0]).unwrap().subject
             )
+        );
+    }
+
+    /// A proposal renews the presented certificate's identity, not another one.
+    #[test]
+    fn the_renewed_certificate_must_name_the_same_agent() {
+        let old_ca = issue::new_ca(&CaOptions::agent("a")).unwrap();
+        let new_ca = issue::new_ca(&CaOptions::agent("a")).unwrap();
+        let presented = der(&issue::issue_leaf(&old_ca, &LeafOptions::client("agent-1"))
+            .unwrap()
+            .cert_pem);
+        let renewal = |cn: &str| Proposal {
+            cas: der(&new_ca.cert_pem),
+            chain: der(&issue::issue_leaf(&new_ca, &LeafOptions::client(cn))
+                .unwrap()
+                .cert_pem),
+        };
+        renewal("agent-1").renews(&presented).unwrap();
+        let error = renewal("agent-2").renews(&presented).unwrap_err();
+        assert!(
+            error.starts_with("the renewed certificate names \"O=planelink, CN=agent-2\""),
+            "{error}"
         );
     }
 
