@@ -88,6 +88,11 @@ impl AgentConn {
         self.certificate_not_after
     }
 
+    /// Whether a newer tunnel of the same agent took this one's place.
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
     /// Streams in flight on this tunnel.
     pub fn open_streams(&self) -> usize {
         self.open_streams.load(Ordering::Relaxed)
@@ -371,6 +376,29 @@ impl Hub {
         let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
         let before = agents.len();
         agents.retain(|a| a.id != agent.id);
+        // A tunnel that replaced another and ends first hands its place back, while the
+        // replaced one is still open: the plane is not left without its agent.
+        if !agent.replaced.load(Ordering::Relaxed)
+            && let Some(previous) = agents
+                .iter()
+                .filter(|a| {
+                    a.key == agent.key
+                        && a.hello.instance.is_some()
+                        && a.hello.instance == agent.hello.instance
+                        && a.subject == agent.subject
+                        && a.replaced.load(Ordering::Relaxed)
+                        && !a.close.is_cancelled()
+                })
+                .max_by_key(|a| a.id)
+            && previous.replaced.swap(false, Ordering::Relaxed)
+        {
+            self.metrics
+                .agents_connected
+                .get_or_create(&Self::labels(&previous.key))
+                .inc();
+            tracing::info!(agent = previous.id, plane = %previous.key,
+                "the replacing tunnel ended first; the replaced one serves again");
+        }
         if agents.len() < before {
             if !agent.replaced.load(Ordering::Relaxed) {
                 self.metrics

@@ -286,8 +286,18 @@ fn take_proposal(
     match proposal {
         Ok(proposal) => {
             let crs: Vec<String> = granted.iter().map(ToString::to_string).collect();
-            tracing::info!(plane = %key, instance, fingerprints = %proposal.fingerprints().join(","),
-                crs = %crs.join(","), "agent proposes a CA rollover");
+            // The agent repeats its proposal on every dial: logged when it is news.
+            let repeated = granted.iter().all(|cr| {
+                core.hub
+                    .proposal(key, cr)
+                    .is_some_and(|p| p.proposal.cas == proposal.cas)
+            });
+            if repeated {
+                tracing::debug!(plane = %key, instance, "agent repeats its CA proposal");
+            } else {
+                tracing::info!(plane = %key, instance, fingerprints = %proposal.fingerprints().join(","),
+                    crs = %crs.join(","), "agent proposes a CA rollover");
+            }
             core.metrics.ca_proposal("accepted");
             // Per CR, the CAs that verified the certificate being renewed: those the
             // rollover may retire, and no other.
@@ -473,13 +483,18 @@ const REPLACED_DRAIN: Duration = Duration::from_secs(60);
 async fn close_when_drained(old: Arc<super::hub::AgentConn>, going_away: CancellationToken) {
     let drained = async {
         tokio::time::sleep(REPLACED_SETTLE).await;
-        while old.open_streams() > 0 {
+        while old.open_streams() > 0 && old.is_replaced() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    // A gateway shutting down closes every tunnel itself.
+    // A gateway shutting down closes every tunnel itself; a tunnel whose replacement
+    // ended first serves on.
     tokio::select! {
-        _ = tokio::time::timeout(REPLACED_SETTLE + REPLACED_DRAIN, drained) => old.close.cancel(),
+        _ = tokio::time::timeout(REPLACED_SETTLE + REPLACED_DRAIN, drained) => {
+            if old.is_replaced() {
+                old.close.cancel();
+            }
+        }
         _ = going_away.cancelled() => {}
     }
 }
