@@ -55,7 +55,8 @@ pub struct AgentArgs {
     )]
     pub client_key: PathBuf,
 
-    /// The only CA trusted for the gateway's certificate: ca.crt of Secret cluster-gateway-ca.
+    /// The CAs trusted for the gateway's certificate: ca.crt of Secret cluster-gateway-ca
+    /// (old and new during a CA rollover); followed like --client-cert.
     #[arg(
         long,
         env = "SERVER_CA_PATH",

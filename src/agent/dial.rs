@@ -34,7 +34,8 @@ pub struct TlsIdentity {
 }
 
 impl TlsIdentity {
-    /// Reads the files (on every dial, so renewed files are picked up).
+    /// Reads the files once (`register check`; the agent itself follows them through
+    /// [`super::identity`]).
     pub fn load(files: &TlsFiles) -> Result<TlsIdentity, DialError> {
         let read =
             |what: &str, e: &dyn std::fmt::Display| DialError::Identity(format!("{what}: {e}"));
@@ -348,7 +349,7 @@ pub async fn upgrade<S: Stream>(
     })
 }
 
-/// The agent's dial: all three steps, with the identity read from its files (`None`
+/// The agent's dial: all three steps, with the identity it was given (`None`
 /// without TLS).
 pub async fn dial_gateway(
     config: &Config,

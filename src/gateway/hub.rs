@@ -234,7 +234,7 @@ impl Hub {
     }
 
     /// The newest proposal for a CR, while it is fresh (the agent repeats it on each dial
-    /// until its CA is trusted) and its CAs are valid.
+    /// with its previous certificate until the new CA is trusted) and its CAs are valid.
     pub fn proposal(&self, key: &PlaneKey, cr: &CrRef) -> Option<PendingProposal> {
         let now = SystemTime::now();
         self.proposals

@@ -357,5 +357,6 @@ impl CallerThread {
             ok >= least,
             "only {ok} requests succeeded, fewer than {least}"
         );
+        eprintln!("request loop: {ok} requests, none failed");
     }
 }

@@ -699,6 +699,7 @@ impl RequestLoop {
             failures.len(),
             ok + failures.len()
         );
+        eprintln!("request loop: {ok} requests, none failed");
     }
 
     /// Stops the callers; the requests that succeeded and every failure.
