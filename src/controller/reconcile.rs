@@ -448,6 +448,7 @@ async fn advance_rollover<K: PlaneResource>(
                 &[
                     (rollover::RETIRING, None),
                     (rollover::STARTED, None),
+                    (rollover::UNUSED_SINCE, None),
                     (rollover::PROPOSED, None),
                 ],
             )

@@ -87,7 +87,8 @@ async fn read_plane(client: &Client, kind: PlaneType, args: &RotateArgs) -> Resu
     })
 }
 
-/// The CAs to roll over to: `--ca-file`, or the CA the plane's agent proposed.
+/// The CAs to roll over to: `--ca-file`; during a rollover, the CAs not retiring (a
+/// rerun resumes the wait); else the CA the plane's agent proposed.
 fn new_cas(
     args: &RotateArgs,
     plane: &Plane,
@@ -96,6 +97,17 @@ fn new_cas(
     if let Some(file) = &args.ca_file {
         return trust::load_certificates(file)
             .map_err(|e| format!("--ca-file {}: {e}", file.display()));
+    }
+    if let Some(retiring) = plane.annotations.get(rollover::RETIRING) {
+        let staying: Vec<CertificateDer<'static>> = plane
+            .trusted
+            .iter()
+            .filter(|ca| !retiring.contains(&fingerprint(ca)))
+            .cloned()
+            .collect();
+        if !staying.is_empty() {
+            return Ok(staying);
+        }
     }
     let proposed = plane.annotations.get(rollover::PROPOSED).ok_or_else(|| {
         format!(

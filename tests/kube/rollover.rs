@@ -181,7 +181,12 @@ fn agent_driven_ca_rollover_loses_no_request() {
     );
     let dp = c.get(&c.control, &ns, "dataplane/dp").unwrap();
     let annotations = &dp["metadata"]["annotations"];
-    for mark in [rollover::RETIRING, rollover::STARTED, rollover::PROPOSED] {
+    for mark in [
+        rollover::RETIRING,
+        rollover::STARTED,
+        rollover::UNUSED_SINCE,
+        rollover::PROPOSED,
+    ] {
         assert!(
             annotations.get(mark).is_none(),
             "{mark} left on {annotations}"
@@ -269,6 +274,17 @@ fn operator_rotation_from_the_named_command_loses_no_request() {
             crate::common::COMMAND_LIMIT,
         )
     };
+    let run_ok = |extra: &[&str]| {
+        let out = run(extra);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
     // planelink check names the same command.
     let check = crate::common::output_within(
         std::process::Command::new(env!("CARGO_BIN_EXE_planelink"))
@@ -296,14 +312,7 @@ fn operator_rotation_from_the_named_command_loses_no_request() {
         )),
         "{report}"
     );
-    let dry = run(&["--dry-run"]);
-    let dry_out = String::from_utf8_lossy(&dry.stdout);
-    assert_eq!(
-        dry.status.code(),
-        Some(0),
-        "{dry_out}{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
+    let dry_out = run_ok(&["--dry-run"]);
     assert!(
         dry_out.ends_with(&format!(
             "dry run: would write 2 CAs into key ca.crt of Secret {ns}/agent-ca and mark the old ones \
@@ -319,35 +328,40 @@ fn operator_rotation_from_the_named_command_loses_no_request() {
         "the dry run wrote"
     );
 
-    let done = run(&["--wait=60s"]);
-    let out = String::from_utf8_lossy(&done.stdout);
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{out}{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    // Without waiting: the overlap is written and the command returns.
+    let out = run_ok(&["--wait=0s"]);
     let lines: Vec<&str> = out.lines().collect();
     let subject = "O=planelink, CN=planelink cluster-agent CA rolling";
+    let retiring_line = format!("retiring CA: {subject} (SHA-256 {old_fp}, expires ");
     assert!(
         lines[0].starts_with(&format!(
             "new CA:      {subject} (SHA-256 {new_fp}, expires "
         )),
         "{out}"
     );
-    assert!(
-        lines[1].starts_with(&format!(
-            "retiring CA: {subject} (SHA-256 {old_fp}, expires "
-        )),
-        "{out}"
+    assert!(lines[1].starts_with(&retiring_line), "{out}");
+    let step1 = format!(
+        "step 1: DataPlane {ns}/dp trusts the old and the new CA (key ca.crt of Secret \
+         {ns}/agent-ca); agents move to certificates from the new CA"
     );
     assert_eq!(
         &lines[2..],
         [
-            format!(
-                "step 1: DataPlane {ns}/dp trusts the old and the new CA (key ca.crt of Secret \
-                 {ns}/agent-ca); agents move to certificates from the new CA"
-            ),
+            step1.clone(),
+            "planelink's controller removes the old CA once no connected agent uses it and its \
+             --ca-rotation-grace has passed"
+                .to_string(),
+        ],
+        "{out}"
+    );
+    // Run again: it takes the rollover up where it is and waits for its end.
+    let out = run_ok(&["--wait=60s"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with(&retiring_line), "{out}");
+    assert_eq!(
+        &lines[1..],
+        [
+            step1,
             format!("step 2: the old CA is removed: DataPlane {ns}/dp trusts only {new_fp}"),
         ],
         "{out}"
