@@ -132,6 +132,8 @@ pub fn spawn_watcher(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(trust::tls::RELOAD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once: the files were just loaded by the caller.
+        tick.tick().await;
         // The fingerprint of the last set that failed to load, so it is logged once.
         let mut last_bad: Option<String> = None;
         loop {

@@ -376,30 +376,16 @@ async fn advance_rollover<K: PlaneResource>(
             return Ok(());
         }
         Step::Mark { unused_since } => {
-            rollover::write(
-                &ctx.client,
-                K::PLANE_TYPE,
-                at,
-                client_ca,
-                None,
-                &[(rollover::UNUSED_SINCE, unused_since.clone())],
-            )
-            .await?;
+            let marks = [(rollover::UNUSED_SINCE, unused_since.clone())];
+            rollover::write(&ctx.client, K::PLANE_TYPE, at, client_ca, None, &marks).await?;
             return Ok(());
         }
         Step::Proposed { proposal, .. } => {
             // Kept on the CR for `planelink register rotate` (the condition names it).
             let encoded = base64::engine::general_purpose::STANDARD.encode(&proposal.ca_bundle);
             if plane.annotations().get(rollover::PROPOSED) != Some(&encoded) {
-                rollover::write(
-                    &ctx.client,
-                    K::PLANE_TYPE,
-                    at,
-                    client_ca,
-                    None,
-                    &[(rollover::PROPOSED, Some(encoded))],
-                )
-                .await?;
+                let marks = [(rollover::PROPOSED, Some(encoded))];
+                rollover::write(&ctx.client, K::PLANE_TYPE, at, client_ca, None, &marks).await?;
             }
             return Ok(());
         }
@@ -408,11 +394,7 @@ async fn advance_rollover<K: PlaneResource>(
             retiring,
             agent,
         } => {
-            let started = crate::trust::inspect::format_time(
-                time::OffsetDateTime::now_utc()
-                    .replace_nanosecond(0)
-                    .unwrap_or(time::OffsetDateTime::now_utc()),
-            );
+            let started = crate::trust::inspect::format_system_time(SystemTime::now());
             rollover::write(
                 &ctx.client,
                 K::PLANE_TYPE,

@@ -187,13 +187,6 @@ pub struct Hub {
     going_away: CancellationToken,
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or(time::OffsetDateTime::from(t));
-    crate::trust::inspect::format_time(t)
-}
-
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Hub {
         Hub {
@@ -253,7 +246,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(key, cr), pending| {
-                let Some(entry) = snapshot.entries_for(key).find(|e| &e.cr == cr) else {
+                let Some(entry) = snapshot.entry(key, cr) else {
                     return false;
                 };
                 let trusted = entry
@@ -589,7 +582,7 @@ impl Hub {
             name: cr.map(|c| c.name.clone()),
             connected: connected_agents > 0,
             connected_agents,
-            last_seen: last_seen.map(rfc3339),
+            last_seen: last_seen.map(crate::trust::inspect::format_system_time),
             agents: ConnectedAgent::distinct(agents),
             gateway_certificate_not_after: None,
             gateway_certificate_not_before: None,

@@ -77,13 +77,9 @@ impl Core {
             .iter()
             .filter(|ca| {
                 agents.iter().any(|a| {
-                    crate::trust::verify_chain(
-                        a.chain(),
-                        std::slice::from_ref(*ca),
-                        crate::trust::Usage::ClientAuth,
-                        now,
-                    )
-                    .is_ok()
+                    crate::trust::verify::issuing_cas(a.chain(), std::slice::from_ref(*ca), now)
+                        .next()
+                        .is_some()
                 })
             })
             .map(crate::trust::inspect::fingerprint)
@@ -95,10 +91,7 @@ impl Core {
     fn plane_status(&self, key: &PlaneKey, cr: Option<&CrRef>) -> PlaneStatus {
         let mut status = self.hub.status(key, cr);
         if let (Some(cr), Some(snapshot)) = (cr, self.registry.current())
-            && let Some(Ok(trusted)) = snapshot
-                .entries_for(key)
-                .find(|e| &e.cr == cr)
-                .map(|e| e.client_ca.clone())
+            && let Some(Ok(trusted)) = snapshot.entry(key, cr).map(|e| e.client_ca.clone())
         {
             status.client_ca_in_use = self.client_cas_in_use(key, cr, &trusted);
             status.ca_proposal = self.hub.proposal(key, cr).and_then(|pending| {

@@ -308,19 +308,10 @@ fn take_proposal(
                 .map(|cr| {
                     let cas = snapshot
                         .as_ref()
-                        .and_then(|s| s.entries_for(key).find(|e| &e.cr == cr))
-                        .and_then(|e| e.client_ca.clone().ok())
+                        .and_then(|s| s.entry(key, cr))
+                        .and_then(|e| e.client_ca.as_ref().ok())
                         .map(|cas| {
-                            cas.iter()
-                                .filter(|ca| {
-                                    crate::trust::verify_chain(
-                                        presented,
-                                        std::slice::from_ref(*ca),
-                                        crate::trust::Usage::ClientAuth,
-                                        now,
-                                    )
-                                    .is_ok()
-                                })
+                            crate::trust::verify::issuing_cas(presented, cas, now)
                                 .map(crate::trust::inspect::fingerprint)
                                 .collect()
                         })

@@ -119,6 +119,11 @@ impl Snapshot {
         self.entries.iter().filter(move |e| &e.key == key)
     }
 
+    /// The entry of one CR of the plane.
+    pub fn entry(&self, key: &PlaneKey, cr: &CrRef) -> Option<&PlaneEntry> {
+        self.entries.iter().find(|e| &e.key == key && &e.cr == cr)
+    }
+
     /// Verifies `chain` (clientAuth) against each CR of the plane separately; the agent
     /// is authorised for exactly the CRs whose CA verified it.
     pub fn authorise(

@@ -196,11 +196,7 @@ async fn rotate(args: &RotateArgs) -> Result<(), Failed> {
     }
     if !added.is_empty() || !marks_in_place {
         let fingerprints: Vec<String> = retiring.iter().map(fingerprint).collect();
-        let started = format_time(
-            time::OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .unwrap_or(time::OffsetDateTime::now_utc()),
-        );
+        let started = crate::trust::inspect::format_system_time(SystemTime::now());
         rollover::write(
             &client,
             kind,

@@ -237,6 +237,12 @@ impl CertInfo {
     }
 }
 
+/// `t` in RFC 3339, whole seconds (what Kubernetes timestamps carry).
+pub fn format_system_time(t: std::time::SystemTime) -> String {
+    let t = OffsetDateTime::from(t);
+    format_time(t.replace_nanosecond(0).unwrap_or(t))
+}
+
 pub fn format_time(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())

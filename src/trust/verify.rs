@@ -51,6 +51,18 @@ const EXPIRED_LEAF_FIX: &str = "re-issue it (cert-manager: delete the Secret to 
 const EXPIRED_CA_FIX: &str =
     "issue a new CA and re-issue the certificates it signs, then register the new ca.crt";
 
+/// The CAs of `trusted` that each verify `chain` (clientAuth) on their own: which CA of a
+/// bundle an agent's certificate comes from.
+pub fn issuing_cas<'a>(
+    chain: &[CertificateDer<'_>],
+    trusted: &'a [CertificateDer<'static>],
+    at: SystemTime,
+) -> impl Iterator<Item = &'a CertificateDer<'static>> {
+    trusted.iter().filter(move |ca| {
+        verify_chain(chain, std::slice::from_ref(*ca), Usage::ClientAuth, at).is_ok()
+    })
+}
+
 /// Verifies `chain` (leaf first, then any intermediates) against the CA bundle
 /// `trusted`, for `usage`, at time `at`.
 pub fn verify_chain(

@@ -710,6 +710,19 @@ fn controller_and_agent(
     (controller, ports, agent, plane_id)
 }
 
+/// Four callers of `/version` on the remote API server through the gateway's proxy, for
+/// DataPlane `dp` of `ns` (the caller certificate of `dir`).
+fn proxy_callers(dir: &Path, ports: &Ports, plane_id: &str, ns: &str) -> common::CallerThread {
+    common::CallerThread::start(
+        dir,
+        format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
+            ports.internal
+        ),
+        4,
+    )
+}
+
 /// Direct access mode: the controller builds a client from `kubernetesCluster` (server,
 /// CA and bearer token from Secrets), reports `Connected` when `/version` answers, probes
 /// the Gateway API group, and rebuilds the client when the token Secret changes.
@@ -1258,14 +1271,7 @@ fn expiring_certificates_are_reported_and_renewals_clear_them() {
     // The agent's certificate renewed on disk (written in place, file by file, as a bare
     // host might): the running agent replaces its tunnel, and the gateway's certificate is
     // what is left to renew. Callers keep sending requests through both renewals.
-    let callers = common::CallerThread::start(
-        dir.path(),
-        format!(
-            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
-            ports.internal
-        ),
-        4,
-    );
+    let callers = proxy_callers(dir.path(), &ports, &plane_id, &ns);
     let renewed = issue::issue_leaf(&agent_ca, &LeafOptions::client("short")).unwrap();
     issue::write_bundle(&dir.path().join("short"), &agent_ca, true, &renewed).unwrap();
     await_condition(

@@ -63,6 +63,20 @@ fn fingerprint(pem: &str) -> String {
     )
 }
 
+/// The controller (grace period 3 s) and the agent `rolling` of DataPlane `dp`, connected,
+/// and callers sending requests through the gateway to the remote API server.
+fn rolling_plane_under_load(
+    c: &Clusters,
+    pki: &Pki,
+    ns: &str,
+    dir: &Path,
+) -> (Process, Process, CallerThread) {
+    let (controller, ports, agent, plane_id) =
+        controller_and_agent(c, pki, ns, "rolling", &["--ca-rotation-grace=3s"]);
+    await_condition(c, ns, "dataplane/dp", "Connected", "True", "AgentConnected");
+    (controller, agent, proxy_callers(dir, &ports, &plane_id, ns))
+}
+
 /// Waits until an Event with `reason` was recorded in `ns`; its message.
 fn event(c: &Clusters, ns: &str, reason: &str) -> String {
     eventually(&format!("a {reason} Event"), WAIT, || {
@@ -131,25 +145,7 @@ fn agent_driven_ca_rollover_loses_no_request() {
             &format!("{}={}", rollover::OPT_IN, rollover::BY_AGENT),
         ],
     );
-    let (_controller, ports, _agent, plane_id) =
-        controller_and_agent(c, &pki, &ns, "rolling", &["--ca-rotation-grace=3s"]);
-    await_condition(
-        c,
-        &ns,
-        "dataplane/dp",
-        "Connected",
-        "True",
-        "AgentConnected",
-    );
-
-    let callers = CallerThread::start(
-        dir.path(),
-        format!(
-            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
-            ports.internal
-        ),
-        4,
-    );
+    let (_controller, _agent, callers) = rolling_plane_under_load(c, &pki, &ns, dir.path());
     let new = mount_new_identity(&mounted, 2);
     let (old_fp, new_fp) = (fingerprint(&old.cert_pem), fingerprint(&new.cert_pem));
     let extended = event(c, &ns, "ClientCAExtended");
@@ -219,24 +215,7 @@ fn operator_rotation_from_the_named_command_loses_no_request() {
             ValueFrom::from_secret(None, "agent-ca", "ca.crt"),
         ),
     );
-    let (_controller, ports, _agent, plane_id) =
-        controller_and_agent(c, &pki, &ns, "rolling", &["--ca-rotation-grace=3s"]);
-    await_condition(
-        c,
-        &ns,
-        "dataplane/dp",
-        "Connected",
-        "True",
-        "AgentConnected",
-    );
-    let callers = CallerThread::start(
-        dir.path(),
-        format!(
-            "https://127.0.0.1:{}/api/proxy/dataplane/{plane_id}/{ns}/dp/k8s/version",
-            ports.internal
-        ),
-        4,
-    );
+    let (_controller, _agent, callers) = rolling_plane_under_load(c, &pki, &ns, dir.path());
 
     let new = mount_new_identity(&mounted, 2);
     let (old_fp, new_fp) = (fingerprint(&old.cert_pem), fingerprint(&new.cert_pem));
