@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Core;
 use super::config::{ReplicaConfig, ReplicaCount};
+use super::hub::AgentConn;
 use crate::replicas::{self, ReplicaLease};
 use crate::tunnel::body;
 use crate::tunnel::protocol::{
@@ -179,34 +180,36 @@ pub(crate) async fn run(core: Arc<Core>, internal_addr: SocketAddr) {
 async fn push_changes(core: Arc<Core>) {
     let mut changes = core.membership.current.subscribe();
     while changes.changed().await.is_ok() {
-        let header = core.membership.hello().to_header();
         for agent in core.hub.agents() {
-            let header = header.clone();
-            let sender = agent.sender();
-            tokio::spawn(async move {
-                let Ok(hello) = HeaderValue::from_str(&header) else {
-                    return;
-                };
-                let mut request = Request::new(body::empty());
-                *request.method_mut() = http::Method::POST;
-                *request.uri_mut() = http::Uri::from_static("http://agent/");
-                let headers = request.headers_mut();
-                headers.insert(TARGET_HEADER, HeaderValue::from_static(Target::AGENT));
-                headers.insert(CONTROL_HEADER, HeaderValue::from_static(CONTROL_MEMBERSHIP));
-                headers.insert(HELLO_HEADER, hello);
-                let mut sender = sender;
-                let sent = async {
-                    sender.ready().await?;
-                    sender.send_request(request).await
-                };
-                if let Err(e) = tokio::time::timeout(PUSH_TIMEOUT, sent)
-                    .await
-                    .map_err(|_| "no answer in time".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                {
-                    tracing::debug!(agent = agent.id, "membership news not delivered: {e}");
-                }
-            });
+            tell(&core, agent);
         }
     }
+}
+
+/// Sends the current membership to one agent over its tunnel, in a task of its own.
+pub(crate) fn tell(core: &Core, agent: Arc<AgentConn>) {
+    let Ok(hello) = HeaderValue::from_str(&core.membership.hello().to_header()) else {
+        return;
+    };
+    let mut sender = agent.sender();
+    tokio::spawn(async move {
+        let mut request = Request::new(body::empty());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static("http://agent/");
+        let headers = request.headers_mut();
+        headers.insert(TARGET_HEADER, HeaderValue::from_static(Target::AGENT));
+        headers.insert(CONTROL_HEADER, HeaderValue::from_static(CONTROL_MEMBERSHIP));
+        headers.insert(HELLO_HEADER, hello);
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        };
+        if let Err(e) = tokio::time::timeout(PUSH_TIMEOUT, sent)
+            .await
+            .map_err(|_| "no answer in time".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::debug!(agent = agent.id, "membership news not delivered: {e}");
+        }
+    });
 }

@@ -396,7 +396,8 @@ fn upgrade_request(
             check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
             Ok((key, hello, switching, granted, verified_by))
         });
-    let our_hello = HeaderValue::from_str(&core.membership.hello().to_header()).ok();
+    let hello_sent = core.membership.hello();
+    let our_hello = HeaderValue::from_str(&hello_sent.to_header()).ok();
     let (key, hello, mut response, granted, verified_by) = match admitted {
         Ok(admitted) => admitted,
         Err((Refusal(StatusCode::CONFLICT, _, message), _)) => {
@@ -435,7 +436,13 @@ fn upgrade_request(
         granted,
         going_away: core.hub.tunnel_going_away(),
     };
-    tokio::spawn(run_agent(core, req, new_agent, verified_by));
+    tokio::spawn(run_agent(
+        core,
+        req,
+        new_agent,
+        verified_by,
+        hello_sent.membership,
+    ));
     response
 }
 
@@ -496,6 +503,7 @@ async fn run_agent(
     req: Request<Incoming>,
     new_agent: NewAgent,
     verified_by: Arc<Snapshot>,
+    membership_told: Option<crate::tunnel::protocol::Membership>,
 ) {
     let remote = new_agent.remote;
     let upgraded = match hyper::upgrade::on(req).await {
@@ -541,6 +549,11 @@ async fn run_agent(
         && !Arc::ptr_eq(&snapshot, &verified_by)
     {
         core.hub.reverify_one(&snapshot, &agent);
+    }
+    // A membership change pushed between the 101 and the registration did not reach
+    // this tunnel; without it the agent would stop dialling for a replica it lacks.
+    if core.membership.hello().membership != membership_told {
+        super::membership::tell(&core, agent.clone());
     }
     for old in core.hub.replace_older(&agent) {
         tracing::info!(agent = old.id, by = agent.id, plane = %agent.key, remote = %old.remote,
