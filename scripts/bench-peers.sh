@@ -30,7 +30,7 @@ while [[ $# -gt 0 ]]; do
     --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
     --perf) PERF_DIR="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

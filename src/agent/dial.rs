@@ -1,8 +1,9 @@
 //! Dialling the gateway in three steps, each its own function so that `register check`
 //! walks the same path and reports each step: TCP (resolved on every dial), TLS
-//! (trusting only the server CA, presenting the client certificate), and the WebSocket
-//! upgrade naming the plane and offering planelink's subprotocol (tungstenite's client
-//! handshake).
+//! (trusting only the server CA, presenting the client certificate), and the upgrade
+//! naming the plane: to the h2 transport ([`H2_UPGRADE`]) first, and when a gateway
+//! refuses that, the WebSocket upgrade offering planelink's subprotocol (tungstenite's
+//! client handshake).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
 use super::config::{Config, TlsFiles};
 use crate::trust::{self, danger::DiagnosingServerVerifier};
 use crate::tunnel::protocol::{HELD_REPLICAS_HEADER, HELLO_HEADER, Membership, SUBPROTOCOL};
+use crate::tunnel::transport::{H2_UPGRADE, TunnelIo, requests_upgrade_to};
+use crate::tunnel::ws::PeerClose;
 use crate::tunnel::{Hello, WsIo, ws};
 
 /// Each step of a dial (connect, TLS, upgrade) must finish within this.
@@ -106,12 +109,18 @@ pub struct Introduction {
     pub held: Vec<String>,
     /// A CA rollover to propose: the renewed certificate and the CA that issued it.
     pub proposal: Option<crate::trust::rollover::Proposal>,
+    /// Offer the h2 transport first (off once the gateway refused it).
+    pub offer_h2: bool,
 }
 
 /// A connected tunnel's byte stream and what the gateway said about itself.
 pub struct Dialled {
-    pub io: WsIo<Box<dyn Stream>>,
+    pub io: TunnelIo<Box<dyn Stream>>,
     pub gateway: Hello,
+    /// How the gateway ends the tunnel, once it says.
+    pub peer_close: PeerClose,
+    /// The gateway refused the h2 transport and took the WebSocket one.
+    pub h2_refused: bool,
 }
 
 /// `(host, port)` of a `ws://` or `wss://` URL, IPv6 brackets removed.
@@ -271,6 +280,37 @@ pub async fn upgrade<S: Stream>(
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
+    introduce(headers, introduction);
+    let boxed: Box<dyn Stream> = Box::new(stream);
+    let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(ws::config()));
+    let (ws, response) = match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => {
+            return Err(DialError::Upgrade(
+                "the gateway did not answer the WebSocket upgrade in time".into(),
+            ));
+        }
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            return Err(refusal(response.status(), response.headers(), body));
+        }
+        Ok(Err(tungstenite::Error::Io(e))) => {
+            return Err(DialError::Upgrade(explain_tls_error(&e)));
+        }
+        Ok(Err(e)) => return Err(DialError::Upgrade(e.to_string())),
+        Ok(Ok(pair)) => pair,
+    };
+    let gateway = gateway_hello(response.headers())?;
+    let io = WsIo::new(ws);
+    Ok(Dialled {
+        peer_close: io.peer_close(),
+        io: TunnelIo::WebSocket(Box::new(io)),
+        gateway,
+        h2_refused: false,
+    })
+}
+
+/// What the agent says of itself on every upgrade request, whichever the transport.
+fn introduce(headers: &mut http::HeaderMap, introduction: &Introduction) {
     let mut hello = Hello::ours("agent");
     hello.instance = introduction.instance.clone();
     if let Ok(hello) = HeaderValue::from_str(&hello.to_header()) {
@@ -288,50 +328,11 @@ pub async fn upgrade<S: Stream>(
             headers.insert(crate::trust::rollover::CERTIFICATE_HEADER, chain);
         }
     }
-    let boxed: Box<dyn Stream> = Box::new(stream);
-    let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(ws::config()));
-    let (ws, response) = match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => {
-            return Err(DialError::Upgrade(
-                "the gateway did not answer the WebSocket upgrade in time".into(),
-            ));
-        }
-        Ok(Err(tungstenite::Error::Http(response)))
-            if response.status() == http::StatusCode::CONFLICT =>
-        {
-            let membership = response
-                .headers()
-                .get(HELLO_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| Hello::parse(v).ok())
-                .and_then(|hello| hello.membership);
-            return Err(DialError::AlreadyHeld {
-                replica: membership
-                    .as_ref()
-                    .map(|m| m.replica.clone())
-                    .unwrap_or_default(),
-                membership,
-            });
-        }
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            let reason = response
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                .unwrap_or_default();
-            return Err(DialError::Refused {
-                status: response.status().as_u16(),
-                reason,
-            });
-        }
-        Ok(Err(tungstenite::Error::Io(e))) => {
-            return Err(DialError::Upgrade(explain_tls_error(&e)));
-        }
-        Ok(Err(e)) => return Err(DialError::Upgrade(e.to_string())),
-        Ok(Ok(pair)) => pair,
-    };
-    let gateway = response
-        .headers()
+}
+
+/// The gateway's hello on its 101, which must be there and compatible.
+fn gateway_hello(headers: &http::HeaderMap) -> Result<Hello, DialError> {
+    let gateway = headers
         .get(HELLO_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(Hello::parse)
@@ -343,10 +344,128 @@ pub async fn upgrade<S: Stream>(
             )
         })?;
     gateway.compatible().map_err(DialError::NotPlanelink)?;
-    Ok(Dialled {
-        io: WsIo::new(ws),
-        gateway,
-    })
+    Ok(gateway)
+}
+
+/// An answer other than 101: the replica is already held (409, with what it knows of
+/// the others), or a refusal with the gateway's reason.
+fn refusal(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> DialError {
+    if status == http::StatusCode::CONFLICT {
+        let membership = headers
+            .get(HELLO_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Hello::parse(v).ok())
+            .and_then(|hello| hello.membership);
+        return DialError::AlreadyHeld {
+            replica: membership
+                .as_ref()
+                .map(|m| m.replica.clone())
+                .unwrap_or_default(),
+            membership,
+        };
+    }
+    DialError::Refused {
+        status: status.as_u16(),
+        reason: String::from_utf8_lossy(body).trim().to_string(),
+    }
+}
+
+/// Most of a refusal's body the agent reads (the gateway's reasons are a line or two).
+const MAX_REFUSAL_BODY: usize = 4096;
+
+/// Step 3 with the h2 transport: an HTTP/1.1 upgrade to [`H2_UPGRADE`]; after the 101
+/// the TLS stream carries HTTP/2 directly. A gateway that does not know it answers 400
+/// (it expected a WebSocket upgrade), which [`dial_gateway`] takes as the cue to fall
+/// back.
+pub async fn upgrade_h2<S: Stream>(
+    stream: S,
+    url: &url::Url,
+    introduction: &Introduction,
+    timeout: Duration,
+) -> Result<Dialled, DialError> {
+    use http_body_util::BodyExt as _;
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let mut request = http::Request::get(target)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| DialError::Upgrade(e.to_string()))?;
+    let headers = request.headers_mut();
+    let (host, port) = host_port(url);
+    let authority = match (host.contains(':'), url.port()) {
+        (true, Some(_)) => format!("[{host}]:{port}"),
+        (true, None) => format!("[{host}]"),
+        (false, Some(_)) => format!("{host}:{port}"),
+        (false, None) => host,
+    };
+    if let Ok(authority) = HeaderValue::from_str(&authority) {
+        headers.insert(http::header::HOST, authority);
+    }
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(http::header::UPGRADE, HeaderValue::from_static(H2_UPGRADE));
+    introduce(headers, introduction);
+    let boxed: Box<dyn Stream> = Box::new(stream);
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(boxed))
+                .await
+                .map_err(|e| DialError::Upgrade(e.to_string()))?;
+        // Drives the connection until the upgrade hands the stream over.
+        tokio::spawn(connection.with_upgrades());
+        let mut response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| DialError::Upgrade(explain_hyper_error(&e)))?;
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_REFUSAL_BODY)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(refusal(status, &headers, &body));
+        }
+        if !requests_upgrade_to(response.headers(), H2_UPGRADE) {
+            return Err(DialError::NotPlanelink(format!(
+                "the server switched to another protocol than {H2_UPGRADE}"
+            )));
+        }
+        let gateway = gateway_hello(response.headers())?;
+        let upgraded = hyper::upgrade::on(&mut response)
+            .await
+            .map_err(|e| DialError::Upgrade(e.to_string()))?;
+        let io: Box<dyn Stream> = Box::new(hyper_util::rt::TokioIo::new(upgraded));
+        Ok(Dialled {
+            io: TunnelIo::H2(io),
+            gateway,
+            peer_close: PeerClose::default(),
+            h2_refused: false,
+        })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(DialError::Upgrade(
+            "the gateway did not answer the upgrade in time".into(),
+        )),
+    }
+}
+
+/// A failed exchange, with TLS failures (the gateway refusing the certificate during
+/// the handshake's last step) explained as [`explain_tls_error`] does.
+fn explain_hyper_error(e: &hyper::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return explain_tls_error(io);
+        }
+        source = inner.source();
+    }
+    e.to_string()
 }
 
 /// The agent's dial: all three steps, with the identity it was given (`None`
@@ -356,6 +475,32 @@ pub async fn dial_gateway(
     identity: Option<&TlsIdentity>,
     introduction: &Introduction,
 ) -> Result<Dialled, DialError> {
+    if introduction.offer_h2 {
+        let stream = connect_tls(config, identity).await?;
+        match upgrade_h2(stream, &config.dial_url, introduction, STEP_TIMEOUT).await {
+            Err(DialError::Refused {
+                status: 400,
+                reason,
+            }) => {
+                tracing::debug!(reason = %crate::logging::escape(&reason),
+                    "the gateway refused the {H2_UPGRADE} upgrade; dialling again with WebSocket");
+            }
+            other => return other,
+        }
+        let stream = connect_tls(config, identity).await?;
+        let mut dialled = upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await?;
+        dialled.h2_refused = true;
+        return Ok(dialled);
+    }
+    let stream = connect_tls(config, identity).await?;
+    upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await
+}
+
+/// Steps 1 and 2: TCP, then TLS when the agent has an identity (`ws://` has none).
+async fn connect_tls(
+    config: &Config,
+    identity: Option<&TlsIdentity>,
+) -> Result<Box<dyn Stream>, DialError> {
     let (host, port) = host_port(&config.dial_url);
     let tcp = connect(&host, port, STEP_TIMEOUT).await?;
     match identity {
@@ -381,8 +526,113 @@ pub async fn dial_gateway(
                     },
                     other => other,
                 })?;
-            upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await
+            Ok(Box::new(stream))
         }
-        None => upgrade(tcp, &config.dial_url, introduction, STEP_TIMEOUT).await,
+        None => Ok(Box::new(tcp)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http::{Request, Response, StatusCode};
+    use hyper::body::Incoming;
+    use tokio_tungstenite::tungstenite::handshake::server::create_response_with_body;
+
+    use super::*;
+    use crate::tunnel::body::{self, Body};
+    use crate::tunnel::transport::Transport;
+
+    /// A gateway from before the h2 transport, written here (no older planelink binary
+    /// exists to run): real HTTP/1.1 and WebSocket stacks that refuse the h2 upgrade with
+    /// 400, as such a gateway does, and take planelink's WebSocket upgrade.
+    async fn websocket_only_gateway(upgrades: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let upgrades = upgrades.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let upgrade = req
+                        .headers()
+                        .get(http::header::UPGRADE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    upgrades.lock().unwrap().push(upgrade);
+                    let response: Response<Body> =
+                        match create_response_with_body(&req, body::empty) {
+                            Ok(mut switching) => {
+                                let headers = switching.headers_mut();
+                                headers.insert(
+                                    "sec-websocket-protocol",
+                                    HeaderValue::from_static(SUBPROTOCOL),
+                                );
+                                let hello = Hello::ours("gateway").to_header();
+                                headers
+                                    .insert(HELLO_HEADER, HeaderValue::from_str(&hello).unwrap());
+                                switching
+                            }
+                            Err(e) => {
+                                let mut refused = Response::new(body::full(format!(
+                                    "not a WebSocket upgrade: {e}"
+                                )));
+                                *refused.status_mut() = StatusCode::BAD_REQUEST;
+                                refused
+                            }
+                        };
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .with_upgrades(),
+                );
+            }
+        });
+        addr
+    }
+
+    fn agent_config(addr: std::net::SocketAddr) -> Config {
+        let args: super::super::AgentArgs = crate::cli::args_from(vec![
+            "agent".into(),
+            format!("--server-url=ws://{addr}/ws"),
+            "--plane-id=p1".into(),
+            "--tls-enabled=false".into(),
+        ])
+        .unwrap();
+        Config::try_from(args).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_refuses_the_h2_upgrade_gets_websocket() {
+        let upgrades = Arc::new(Mutex::new(Vec::new()));
+        let addr = websocket_only_gateway(upgrades.clone()).await;
+        let config = agent_config(addr);
+        let introduction = Introduction {
+            offer_h2: true,
+            ..Introduction::default()
+        };
+        let dialled = dial_gateway(&config, None, &introduction).await.unwrap();
+        assert_eq!(dialled.io.transport(), Transport::WebSocket);
+        assert!(dialled.h2_refused);
+        assert_eq!(*upgrades.lock().unwrap(), [H2_UPGRADE, "websocket"]);
+
+        // Once refused, the agent dials WebSocket straight away.
+        let introduction = Introduction {
+            offer_h2: false,
+            ..introduction
+        };
+        let dialled = dial_gateway(&config, None, &introduction).await.unwrap();
+        assert_eq!(dialled.io.transport(), Transport::WebSocket);
+        assert!(!dialled.h2_refused);
+        assert_eq!(
+            *upgrades.lock().unwrap(),
+            [H2_UPGRADE, "websocket", "websocket"]
+        );
     }
 }

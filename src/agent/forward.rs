@@ -11,10 +11,11 @@ use super::upstream::Upstream;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::headers::end_to_end_headers;
 use crate::tunnel::protocol::{
-    CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, REQUEST_ID_HEADER, STREAMING_HEADER,
-    TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
+    CONTROL_GOING_AWAY, CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, REQUEST_ID_HEADER,
+    STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
 };
 use crate::tunnel::proxy::{self, ProxyError, Target};
+use crate::tunnel::ws::PeerClose;
 
 const SOURCE: &str = "agent";
 
@@ -22,9 +23,14 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+/// Serves one request of a tunnel whose end the gateway announces in `peer_close`.
+pub async fn handle(
+    state: Arc<State>,
+    peer_close: &PeerClose,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if let Some(kind) = header(&req, CONTROL_HEADER) {
-        return control(&state, kind, header(&req, HELLO_HEADER));
+        return control(&state, peer_close, kind, header(&req, HELLO_HEADER));
     }
     let started = std::time::Instant::now();
     let id = header(&req, REQUEST_ID_HEADER).unwrap_or("-").to_string();
@@ -50,9 +56,18 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
 
 /// News from the gateway for the agent itself (only the gateway can send it: callers'
 /// `planelink-*` headers never cross the tunnel).
-fn control(state: &State, kind: &str, hello: Option<&str>) -> Response<Body> {
+fn control(
+    state: &State,
+    peer_close: &PeerClose,
+    kind: &str,
+    hello: Option<&str>,
+) -> Response<Body> {
     let mut response = Response::new(body::empty());
     match (kind, hello.map(crate::tunnel::Hello::parse)) {
+        (CONTROL_GOING_AWAY, _) => {
+            peer_close.set_going_away();
+            *response.status_mut() = StatusCode::NO_CONTENT;
+        }
         (CONTROL_MEMBERSHIP, Some(Ok(hello))) => {
             state.learn(hello.membership);
             *response.status_mut() = StatusCode::NO_CONTENT;

@@ -63,6 +63,8 @@ pub(crate) struct State {
     accepted: std::sync::Mutex<Option<Arc<Identity>>>,
     /// Why the last dial failed, for `up` and tests to report.
     last_error: std::sync::Mutex<Option<String>>,
+    /// The gateway refused the h2 transport once: later dials go straight to WebSocket.
+    h2_refused: std::sync::atomic::AtomicBool,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -230,6 +232,7 @@ pub async fn start(
         membership: tokio::sync::watch::channel(None).0,
         held: std::sync::Mutex::new(Vec::new()),
         last_error: std::sync::Mutex::new(None),
+        h2_refused: std::sync::atomic::AtomicBool::new(false),
         metrics: Arc::new(metrics::Metrics::new(&mut registry)),
         config,
     });
@@ -295,8 +298,19 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
         instance: Some(state.instance.clone()),
         held: state.renewed_replicas(),
         proposal: None,
+        offer_h2: !state.h2_refused.load(std::sync::atomic::Ordering::Relaxed),
     };
     let dialled = dial::dial_gateway(&state.config, identity.tls.as_ref(), &introduction).await;
+    if let Ok(dialled) = &dialled
+        && dialled.h2_refused
+        && !state
+            .h2_refused
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::info!(gateway_version = %dialled.gateway.version,
+            "the gateway does not take the {} transport; tunnels use WebSocket",
+            crate::tunnel::transport::H2_UPGRADE);
+    }
     let previous = state
         .accepted
         .lock()
@@ -635,12 +649,14 @@ async fn serve_tunnel(
     ended: tokio::sync::mpsc::UnboundedSender<TunnelEnd>,
     shutdown: CancellationToken,
 ) {
-    let peer_close = dialled.io.peer_close();
+    let peer_close = dialled.peer_close.clone();
     let served_before = state.metrics.requests_served();
     let handler_state = state.clone();
+    let handler_close = peer_close.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let state = handler_state.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward::handle(state, req).await) }
+        let peer_close = handler_close.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward::handle(state, &peer_close, req).await) }
     });
     let connection = protocol::server_builder(state.config.heartbeat)
         .serve_connection(TokioIo::new(dialled.io), service);

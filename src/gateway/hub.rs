@@ -72,6 +72,39 @@ impl AgentConn {
         self.sender.clone()
     }
 
+    /// Sends news for the agent itself (`planelink-control: kind`, with the gateway's
+    /// hello when given) and waits at most `limit` for its answer.
+    pub async fn send_control(
+        &self,
+        kind: &'static str,
+        hello: Option<http::HeaderValue>,
+        limit: std::time::Duration,
+    ) -> Result<(), String> {
+        use crate::tunnel::protocol::{CONTROL_HEADER, HELLO_HEADER, TARGET_HEADER};
+        let mut request = http::Request::new(crate::tunnel::body::empty());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static("http://agent/");
+        let headers = request.headers_mut();
+        headers.insert(
+            TARGET_HEADER,
+            http::HeaderValue::from_static(crate::tunnel::proxy::Target::AGENT),
+        );
+        headers.insert(CONTROL_HEADER, http::HeaderValue::from_static(kind));
+        if let Some(hello) = hello {
+            headers.insert(HELLO_HEADER, hello);
+        }
+        let mut sender = self.sender();
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        };
+        match tokio::time::timeout(limit, sent).await {
+            Err(_) => Err("no answer in time".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
     pub fn is_usable(&self) -> bool {
         !self.close.is_cancelled()
             && !self.sender.is_closed()

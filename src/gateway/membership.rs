@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use http::{HeaderValue, Request};
+use http::HeaderValue;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use tokio_util::sync::CancellationToken;
@@ -16,11 +16,7 @@ use super::Core;
 use super::config::{ReplicaConfig, ReplicaCount};
 use super::hub::AgentConn;
 use crate::replicas::{self, ReplicaLease};
-use crate::tunnel::body;
-use crate::tunnel::protocol::{
-    CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, Hello, Membership as Members, TARGET_HEADER,
-};
-use crate::tunnel::proxy::Target;
+use crate::tunnel::protocol::{CONTROL_MEMBERSHIP, Hello, Membership as Members};
 
 /// How often live Leases are recounted (they expire without any event).
 const RECOUNT_EVERY: Duration = Duration::from_secs(1);
@@ -191,23 +187,10 @@ pub(crate) fn tell(core: &Core, agent: Arc<AgentConn>) {
     let Ok(hello) = HeaderValue::from_str(&core.membership.hello().to_header()) else {
         return;
     };
-    let mut sender = agent.sender();
     tokio::spawn(async move {
-        let mut request = Request::new(body::empty());
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = http::Uri::from_static("http://agent/");
-        let headers = request.headers_mut();
-        headers.insert(TARGET_HEADER, HeaderValue::from_static(Target::AGENT));
-        headers.insert(CONTROL_HEADER, HeaderValue::from_static(CONTROL_MEMBERSHIP));
-        headers.insert(HELLO_HEADER, hello);
-        let sent = async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        };
-        if let Err(e) = tokio::time::timeout(PUSH_TIMEOUT, sent)
+        if let Err(e) = agent
+            .send_control(CONTROL_MEMBERSHIP, Some(hello), PUSH_TIMEOUT)
             .await
-            .map_err(|_| "no answer in time".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
         {
             tracing::debug!(agent = agent.id, "membership news not delivered: {e}");
         }

@@ -1,4 +1,5 @@
-//! The public listener: agents' mutual-TLS WebSocket endpoint `/ws`.
+//! The public listener: agents' mutual-TLS endpoint `/ws`, upgraded to the tunnel
+//! (HTTP/2 on the TLS stream, or inside WebSocket; [`crate::tunnel::transport`]).
 //!
 //! TLS accepts any client certificate whose handshake signature verifies; the chain
 //! is judged once the `/ws` request names its plane, against each registered CR of
@@ -28,7 +29,10 @@ use crate::planes::{PlaneKey, PlaneType, Snapshot};
 use crate::server;
 use crate::trust::CertInfo;
 use crate::tunnel::body::{self, Body};
-use crate::tunnel::protocol::{self, HELD_REPLICAS_HEADER, HELLO_HEADER, SUBPROTOCOL};
+use crate::tunnel::protocol::{
+    self, CONTROL_GOING_AWAY, HELD_REPLICAS_HEADER, HELLO_HEADER, SUBPROTOCOL,
+};
+use crate::tunnel::transport::{H2_UPGRADE, Transport, TunnelIo, requests_upgrade_to};
 use crate::tunnel::{Hello, WsIo, ws};
 
 /// Time a client gets to send its `/ws` request once TLS is up.
@@ -169,10 +173,30 @@ fn bad_request(message: String) -> Refusal {
     Refusal(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-/// What a well-formed `/ws` request says: the plane, the agent's hello, and the 101 that
-/// tungstenite built for it (GET, HTTP/1.1, Connection: Upgrade, Upgrade: websocket,
-/// version 13 and a key all checked).
-fn parse_ws_request(req: &Request<Incoming>) -> Result<(PlaneKey, Hello, Response<Body>), Refusal> {
+/// The 101 to an upgrade to [`H2_UPGRADE`] (GET, HTTP/1.1, `Connection: Upgrade`), or
+/// `None` when the request asks for another protocol.
+fn h2_switching(req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() != http::Method::GET
+        || req.version() != http::Version::HTTP_11
+        || !requests_upgrade_to(req.headers(), H2_UPGRADE)
+    {
+        return None;
+    }
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(H2_UPGRADE));
+    Some(response)
+}
+
+/// What a well-formed `/ws` request says: the plane, the agent's hello, the transport
+/// and the 101 for it: an upgrade to [`H2_UPGRADE`], or the WebSocket upgrade that
+/// tungstenite checks (GET, HTTP/1.1, Connection: Upgrade, Upgrade: websocket, version
+/// 13 and a key) offering planelink's subprotocol.
+fn parse_ws_request(
+    req: &Request<Incoming>,
+) -> Result<(PlaneKey, Hello, Response<Body>, Transport), Refusal> {
     let (Some(plane_type), Some(plane_id)) = (
         query_param(req, "planeType"),
         query_param(req, "planeID").filter(|id| !id.is_empty()),
@@ -182,15 +206,22 @@ fn parse_ws_request(req: &Request<Incoming>) -> Result<(PlaneKey, Hello, Respons
         ));
     };
     let plane_type: PlaneType = plane_type.parse().map_err(bad_request)?;
-    let switching = create_response_with_body(req, body::empty)
-        .map_err(|e| bad_request(format!("not a WebSocket upgrade: {e}")))?;
-    let offers_planelink = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
+    let (switching, transport) = match h2_switching(req) {
+        Some(switching) => (switching, Transport::H2),
+        None => (
+            create_response_with_body(req, body::empty)
+                .map_err(|e| bad_request(format!("not a WebSocket upgrade: {e}")))?,
+            Transport::WebSocket,
+        ),
+    };
+    let offers_planelink = transport == Transport::H2
+        || req
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == SUBPROTOCOL);
     if !offers_planelink {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
@@ -214,6 +245,7 @@ fn parse_ws_request(req: &Request<Incoming>) -> Result<(PlaneKey, Hello, Respons
         },
         hello,
         switching,
+        transport,
     ))
 }
 
@@ -382,7 +414,7 @@ fn upgrade_request(
     }
     let admitted = parse_ws_request(&req)
         .map_err(|refusal| (refusal, None))
-        .and_then(|(key, hello, switching)| {
+        .and_then(|(key, hello, switching, transport)| {
             let authorised = authorise(&core, &key, &chain);
             take_proposal(
                 &core,
@@ -394,11 +426,11 @@ fn upgrade_request(
             let (granted, verified_by) = authorised?;
             check_not_held(&core, &req).map_err(|refusal| (refusal, None))?;
             check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
-            Ok((key, hello, switching, granted, verified_by))
+            Ok((key, hello, (switching, transport), granted, verified_by))
         });
     let hello_sent = core.membership.hello();
     let our_hello = HeaderValue::from_str(&hello_sent.to_header()).ok();
-    let (key, hello, mut response, granted, verified_by) = match admitted {
+    let (key, hello, (mut response, transport), granted, verified_by) = match admitted {
         Ok(admitted) => admitted,
         Err((Refusal(StatusCode::CONFLICT, _, message), _)) => {
             // Not a refusal but the agent's search for its missing replicas: the answer
@@ -419,10 +451,12 @@ fn upgrade_request(
         }
     };
     let headers = response.headers_mut();
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
+    if transport == Transport::WebSocket {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
     if let Some(ours) = our_hello {
         headers.insert(HELLO_HEADER, ours);
     }
@@ -431,7 +465,7 @@ fn upgrade_request(
         remote,
         subject: subject_of(&chain),
         hello,
-        protocol: SUBPROTOCOL,
+        protocol: transport.as_str(),
         chain: chain.as_ref().clone(),
         granted,
         going_away: core.hub.tunnel_going_away(),
@@ -440,11 +474,15 @@ fn upgrade_request(
         core,
         req,
         new_agent,
-        verified_by,
+        (verified_by, transport),
         hello_sent.membership,
     ));
     response
 }
+
+/// How long a shutting-down gateway waits for an h2-transport agent to take the
+/// going-away news before it closes the tunnel anyway.
+const GOING_AWAY_NOTICE: Duration = Duration::from_secs(1);
 
 /// How long an agent has, after the WebSocket upgrade, to answer over HTTP/2.
 const TUNNEL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -502,7 +540,7 @@ async fn run_agent(
     core: Arc<Core>,
     req: Request<Incoming>,
     new_agent: NewAgent,
-    verified_by: Arc<Snapshot>,
+    (verified_by, transport): (Arc<Snapshot>, Transport),
     membership_told: Option<crate::tunnel::protocol::Membership>,
 ) {
     let remote = new_agent.remote;
@@ -513,13 +551,23 @@ async fn run_agent(
             return;
         }
     };
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws::config()))
+    let io = match transport {
+        Transport::H2 => TunnelIo::H2(TokioIo::new(upgraded)),
+        Transport::WebSocket => {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(ws::config()),
+            )
             .await;
+            TunnelIo::WebSocket(Box::new(
+                WsIo::new(ws).closing_on(new_agent.going_away.clone()),
+            ))
+        }
+    };
+    let going_away = new_agent.going_away.clone();
     let (mut sender, connection) = match protocol::client_builder(core.config.heartbeat)
-        .handshake(TokioIo::new(
-            WsIo::new(ws).closing_on(new_agent.going_away.clone()),
-        ))
+        .handshake(TokioIo::new(io))
         .await
     {
         Ok(pair) => pair,
@@ -566,12 +614,31 @@ async fn run_agent(
         version = %crate::logging::escape(&agent.hello.version),
         instance = agent.hello.instance.as_deref().unwrap_or("-"),
         authorised_for = %crs.join(","), "agent connected");
+    // Over WebSocket, the transport itself says "going away" (a Close frame); over h2
+    // the agent is told by a control request, then the tunnel is closed.
+    let told_going_away = async {
+        match transport {
+            Transport::H2 => going_away.cancelled().await,
+            Transport::WebSocket => std::future::pending().await,
+        }
+    };
     let reason = tokio::select! {
-        result = connection => match result {
+        result = &mut connection => match result {
             Ok(()) => "the agent closed the tunnel".to_string(),
             Err(e) => format!("tunnel error: {e}"),
         },
         _ = agent.close.cancelled() => "disconnected by the gateway".to_string(),
+        _ = told_going_away => {
+            // The connection carries the news: it keeps running meanwhile.
+            let told = agent.send_control(CONTROL_GOING_AWAY, None, GOING_AWAY_NOTICE);
+            tokio::select! {
+                _ = &mut connection => {}
+                result = told => if let Err(e) = result {
+                    tracing::debug!(agent = agent.id, "going-away news not delivered: {e}");
+                }
+            }
+            "the gateway is shutting down".to_string()
+        }
     };
     core.hub.unregister(&agent);
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, reason, "agent disconnected");

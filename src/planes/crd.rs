@@ -237,7 +237,8 @@ pub struct ConnectedAgent {
     /// The agent process's ID from its hello, the same on each of its tunnels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    /// The tunnel protocol it speaks (`planelink.v1`).
+    /// The tunnel protocol it speaks: `planelink.v1-h2` (HTTP/2 on the TLS stream) or
+    /// `planelink.v1` (HTTP/2 inside WebSocket).
     pub protocol: String,
     /// When its client certificate expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
-//! The wire between gateway and agent: a WebSocket over TLS carrying an HTTP/2
-//! connection (gateway = h2 client, agent = h2 server). HTTP/2 gives the tunnel real
+//! The wire between gateway and agent: an HTTP/2 connection over TLS (gateway = h2
+//! client, agent = h2 server), straight on the TLS stream or inside WebSocket messages
+//! ([`transport`]). HTTP/2 gives the tunnel real
 //! multiplexing with per-stream flow control, cancellation (RST_STREAM), bounded
 //! headers and keep-alive pings; upgrades ride as full-duplex streams.
 
@@ -8,6 +9,7 @@ pub mod client;
 pub mod headers;
 pub mod protocol;
 pub mod proxy;
+pub mod transport;
 pub mod ws;
 
 pub use body::{Body, BoxError};

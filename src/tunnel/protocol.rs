@@ -32,6 +32,9 @@ pub const HELD_REPLICAS_HEADER: &str = "planelink-held-replicas";
 /// Callers cannot send it: every `planelink-*` header of theirs is dropped.
 pub const CONTROL_HEADER: &str = "planelink-control";
 pub const CONTROL_MEMBERSHIP: &str = "membership";
+/// The gateway is shutting down and closes the tunnel next (the h2 transport's
+/// counterpart of a WebSocket Close "going away"): the agent redials promptly.
+pub const CONTROL_GOING_AWAY: &str = "going-away";
 
 /// Most gateway replicas a hello may name: bounds what a peer makes us hold.
 pub const MAX_REPLICAS: usize = 64;

@@ -44,7 +44,8 @@ pub struct WsIo<S> {
     peer_close: PeerClose,
 }
 
-/// The close code the peer sent, once it sent one.
+/// The close code the peer sent, once it sent one. Over the h2 transport (no Close
+/// frames) the gateway's going-away news sets "going away".
 #[derive(Clone, Debug, Default)]
 pub struct PeerClose(Arc<AtomicU16>);
 
@@ -59,6 +60,11 @@ impl PeerClose {
     /// The peer closed because it is shutting down (or restarting).
     pub fn going_away(&self) -> bool {
         self.code() == Some(u16::from(CloseCode::Away))
+    }
+
+    /// The peer said it is shutting down, before closing.
+    pub fn set_going_away(&self) {
+        self.0.store(u16::from(CloseCode::Away), Ordering::Relaxed);
     }
 }
 

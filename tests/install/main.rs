@@ -470,10 +470,10 @@ fn status_and_check(operator: &Operator, kubelet: &Kubelet, clusters: &Clusters,
     assert_eq!(row["connectedAgents"], 1, "{row}");
     assert_eq!(
         row["protocols"],
-        serde_json::json!(["planelink.v1"]),
+        serde_json::json!(["planelink.v1-h2"]),
         "{row}"
     );
-    assert_eq!(row["agents"][0]["protocol"], "planelink.v1", "{row}");
+    assert_eq!(row["agents"][0]["protocol"], "planelink.v1-h2", "{row}");
     let ca_days = i64::from(planelink::trust::issue::DEFAULT_CA_DAYS) - 1;
     let leaf_days = i64::from(planelink::trust::issue::DEFAULT_LEAF_DAYS) - 1;
     assert_eq!(row["clientCA"]["daysLeft"], ca_days, "{row}");
@@ -524,7 +524,7 @@ fn status_and_check(operator: &Operator, kubelet: &Kubelet, clusters: &Clusters,
             "1",
             "on",
             "2/2",
-            "planelink.v1",
+            "planelink.v1-h2",
             &format!("{ca_days}d"),
             &format!("{leaf_days}d"),
         ],

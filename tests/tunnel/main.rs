@@ -656,6 +656,15 @@ async fn agents_return_promptly_after_gateway_restarts() {
         plane_type: planelink::planes::PlaneType::DataPlane,
         plane_id: "p1".into(),
     };
+    // The agent took the h2 transport, whose going-away news this test relies on.
+    let protocols = |gateway: &planelink::gateway::Gateway| -> Vec<String> {
+        let status = gateway.status(&key, None);
+        status.agents.into_iter().map(|a| a.protocol).collect()
+    };
+    assert_eq!(
+        protocols(&topo.gateway),
+        [planelink::tunnel::transport::H2_UPGRADE]
+    );
     let gateway_argv: Vec<String> = topo
         .gateway_argv
         .iter()
@@ -691,6 +700,10 @@ async fn agents_return_promptly_after_gateway_restarts() {
         eprintln!(
             "restart {restart}: agent back after {:?}",
             listening.elapsed()
+        );
+        assert_eq!(
+            protocols(&gateway),
+            [planelink::tunnel::transport::H2_UPGRADE]
         );
     }
     shutdown.cancel();
