@@ -4,12 +4,6 @@
 
 use std::process::ExitCode;
 
-/// glibc's malloc showed in the tunnel's profiles (its per-request allocations, and
-/// contention on its lock between the runtime's threads); mimalloc's thread-local heaps
-/// take it off the hot path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use planelink::cli::{self, Command, EXIT_USAGE, Invocation};
 use planelink::config::ConfigError;
 

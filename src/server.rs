@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -201,38 +201,52 @@ pub async fn serve_http<IO, F, Fut>(
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
-#[derive(Default)]
+/// Requests in flight on one connection, and when the last one ended. Beginning and
+/// ending a request only touch two atomics: the idle watch looks at them when its
+/// deadline comes, so a busy connection costs no wake-ups and no timer per request.
 struct Activity {
     in_flight: AtomicUsize,
-    changed: Notify,
+    /// When the last request ended, in nanoseconds since `base`.
+    last_end: AtomicU64,
+    base: tokio::time::Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            base: tokio::time::Instant::now(),
+        }
+    }
 }
 
 impl Activity {
     fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
     }
 
     fn end(&self) {
+        let since_base = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_end.store(since_base, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
     }
 
     /// Resolves once no request has been in flight for `idle`.
     async fn idle_for(&self, idle: Duration) {
+        let mut deadline = tokio::time::Instant::now() + idle;
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(idle) => return,
-                    _ = &mut changed => {}
-                }
-            } else {
-                changed.await;
+            tokio::time::sleep_until(deadline).await;
+            let now = tokio::time::Instant::now();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                deadline = now + idle;
+                continue;
             }
+            let last_end = self.base + Duration::from_nanos(self.last_end.load(Ordering::Acquire));
+            if last_end + idle <= now {
+                return;
+            }
+            deadline = last_end + idle;
         }
     }
 }

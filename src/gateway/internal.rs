@@ -95,8 +95,13 @@ async fn connection(
 }
 
 fn new_request_id() -> String {
+    use std::fmt::Write as _;
     let bytes: [u8; 12] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = String::with_capacity(24);
+    for b in bytes {
+        let _ = write!(id, "{b:02x}");
+    }
+    id
 }
 
 fn request_id(headers: &HeaderMap) -> String {
