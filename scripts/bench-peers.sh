@@ -12,7 +12,11 @@
 # connections (wrk), 64 MiB download MB/s (curl), and the p99 of 1 KiB GETs on one
 # connection while 64 MiB downloads run on the same path, over the p99 when idle.
 #
+# Then the gateway's memory per idle agent: its RSS before and after --idle-agents agent
+# processes connect (default 100; 0 skips it).
+#
 # Usage: scripts/bench-peers.sh [--rounds N] [--seconds S] [--perf DIR] [--only PATHS]
+#                               [--idle-agents N]
 #   --perf DIR    also record the gateway and the agent with `perf record -g` during the
 #                 first round's 1- and 64-connection runs, and print their top symbols
 #   --only PATHS  comma-separated subset of direct,planelink,rathole,nginx
@@ -24,13 +28,15 @@ ROUNDS=3
 SECONDS_PER_RUN=5
 PERF_DIR=""
 ONLY="direct,planelink,rathole,nginx"
+IDLE_AGENTS=100
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
     --perf) PERF_DIR="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --idle-agents) IDLE_AGENTS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -149,7 +155,8 @@ EOF
   "$PLANELINK" gateway --bind-address=127.0.0.1 --internal-mtls=false --log-level=warn \
     --port="$GW_PORT" --internal-port="$GW_INTERNAL" --health-port="$GW_HEALTH" \
     --server-cert="$WORK/gw/tls.crt" --server-key="$WORK/gw/tls.key" \
-    --planes-dir="$WORK/planes" --allowed-targets=svc,agent 2>"$WORK/gateway.log" &
+    --planes-dir="$WORK/planes" --allowed-targets=svc,agent --max-agents-per-plane=100000 \
+    2>"$WORK/gateway.log" &
   GATEWAY_PID=$!
   PIDS+=($GATEWAY_PID)
   wait_port "$GW_INTERNAL" "planelink gateway"
@@ -360,4 +367,39 @@ if [[ -n "$PERF_DIR" && -n "${GATEWAY_PID:-}" ]]; then
     perf report -i "$data" --stdio --no-children --sort dso,symbol -g none --percent-limit 0.7 2>/dev/null \
       | grep -E '^ +[0-9.]+%' | sed 's/ *$//' | head -25
   done
+fi
+
+# --- the gateway's memory per idle agent ---------------------------------------------
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+connected_agents() {
+  curl -sf --cacert "$WORK/gw/ca.crt" \
+    "https://127.0.0.1:$GW_INTERNAL/api/v1/planes/dataplane/bench/status" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["connectedAgents"])'
+}
+if [[ -n "${GATEWAY_PID:-}" && "$IDLE_AGENTS" -gt 0 ]]; then
+  before=$(rss_kib "$GATEWAY_PID")
+  IDLE_PIDS=()
+  for i in $(seq "$IDLE_AGENTS"); do
+    env -u KUBECONFIG "$PLANELINK" agent --plane-id=bench --log-level=error --health-port=0 \
+      --server-url="wss://127.0.0.1:$GW_PORT/ws" \
+      --client-cert="$WORK/agent/tls.crt" --client-key="$WORK/agent/tls.key" \
+      --server-ca="$WORK/gw/ca.crt" 2>/dev/null &
+    IDLE_PIDS+=($!)
+    PIDS+=($!)
+  done
+  want=$((IDLE_AGENTS + 1))
+  for _ in $(seq 600); do
+    [[ "$(connected_agents)" == "$want" ]] && break
+    sleep 0.1
+  done
+  got=$(connected_agents)
+  [[ "$got" == "$want" ]] || {
+    echo "bench-peers.sh: $got of $want agents connected within 60 s" >&2
+    exit 1
+  }
+  sleep 2 # heartbeats and handshakes settled
+  after=$(rss_kib "$GATEWAY_PID")
+  echo
+  awk -v b="$before" -v a="$after" -v n="$IDLE_AGENTS" 'BEGIN {
+    printf "gateway RSS per idle agent (%d agents): %.1f KiB (%d KiB -> %d KiB)\n", n, (a - b) / n, b, a }'
 fi

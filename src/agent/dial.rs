@@ -414,8 +414,9 @@ pub async fn upgrade_h2<S: Stream>(
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(boxed))
                 .await
                 .map_err(|e| DialError::Upgrade(e.to_string()))?;
-        // Drives the connection until the upgrade hands the stream over.
-        tokio::spawn(connection.with_upgrades());
+        // Drives the connection until the upgrade hands the stream over; aborted with the
+        // exchange (a refusal, the step's timeout), so no task outlives the dial.
+        let _driver = AbortOnDrop(tokio::spawn(connection.with_upgrades()));
         let mut response = sender
             .send_request(request)
             .await
@@ -452,6 +453,14 @@ pub async fn upgrade_h2<S: Stream>(
         Err(_) => Err(DialError::Upgrade(
             "the gateway did not answer the upgrade in time".into(),
         )),
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -572,7 +581,11 @@ mod tests {
                                     "sec-websocket-protocol",
                                     HeaderValue::from_static(SUBPROTOCOL),
                                 );
-                                let hello = Hello::ours("gateway").to_header();
+                                let mut hello = Hello::ours("gateway");
+                                hello.capabilities.retain(|c| {
+                                    c != crate::tunnel::protocol::H2_TRANSPORT_CAPABILITY
+                                });
+                                let hello = hello.to_header();
                                 headers
                                     .insert(HELLO_HEADER, HeaderValue::from_str(&hello).unwrap());
                                 switching

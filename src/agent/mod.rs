@@ -301,15 +301,24 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
         offer_h2: !state.h2_refused.load(std::sync::atomic::Ordering::Relaxed),
     };
     let dialled = dial::dial_gateway(&state.config, identity.tls.as_ref(), &introduction).await;
-    if let Ok(dialled) = &dialled
-        && dialled.h2_refused
-        && !state
-            .h2_refused
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        tracing::info!(gateway_version = %dialled.gateway.version,
-            "the gateway does not take the {} transport; tunnels use WebSocket",
-            crate::tunnel::transport::H2_UPGRADE);
+    // During a gateway upgrade, replicas old and new answer: a refusal makes later dials
+    // go straight to WebSocket, a gateway that says it speaks h2 ends that.
+    if let Ok(dialled) = &dialled {
+        use std::sync::atomic::Ordering::Relaxed;
+        let speaks_h2 = dialled
+            .gateway
+            .capabilities
+            .iter()
+            .any(|c| c == protocol::H2_TRANSPORT_CAPABILITY);
+        if dialled.h2_refused && !state.h2_refused.swap(true, Relaxed) {
+            tracing::info!(gateway_version = %dialled.gateway.version,
+                "the gateway does not take the {} transport; tunnels use WebSocket until one does",
+                crate::tunnel::transport::H2_UPGRADE);
+        } else if speaks_h2 && state.h2_refused.swap(false, Relaxed) {
+            tracing::info!(gateway_version = %dialled.gateway.version,
+                "the gateway takes the {} transport; new tunnels use it",
+                crate::tunnel::transport::H2_UPGRADE);
+        }
     }
     let previous = state
         .accepted

@@ -484,7 +484,7 @@ fn upgrade_request(
 /// going-away news before it closes the tunnel anyway.
 const GOING_AWAY_NOTICE: Duration = Duration::from_secs(1);
 
-/// How long an agent has, after the WebSocket upgrade, to answer over HTTP/2.
+/// How long an agent has, after the upgrade, to answer over HTTP/2.
 const TUNNEL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request to the agent's built-in `agent` target: proves the tunnel carries HTTP/2
@@ -547,7 +547,7 @@ async fn run_agent(
     let upgraded = match hyper::upgrade::on(req).await {
         Ok(upgraded) => upgraded,
         Err(e) => {
-            tracing::warn!(%remote, error = %e, "agent WebSocket upgrade failed");
+            tracing::warn!(%remote, error = %e, "agent upgrade failed");
             return;
         }
     };

@@ -10,7 +10,12 @@ pub const SUBPROTOCOL: &str = "planelink.v1";
 /// Bumped on incompatible changes; the hello carries it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Request and response header carrying the [`Hello`] on the WebSocket handshake.
+/// The capability of a side that speaks the h2 transport
+/// ([`super::transport::H2_UPGRADE`]): an agent that fell back to WebSocket offers the
+/// upgrade again once a gateway says it.
+pub const H2_TRANSPORT_CAPABILITY: &str = "h2-transport";
+
+/// Request and response header carrying the [`Hello`] on the tunnel's handshake.
 pub const HELLO_HEADER: &str = "planelink-hello";
 /// Tunnelled request header: the agent target (`k8s`, `agent`, a route name).
 pub const TARGET_HEADER: &str = "planelink-target";
@@ -119,9 +124,16 @@ impl Hello {
             role: role.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: PROTOCOL_VERSION,
-            capabilities: ["h2", "upgrade", "streaming", "request-id", "replicas"]
-                .map(String::from)
-                .to_vec(),
+            capabilities: [
+                "h2",
+                "upgrade",
+                "streaming",
+                "request-id",
+                "replicas",
+                H2_TRANSPORT_CAPABILITY,
+            ]
+            .map(String::from)
+            .to_vec(),
             instance: None,
             membership: None,
         }
@@ -246,7 +258,7 @@ impl Heartbeat {
     }
 }
 
-/// The gateway's end: an HTTP/2 client over the WebSocket stream.
+/// The gateway's end: an HTTP/2 client over the tunnel's byte stream.
 pub fn client_builder(heartbeat: Heartbeat) -> hyper::client::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -262,7 +274,7 @@ pub fn client_builder(heartbeat: Heartbeat) -> hyper::client::conn::http2::Build
     builder
 }
 
-/// The agent's end: an HTTP/2 server over the WebSocket stream.
+/// The agent's end: an HTTP/2 server over the tunnel's byte stream.
 pub fn server_builder(heartbeat: Heartbeat) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
