@@ -92,6 +92,21 @@ wait_port() {
   exit 1
 }
 
+# Waits (at most 10 s) until a path serves the 1 KiB file; else shows why and its logs.
+await_answer() { # path log...
+  local path=$1
+  shift
+  for _ in $(seq 100); do
+    curl -sf --cacert "${CACERT[$path]}" "${URL[$path]}/1k" -o /dev/null && return 0
+    sleep 0.1
+  done
+  echo "bench-peers.sh: the $path path does not answer:" >&2
+  curl -sS --cacert "${CACERT[$path]}" "${URL[$path]}/1k" >&2 || true
+  echo "its logs:" >&2
+  cat "$@" >&2
+  exit 1
+}
+
 # --- certificates -------------------------------------------------------------------
 "$PLANELINK" register certs gateway --out "$WORK/up" --ip-address 127.0.0.1 --dns-name localhost >/dev/null
 "$PLANELINK" register certs gateway --out "$WORK/gw" --ip-address 127.0.0.1 --dns-name localhost >/dev/null
@@ -168,17 +183,7 @@ EOF
   PIDS+=($AGENT_PID)
   URL[planelink]="https://127.0.0.1:$GW_INTERNAL/api/proxy/dataplane/bench/default/bench/svc"
   CACERT[planelink]="$WORK/gw/ca.crt"
-  for _ in $(seq 100); do
-    curl -sf --cacert "$WORK/gw/ca.crt" "${URL[planelink]}/1k" -o /dev/null && break
-    sleep 0.1
-  done
-  curl -sf --cacert "$WORK/gw/ca.crt" "${URL[planelink]}/1k" -o /dev/null || {
-    echo "bench-peers.sh: the planelink tunnel does not answer:" >&2
-    curl -sS --cacert "$WORK/gw/ca.crt" "${URL[planelink]}/1k" >&2 || true
-    echo "gateway and agent logs:" >&2
-    cat "$WORK/gateway.log" "$WORK/agent.log" >&2
-    exit 1
-  }
+  await_answer planelink "$WORK/gateway.log" "$WORK/agent.log"
 fi
 
 # --- rathole: server (visitors) and client (next to the upstream), TLS transport ----
@@ -215,15 +220,7 @@ EOF
   PIDS+=($!)
   URL[rathole]="https://127.0.0.1:$RH_VISIT"
   CACERT[rathole]="$WORK/up/ca.crt"
-  for _ in $(seq 100); do
-    curl -sf --cacert "${CACERT[rathole]}" "${URL[rathole]}/1k" -o /dev/null && break
-    sleep 0.1
-  done
-  curl -sf --cacert "${CACERT[rathole]}" "${URL[rathole]}/1k" -o /dev/null || {
-    echo "bench-peers.sh: the rathole tunnel does not answer; its logs:" >&2
-    cat "$WORK/rathole-server.log" "$WORK/rathole-client.log" >&2
-    exit 1
-  }
+  await_answer rathole "$WORK/rathole-server.log" "$WORK/rathole-client.log"
 fi
 
 # --- nginx as an L7 reverse proxy ----------------------------------------------------
