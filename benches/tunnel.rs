@@ -19,16 +19,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use planelink::planes::PlaneType;
 use planelink::planes::crd::{PlaneBuilder, ValueFrom};
 use planelink::planes::manifest::to_yaml;
-use planelink::trust::issue::{self, CaOptions, FileKind, LeafOptions};
+use planelink::trust::issue::{self, CaOptions, LeafOptions};
 use planelink::tunnel::body::{self as tbody, Body};
+
+mod support;
+use support::{Procs, free_port, gateway_command, rss_kib, write};
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 const CHUNK: usize = 64 * 1024;
-
-fn write(path: &Path, text: &str) {
-    issue::write_file(path, text, FileKind::Public).unwrap();
-}
 
 async fn upstream(req: Request<Incoming>, chunk: Bytes) -> Response<Body> {
     let Some(n) = req
@@ -91,14 +90,6 @@ async fn start_upstream(dir: &Path) -> SocketAddr {
         }
     });
     addr
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn client(dir: &Path, pool: usize) -> HttpsClient {
@@ -207,26 +198,6 @@ async fn throughput(client: &HttpsClient, url: &str, size: usize, rounds: usize)
         best = best.max(size as f64 / 1e6 / t.elapsed().as_secs_f64());
     }
     best
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 async fn wait_connected(internal: u16, client: &HttpsClient) {
@@ -444,22 +415,7 @@ async fn bench(quick: bool) {
 
 /// A gateway process serving the bench's planes directory.
 fn start_gateway(dir: &Path, port: u16, internal: u16, health: u16, extra: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_planelink"))
-        .args([
-            "gateway",
-            "--bind-address=127.0.0.1",
-            "--internal-mtls=false",
-            "--log-level=warn",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--internal-port={internal}"))
-        .arg(format!("--health-port={health}"))
-        .arg(format!(
-            "--server-cert={}",
-            dir.join("gw/tls.crt").display()
-        ))
-        .arg(format!("--server-key={}", dir.join("gw/tls.key").display()))
-        .arg(format!("--planes-dir={}", dir.join("planes").display()))
+    gateway_command(dir, port, internal, health)
         .arg("--allowed-targets=svc,agent")
         .arg("--max-agents-per-plane=1000")
         .args(extra)

@@ -76,6 +76,22 @@ impl Identity {
 
     /// Reads and checks the files: the client key must be the certificate's.
     pub fn load(files: &TlsFiles, generation: u64) -> Result<Identity, DialError> {
+        FileSet::read(files)?.parse(files, generation)
+    }
+}
+
+/// The certificate files' bytes as read, before parsing: comparing fingerprints first
+/// keeps the once-a-second poll to a few reads when nothing changed.
+struct FileSet {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    server_ca: Vec<u8>,
+    own_ca: Option<Vec<u8>>,
+    fingerprint: [u8; 32],
+}
+
+impl FileSet {
+    fn read(files: &TlsFiles) -> Result<FileSet, DialError> {
         let read = |path: &std::path::Path, flag: &str| {
             std::fs::read(path)
                 .map_err(|e| DialError::Identity(format!("{flag} {}: {e}", path.display())))
@@ -96,10 +112,20 @@ impl Identity {
         if let Some(own) = &own_ca {
             digest.update(own);
         }
+        Ok(FileSet {
+            cert,
+            key,
+            server_ca,
+            own_ca,
+            fingerprint: digest.finalize().into(),
+        })
+    }
+
+    fn parse(self, files: &TlsFiles, generation: u64) -> Result<Identity, DialError> {
         let bad =
             |flag: &str, e: &dyn std::fmt::Display| DialError::Identity(format!("{flag}: {e}"));
-        let chain = trust::parse_certificates(&cert).map_err(|e| bad("--client-cert", &e))?;
-        let private = trust::parse_private_key(&key).map_err(|e| bad("--client-key", &e))?;
+        let chain = trust::parse_certificates(&self.cert).map_err(|e| bad("--client-cert", &e))?;
+        let private = trust::parse_private_key(&self.key).map_err(|e| bad("--client-key", &e))?;
         if !trust::key_matches(&chain[0], &private).map_err(|e| bad("--client-key", &e))? {
             return Err(DialError::Identity(format!(
                 "--client-key {} is not the private key of --client-cert {}",
@@ -108,8 +134,10 @@ impl Identity {
             )));
         }
         let server_ca =
-            trust::parse_certificates(&server_ca).map_err(|e| bad("--server-ca", &e))?;
-        let own_ca = own_ca.and_then(|bytes| trust::parse_certificates(&bytes).ok());
+            trust::parse_certificates(&self.server_ca).map_err(|e| bad("--server-ca", &e))?;
+        let own_ca = self
+            .own_ca
+            .and_then(|bytes| trust::parse_certificates(&bytes).ok());
         Ok(Identity {
             generation,
             tls: Some(TlsIdentity {
@@ -117,7 +145,7 @@ impl Identity {
                 client: Some((chain, private)),
             }),
             own_ca,
-            fingerprint: digest.finalize().into(),
+            fingerprint: self.fingerprint,
         })
     }
 }
@@ -134,8 +162,10 @@ pub fn spawn_watcher(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is at once: the files were just loaded by the caller.
         tick.tick().await;
-        // The fingerprint of the last set that failed to load, so it is logged once.
+        // Why the last set failed to load, so it is logged once, and its fingerprint, so
+        // it is not parsed again until it changes.
         let mut last_bad: Option<String> = None;
+        let mut bad_fingerprint: Option<[u8; 32]> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -146,19 +176,36 @@ pub fn spawn_watcher(
                 (now.fingerprint, now.generation + 1)
             };
             let files = files.clone();
-            let loaded =
-                tokio::task::spawn_blocking(move || Identity::load(&files, generation)).await;
+            let skip = bad_fingerprint;
+            let loaded = tokio::task::spawn_blocking(move || {
+                let set = FileSet::read(&files).map_err(|e| (None, Some(e)))?;
+                if set.fingerprint == fingerprint {
+                    return Ok(None);
+                }
+                if Some(set.fingerprint) == skip {
+                    return Err((skip, None));
+                }
+                let print = set.fingerprint;
+                set.parse(&files, generation)
+                    .map(Some)
+                    .map_err(|e| (Some(print), Some(e)))
+            })
+            .await;
             match loaded {
-                Ok(Ok(identity)) if identity.fingerprint == fingerprint => last_bad = None,
-                Ok(Ok(identity)) => {
+                Ok(Ok(None)) => last_bad = None,
+                Ok(Ok(Some(identity))) => {
                     last_bad = None;
+                    bad_fingerprint = None;
                     tracing::info!(
                         generation,
                         "the certificate files changed; replacing the tunnels with ones using them"
                     );
                     current.send_replace(Arc::new(identity));
                 }
-                Ok(Err(e)) => {
+                // The same broken set as last time: already logged.
+                Ok(Err((_, None))) => {}
+                Ok(Err((print, Some(e)))) => {
+                    bad_fingerprint = print;
                     let text = e.to_string();
                     if last_bad.as_deref() != Some(text.as_str()) {
                         tracing::warn!(

@@ -205,8 +205,12 @@ impl Reverified {
     }
 }
 
+/// The tunnels, by plane: every per-request and per-handshake lookup touches one plane's
+/// few agents, however many planes the gateway carries.
+type ByPlane = HashMap<PlaneKey, Vec<Arc<AgentConn>>>;
+
 pub struct Hub {
-    agents: RwLock<Vec<Arc<AgentConn>>>,
+    agents: RwLock<ByPlane>,
     next_id: AtomicU64,
     rotation: AtomicUsize,
     last_seen: Mutex<HashMap<(PlaneKey, Option<CrRef>), SystemTime>>,
@@ -223,7 +227,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Hub {
         Hub {
-            agents: RwLock::new(Vec::new()),
+            agents: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             rotation: AtomicUsize::new(0),
             last_seen: Mutex::new(HashMap::new()),
@@ -350,9 +354,21 @@ impl Hub {
         self.agents
             .write()
             .unwrap_or_else(|p| p.into_inner())
+            .entry(agent.key.clone())
+            .or_default()
             .push(agent.clone());
         let _ = self.changes.send(agent.key.clone());
         agent
+    }
+
+    /// The tunnels of one plane.
+    fn of_plane(&self, key: &PlaneKey) -> Vec<Arc<AgentConn>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Marks the older tunnels `newer` replaces (the same agent process, by its hello's
@@ -365,11 +381,10 @@ impl Hub {
         };
         let granted = newer.granted();
         let replaced: Vec<Arc<AgentConn>> = self
-            .agents()
+            .of_plane(&newer.key)
             .into_iter()
             .filter(|old| {
                 old.id != newer.id
-                    && old.key == newer.key
                     && old.hello.instance.as_ref() == Some(instance)
                     // The instance is no secret: another agent naming it must not take
                     // this one's place; a renewal keeps the certificate's subject.
@@ -399,7 +414,10 @@ impl Hub {
     }
 
     pub fn unregister(&self, agent: &Arc<AgentConn>) {
-        let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        let mut by_plane = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        let Some(agents) = by_plane.get_mut(&agent.key) else {
+            return;
+        };
         let before = agents.len();
         agents.retain(|a| a.id != agent.id);
         // A tunnel that replaced another and ends first hands its place back, while the
@@ -408,8 +426,7 @@ impl Hub {
             && let Some(previous) = agents
                 .iter()
                 .filter(|a| {
-                    a.key == agent.key
-                        && a.hello.instance.is_some()
+                    a.hello.instance.is_some()
                         && a.hello.instance == agent.hello.instance
                         && a.subject == agent.subject
                         && a.replaced.load(Ordering::Relaxed)
@@ -425,7 +442,12 @@ impl Hub {
             tracing::info!(agent = previous.id, plane = %previous.key,
                 "the replacing tunnel ended first; the replaced one serves again");
         }
-        if agents.len() < before {
+        let removed = agents.len() < before;
+        if agents.is_empty() {
+            by_plane.remove(&agent.key);
+        }
+        drop(by_plane);
+        if removed {
             if !agent.replaced.load(Ordering::Relaxed) {
                 self.metrics
                     .agents_connected
@@ -441,20 +463,25 @@ impl Hub {
         }
     }
 
+    /// Every tunnel, of every plane.
     pub fn agents(&self) -> Vec<Arc<AgentConn>> {
         self.agents
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// The agent to carry a request for `cr`: among those authorised for it, the one
     /// with the fewest streams in flight, rotating among equals.
     pub fn pick(&self, key: &PlaneKey, cr: &CrRef) -> Option<Arc<AgentConn>> {
-        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
-        let candidates: Vec<&Arc<AgentConn>> = agents
+        let by_plane = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let candidates: Vec<&Arc<AgentConn>> = by_plane
+            .get(key)?
             .iter()
-            .filter(|a| &a.key == key && a.is_usable() && a.serves(cr))
+            .filter(|a| a.is_usable() && a.serves(cr))
             .collect();
         if candidates.is_empty() {
             return None;
@@ -471,8 +498,8 @@ impl Hub {
         self.agents
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|a| &a.key == key && a.is_usable())
+            .get(key)
+            .is_some_and(|agents| agents.iter().any(|a| a.is_usable()))
     }
 
     /// Re-verifies the agents of `only` (or all) against `snapshot`: revoked CRs are
@@ -480,10 +507,11 @@ impl Hub {
     pub fn reverify(&self, snapshot: &Snapshot, only: Option<&PlaneKey>) -> Reverified {
         let mut result = Reverified::default();
         let now = SystemTime::now();
-        for agent in self.agents() {
-            if only.is_some_and(|k| k != &agent.key) {
-                continue;
-            }
+        let agents = match only {
+            Some(key) => self.of_plane(key),
+            None => self.agents(),
+        };
+        for agent in agents {
             result.add(self.reverify_agent(snapshot, &agent, now));
         }
         result
@@ -554,9 +582,8 @@ impl Hub {
         self.agents
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|a| &a.key == key && a.is_usable())
-            .count()
+            .get(key)
+            .map_or(0, |agents| agents.iter().filter(|a| a.is_usable()).count())
     }
 
     /// Forgets when planes that are neither registered nor connected were last seen, so
@@ -565,11 +592,13 @@ impl Hub {
         self.prune_proposals(snapshot);
         // Agents just disconnected by the re-verification before this are still listed
         // until their tunnels wind down; they no longer keep their plane.
-        let connected: Vec<PlaneKey> = self
-            .agents()
+        let connected: std::collections::HashSet<PlaneKey> = self
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|a| !a.close.is_cancelled())
-            .map(|a| a.key.clone())
+            .filter(|(_, agents)| agents.iter().any(|a| !a.close.is_cancelled()))
+            .map(|(key, _)| key.clone())
             .collect();
         self.last_seen
             .lock()
@@ -582,8 +611,8 @@ impl Hub {
     /// Disconnects every agent of a plane (the plane API's reconnect).
     pub fn disconnect(&self, key: &PlaneKey) -> usize {
         let mut n = 0;
-        for agent in self.agents() {
-            if &agent.key == key && !agent.close.is_cancelled() {
+        for agent in self.of_plane(key) {
+            if !agent.close.is_cancelled() {
                 agent.close.cancel();
                 n += 1;
             }
@@ -593,9 +622,9 @@ impl Hub {
 
     pub fn status(&self, key: &PlaneKey, cr: Option<&CrRef>) -> PlaneStatus {
         let agents: Vec<ConnectedAgent> = self
-            .agents()
+            .of_plane(key)
             .iter()
-            .filter(|a| &a.key == key && a.is_usable() && cr.is_none_or(|cr| a.serves(cr)))
+            .filter(|a| a.is_usable() && cr.is_none_or(|cr| a.serves(cr)))
             .map(|a| a.summary())
             .collect();
         let connected_agents = agents.len();
@@ -631,7 +660,13 @@ impl Hub {
         let mut keys: Vec<PlaneKey> = snapshot
             .map(|s| s.entries.iter().map(|e| e.key.clone()).collect())
             .unwrap_or_default();
-        keys.extend(self.agents().iter().map(|a| a.key.clone()));
+        keys.extend(
+            self.agents
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
         keys.extend(
             self.last_seen
                 .lock()

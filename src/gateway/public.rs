@@ -39,9 +39,14 @@ use crate::tunnel::{Hello, WsIo, ws};
 const UPGRADE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents' connections being set up or carrying tunnels at once.
 const MAX_AGENT_CONNECTIONS: usize = 16384;
-/// Connections between TCP accept and a verified tunnel at once: an unauthenticated
-/// flood is dropped beyond this instead of holding memory and descriptors.
+/// Connections between TCP accept and a verified tunnel at once: beyond this a
+/// connection waits for a slot, holding only its socket, ...
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// ... at most this long, then it is dropped. A fleet redialling after a gateway restart
+/// is served as fast as handshakes complete instead of being refused into seconds of
+/// backoff; a flood still holds no more than sockets, within the connection cap, and
+/// the agent's own TLS deadline (10 s) outlasts the wait plus a handshake.
+const HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(4);
 /// The `/ws` request is a few headers, and at most a CA proposal's two
 /// ([`crate::trust::rollover::MAX_HEADER_LEN`] each): its read buffer needs no more.
 const UPGRADE_REQUEST_BUFFER: usize = 32 * 1024;
@@ -55,10 +60,10 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     let handle = move |tcp, remote| {
-        let permit = pending.clone().try_acquire_owned();
-        let (core, acceptor) = (core.clone(), acceptor.clone());
+        let (core, acceptor, pending) = (core.clone(), acceptor.clone(), pending.clone());
         async move {
-            let Ok(_pending) = permit else {
+            let slot = tokio::time::timeout(HANDSHAKE_QUEUE_WAIT, pending.acquire_owned());
+            let Ok(Ok(_pending)) = slot.await else {
                 core.metrics.reject("too_many_handshakes");
                 return;
             };

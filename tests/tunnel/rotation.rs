@@ -104,7 +104,8 @@ async fn renewed_agent_certificate_replaces_the_tunnel_without_a_failed_request(
 }
 
 /// A renewal whose files do not fit together (a key that is not the certificate's) is
-/// not used: the agent keeps its tunnel on the current files and says why.
+/// not used: the agent keeps its tunnel on the current files and says why, and takes
+/// the set that fixes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_renewal_keeps_the_working_certificate() {
     let (topo, ca, mounted, first) = mounted_agent_files().await;
@@ -122,9 +123,22 @@ async fn a_broken_renewal_keeps_the_working_certificate() {
     // Three reload periods: the broken set has been read and refused.
     tokio::time::sleep(planelink::trust::tls::RELOAD_INTERVAL * 3).await;
     callers.advance(100).await;
-    callers.finish_without_failures().await;
     assert!(agent.is_connected());
     assert_eq!(agent_expiries(&topo), before);
+    // The broken set is not parsed again while it stays, but the fixed one is taken.
+    let fixed = issue::issue_leaf(
+        &ca,
+        &LeafOptions::client("a1").valid_for(Duration::from_secs(200 * 86400)),
+    )
+    .unwrap();
+    mount_secret(&mounted, 3, &agent_secret(&ca, &fixed));
+    until("the gateway lists the fixed certificate", || {
+        let now = agent_expiries(&topo);
+        now.len() == 1 && now != before
+    })
+    .await;
+    callers.advance(100).await;
+    callers.finish_without_failures().await;
 }
 
 /// The DER of the certificate a TLS listener at `port` presents now.
