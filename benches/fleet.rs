@@ -444,6 +444,34 @@ async fn bench(options: Options) -> usize {
         true,
     );
 
+    // A request to one plane among them all: its lookups must not grow with the fleet.
+    let caller = support::client(dir, 1);
+    let last = format!("p{}", options.planes - 1);
+    let url = format!(
+        "https://127.0.0.1:{}/api/proxy/dataplane/{last}/default/{last}/agent/",
+        gateway.internal
+    );
+    for _ in 0..50 {
+        support::get(&caller, &url).await;
+    }
+    let mut samples = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        support::get(&caller, &url).await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    report.row(
+        "request to one plane's agent, p50 / p99",
+        format!(
+            "{:.2} / {:.2} ms",
+            samples[500].as_secs_f64() * 1e3,
+            samples[990].as_secs_f64() * 1e3
+        ),
+        "",
+        true,
+    );
+
     // Restarts: the gateway goes, a new one takes its port, every agent must come back.
     for (run, (how, sig)) in [
         // The crash first: after a "going away" the agents redial promptly for a while.

@@ -13,9 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use planelink::planes::PlaneType;
 use planelink::planes::crd::{PlaneBuilder, ValueFrom};
 use planelink::planes::manifest::to_yaml;
@@ -23,9 +21,7 @@ use planelink::trust::issue::{self, CaOptions, LeafOptions};
 use planelink::tunnel::body::{self as tbody, Body};
 
 mod support;
-use support::{Procs, free_port, gateway_command, rss_kib, write};
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+use support::{HttpsClient, Procs, client, free_port, gateway_command, get, rss_kib, write};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -90,47 +86,6 @@ async fn start_upstream(dir: &Path) -> SocketAddr {
         }
     });
     addr
-}
-
-fn client(dir: &Path, pool: usize) -> HttpsClient {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in ["gw/ca.crt", "up/ca.crt"] {
-        for cert in planelink::trust::load_certificates(&dir.join(ca)).unwrap() {
-            roots.add(cert).unwrap();
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(planelink::trust::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(pool)
-        .build(connector)
-}
-
-async fn get(client: &HttpsClient, url: &str) -> usize {
-    let response = client
-        .request(Request::get(url).body(Empty::new()).unwrap())
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200, "{url}");
-    let mut body = response.into_body();
-    let mut n = 0;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.expect("body").into_data() {
-            n += data.len();
-        }
-    }
-    n
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -5,7 +5,15 @@
 use std::path::Path;
 use std::process::{Child, Command};
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use planelink::trust::issue::{self, FileKind};
+
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 pub fn write(path: &Path, text: &str) {
     issue::write_file(path, text, FileKind::Public).unwrap();
@@ -81,4 +89,51 @@ pub fn gateway_command(dir: &Path, port: u16, internal: u16, health: u16) -> Com
         .arg(format!("--server-key={}", dir.join("gw/tls.key").display()))
         .arg(format!("--planes-dir={}", dir.join("planes").display()));
     command
+}
+
+/// An HTTPS client trusting the bench's CAs (`gw/ca.crt`, and `up/ca.crt` when there is
+/// one), keeping up to `pool` connections.
+pub fn client(dir: &Path, pool: usize) -> HttpsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in ["gw/ca.crt", "up/ca.crt"] {
+        let Ok(certs) = planelink::trust::load_certificates(&dir.join(ca)) else {
+            continue;
+        };
+        for cert in certs {
+            roots.add(cert).unwrap();
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(planelink::trust::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(pool)
+        .build(connector)
+}
+
+/// GETs `url`, which must answer 200; the body's length.
+pub async fn get(client: &HttpsClient, url: &str) -> usize {
+    let response = client
+        .request(Request::get(url).body(Empty::new()).unwrap())
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{url}");
+    let mut body = response.into_body();
+    let mut n = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body").into_data() {
+            n += data.len();
+        }
+    }
+    n
 }

@@ -105,6 +105,11 @@ impl AgentConn {
         }
     }
 
+    /// Whether the agent is planelink's (not OpenChoreo's).
+    pub fn speaks_planelink(&self) -> bool {
+        self.protocol != crate::tunnel::openchoreo::PROTOCOL
+    }
+
     pub fn is_usable(&self) -> bool {
         !self.close.is_cancelled()
             && !self.sender.is_closed()
@@ -311,6 +316,15 @@ impl Hub {
         }
     }
 
+    fn tunnel_gauge(&self, agent: &AgentConn) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .tunnels
+            .get_or_create(&super::metrics::ProtocolLabels {
+                protocol: agent.protocol.to_string(),
+            })
+            .clone()
+    }
+
     fn touch(&self, agent: &AgentConn) {
         let now = SystemTime::now();
         let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,6 +365,7 @@ impl Hub {
             .agents_connected
             .get_or_create(&Self::labels(&agent.key))
             .inc();
+        self.tunnel_gauge(&agent).inc();
         self.agents
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -448,6 +463,7 @@ impl Hub {
         }
         drop(by_plane);
         if removed {
+            self.tunnel_gauge(agent).dec();
             if !agent.replaced.load(Ordering::Relaxed) {
                 self.metrics
                     .agents_connected
@@ -474,15 +490,21 @@ impl Hub {
             .collect()
     }
 
-    /// The agent to carry a request for `cr`: among those authorised for it, the one
-    /// with the fewest streams in flight, rotating among equals.
+    /// The agent to carry a request for `cr`: among those authorised for it (planelink's
+    /// agents before OpenChoreo's), the one with the fewest streams in flight, rotating
+    /// among equals.
     pub fn pick(&self, key: &PlaneKey, cr: &CrRef) -> Option<Arc<AgentConn>> {
         let by_plane = self.agents.read().unwrap_or_else(|p| p.into_inner());
-        let candidates: Vec<&Arc<AgentConn>> = by_plane
+        let mut candidates: Vec<&Arc<AgentConn>> = by_plane
             .get(key)?
             .iter()
             .filter(|a| a.is_usable() && a.serves(cr))
             .collect();
+        // While a plane moves from OpenChoreo's agents to planelink's, requests go to
+        // planelink's (they stream; OpenChoreo's hold bodies whole).
+        if candidates.iter().any(|a| a.speaks_planelink()) {
+            candidates.retain(|a| a.speaks_planelink());
+        }
         if candidates.is_empty() {
             return None;
         }

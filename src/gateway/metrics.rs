@@ -39,12 +39,18 @@ pub struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: String,
 }
 
 pub struct Metrics {
     pub agents_connected: Family<PlaneLabels, Gauge>,
+    pub tunnels: Family<ProtocolLabels, Gauge>,
     pub handshake_rejections: Family<ReasonLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<TargetLabels, Histogram>,
@@ -64,6 +70,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
             agents_connected: Family::default(),
+            tunnels: Family::default(),
             handshake_rejections: Family::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(|| {
@@ -80,6 +87,11 @@ impl Metrics {
             "agents_connected",
             "Agents connected, per plane",
             metrics.agents_connected.clone(),
+        );
+        registry.register(
+            "tunnels",
+            "Agent tunnels open, by the protocol the agent speaks (planelink.v1-h2, planelink.v1, openchoreo)",
+            metrics.tunnels.clone(),
         );
         registry.register(
             "handshake_rejections",

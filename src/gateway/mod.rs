@@ -11,6 +11,7 @@ mod internal;
 mod link;
 mod membership;
 mod metrics;
+mod openchoreo;
 pub mod paths;
 mod public;
 

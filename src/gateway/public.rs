@@ -227,14 +227,17 @@ fn parse_ws_request(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|p| p.trim() == SUBPROTOCOL);
+    let key = PlaneKey {
+        plane_type,
+        plane_id,
+    };
     if !offers_planelink {
-        return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "legacy_protocol",
-            format!(
-                "the agent offers no {SUBPROTOCOL} subprotocol; this gateway carries planelink agents only \
-                 (run planelink agent in the remote plane)"
-            ),
+        // OpenChoreo's agents offer no subprotocol and send no hello.
+        return Ok((
+            key,
+            Hello::openchoreo_agent(),
+            switching,
+            Transport::OpenChoreo,
         ));
     }
     let hello = header_str(req, HELLO_HEADER)
@@ -243,15 +246,7 @@ fn parse_ws_request(
     hello
         .compatible()
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "incompatible_version", e))?;
-    Ok((
-        PlaneKey {
-            plane_type,
-            plane_id,
-        },
-        hello,
-        switching,
-        transport,
-    ))
+    Ok((key, hello, switching, transport))
 }
 
 /// What an agent that no plane CR verifies is told: the same fixed text whether its
@@ -462,7 +457,7 @@ fn upgrade_request(
             HeaderValue::from_static(SUBPROTOCOL),
         );
     }
-    if let Some(ours) = our_hello {
+    if let Some(ours) = our_hello.filter(|_| transport != Transport::OpenChoreo) {
         headers.insert(HELLO_HEADER, ours);
     }
     let new_agent = NewAgent {
@@ -569,6 +564,20 @@ async fn run_agent(
                 WsIo::new(ws).closing_on(new_agent.going_away.clone()),
             ))
         }
+        Transport::OpenChoreo => {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(super::openchoreo::ws_config()),
+            )
+            .await;
+            TunnelIo::Local(super::openchoreo::spawn(
+                ws,
+                core.config.heartbeat,
+                new_agent.going_away.clone(),
+                remote,
+            ))
+        }
     };
     let going_away = new_agent.going_away.clone();
     let (mut sender, connection) = match protocol::client_builder(core.config.heartbeat)
@@ -619,12 +628,13 @@ async fn run_agent(
         version = %crate::logging::escape(&agent.hello.version),
         instance = agent.hello.instance.as_deref().unwrap_or("-"),
         authorised_for = %crs.join(","), "agent connected");
-    // Over WebSocket, the transport itself says "going away" (a Close frame); over h2
+    // Over WebSocket (either protocol), the transport itself says "going away" (a Close
+    // frame); over h2
     // the agent is told by a control request, then the tunnel is closed.
     let told_going_away = async {
         match transport {
             Transport::H2 => going_away.cancelled().await,
-            Transport::WebSocket => std::future::pending().await,
+            Transport::WebSocket | Transport::OpenChoreo => std::future::pending().await,
         }
     };
     let reason = tokio::select! {

@@ -237,8 +237,9 @@ pub struct ConnectedAgent {
     /// The agent process's ID from its hello, the same on each of its tunnels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    /// The tunnel protocol it speaks: `planelink.v1-h2` (HTTP/2 on the TLS stream) or
-    /// `planelink.v1` (HTTP/2 inside WebSocket).
+    /// The tunnel protocol it speaks: `planelink.v1-h2` (HTTP/2 on the TLS stream),
+    /// `planelink.v1` (HTTP/2 inside WebSocket) or `openchoreo` (OpenChoreo's agent, JSON
+    /// frames).
     pub protocol: String,
     /// When its client certificate expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]

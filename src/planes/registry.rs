@@ -78,6 +78,7 @@ pub struct PlaneEntry {
 /// Everything registered at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
+    /// Sorted by plane, then CR ([`Snapshot::resolve`] sorts them): lookups bisect.
     pub entries: Vec<PlaneEntry>,
 }
 
@@ -116,12 +117,20 @@ impl Authorisation {
 
 impl Snapshot {
     pub fn entries_for<'a>(&'a self, key: &'a PlaneKey) -> impl Iterator<Item = &'a PlaneEntry> {
-        self.entries.iter().filter(move |e| &e.key == key)
+        // Entries are sorted by plane, then CR: a plane's are one run, found by bisection
+        // (every handshake and every request looks up its plane).
+        let start = self.entries.partition_point(|e| &e.key < key);
+        self.entries[start..]
+            .iter()
+            .take_while(move |e| &e.key == key)
     }
 
     /// The entry of one CR of the plane.
     pub fn entry(&self, key: &PlaneKey, cr: &CrRef) -> Option<&PlaneEntry> {
-        self.entries.iter().find(|e| &e.key == key && &e.cr == cr)
+        self.entries
+            .binary_search_by(|e| (&e.key, &e.cr).cmp(&(key, cr)))
+            .ok()
+            .map(|i| &self.entries[i])
     }
 
     /// Verifies `chain` (clientAuth) against each CR of the plane separately; the agent
@@ -380,5 +389,66 @@ impl Registry {
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.rx.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planes::crd::{PlaneBuilder, ValueFrom};
+
+    /// The bisecting lookups find exactly what a scan of every entry finds, for planes of
+    /// several types, IDs shared by CRs in several namespaces, and keys not registered.
+    #[test]
+    fn lookups_find_what_a_scan_finds() {
+        let mut planes = Vec::new();
+        for (plane_type, namespace, name, id) in [
+            (PlaneType::DataPlane, "b", "edge", "shared"),
+            (PlaneType::DataPlane, "a", "edge", "shared"),
+            (PlaneType::DataPlane, "a", "core", "core"),
+            (PlaneType::BuildPlane, "a", "edge", "shared"),
+            (PlaneType::ObservabilityPlane, "z", "obs", "obs"),
+            (PlaneType::DataPlane, "c", "zz", "zz"),
+        ] {
+            planes.push(
+                PlaneBuilder::new(plane_type, namespace, name)
+                    .plane_id(id)
+                    .client_ca(ValueFrom::inline("not parsed by a lookup"))
+                    .build(),
+            );
+        }
+        let snapshot = Snapshot::resolve(&planes, &[]);
+        assert_eq!(snapshot.entries.len(), 6);
+        let mut keys: Vec<PlaneKey> = snapshot.entries.iter().map(|e| e.key.clone()).collect();
+        keys.push(PlaneKey {
+            plane_type: PlaneType::DataPlane,
+            plane_id: "absent".into(),
+        });
+        keys.push(PlaneKey {
+            plane_type: PlaneType::ObservabilityPlane,
+            plane_id: "zzz".into(),
+        });
+        for key in &keys {
+            let scanned: Vec<&CrRef> = snapshot
+                .entries
+                .iter()
+                .filter(|e| &e.key == key)
+                .map(|e| &e.cr)
+                .collect();
+            let found: Vec<&CrRef> = snapshot.entries_for(key).map(|e| &e.cr).collect();
+            assert_eq!(found, scanned, "{key}");
+            for cr in snapshot.entries.iter().map(|e| &e.cr) {
+                let expected = snapshot
+                    .entries
+                    .iter()
+                    .find(|e| &e.key == key && &e.cr == cr);
+                assert_eq!(snapshot.entry(key, cr), expected, "{key} {cr}");
+            }
+        }
+        let shared = PlaneKey {
+            plane_type: PlaneType::DataPlane,
+            plane_id: "shared".into(),
+        };
+        assert_eq!(snapshot.entries_for(&shared).count(), 2);
     }
 }

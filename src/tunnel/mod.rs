@@ -7,6 +7,7 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub mod openchoreo;
 pub mod protocol;
 pub mod proxy;
 pub mod transport;

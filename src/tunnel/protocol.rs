@@ -119,6 +119,19 @@ pub fn parse_ids(list: &str) -> Result<Vec<String>, String> {
 }
 
 impl Hello {
+    /// What stands for the hello of an OpenChoreo agent, which sends none: no version,
+    /// no capabilities, no instance (its tunnels are never taken for one another's).
+    pub fn openchoreo_agent() -> Hello {
+        Hello {
+            role: "agent".into(),
+            version: super::openchoreo::PROTOCOL.into(),
+            protocol: 0,
+            capabilities: Vec::new(),
+            instance: None,
+            membership: None,
+        }
+    }
+
     pub fn ours(role: &str) -> Hello {
         Hello {
             role: role.to_string(),

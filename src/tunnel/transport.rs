@@ -26,6 +26,9 @@ pub enum Transport {
     H2,
     /// HTTP/2 inside WebSocket binary messages.
     WebSocket,
+    /// OpenChoreo's JSON text frames: the gateway's HTTP/2 reaches them through an
+    /// in-process adapter.
+    OpenChoreo,
 }
 
 impl Transport {
@@ -34,6 +37,7 @@ impl Transport {
         match self {
             Transport::H2 => H2_UPGRADE,
             Transport::WebSocket => SUBPROTOCOL,
+            Transport::OpenChoreo => super::openchoreo::PROTOCOL,
         }
     }
 }
@@ -43,6 +47,8 @@ pub enum TunnelIo<S> {
     H2(S),
     /// Boxed: the common case (h2) stays small.
     WebSocket(Box<WsIo<S>>),
+    /// The in-process end of an adapter to another protocol.
+    Local(tokio::io::DuplexStream),
 }
 
 impl<S> TunnelIo<S> {
@@ -50,6 +56,7 @@ impl<S> TunnelIo<S> {
         match self {
             TunnelIo::H2(_) => Transport::H2,
             TunnelIo::WebSocket(_) => Transport::WebSocket,
+            TunnelIo::Local(_) => Transport::OpenChoreo,
         }
     }
 }
@@ -63,6 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TunnelIo<S> {
         match self.get_mut() {
             TunnelIo::H2(io) => Pin::new(io).poll_read(cx, buf),
             TunnelIo::WebSocket(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            TunnelIo::Local(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
 }
@@ -76,6 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TunnelIo<S> {
         match self.get_mut() {
             TunnelIo::H2(io) => Pin::new(io).poll_write(cx, buf),
             TunnelIo::WebSocket(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+            TunnelIo::Local(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
@@ -87,6 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TunnelIo<S> {
         match self.get_mut() {
             TunnelIo::H2(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             TunnelIo::WebSocket(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+            TunnelIo::Local(io) => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -94,6 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TunnelIo<S> {
         match self {
             TunnelIo::H2(io) => io.is_write_vectored(),
             TunnelIo::WebSocket(io) => io.is_write_vectored(),
+            TunnelIo::Local(io) => io.is_write_vectored(),
         }
     }
 
@@ -101,6 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TunnelIo<S> {
         match self.get_mut() {
             TunnelIo::H2(io) => Pin::new(io).poll_flush(cx),
             TunnelIo::WebSocket(io) => Pin::new(io.as_mut()).poll_flush(cx),
+            TunnelIo::Local(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
@@ -108,6 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TunnelIo<S> {
         match self.get_mut() {
             TunnelIo::H2(io) => Pin::new(io).poll_shutdown(cx),
             TunnelIo::WebSocket(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+            TunnelIo::Local(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

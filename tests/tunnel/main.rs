@@ -5,6 +5,7 @@ mod attacks;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod openchoreo;
 mod rotation;
 mod timeouts;
 
