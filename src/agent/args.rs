@@ -11,6 +11,17 @@ use clap::{ArgAction, Args};
 use crate::config::duration;
 use crate::planes::PlaneType;
 
+/// Which tunnel protocol the agent speaks to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TunnelProtocol {
+    /// planelink's; OpenChoreo's when the gateway does not take planelink's subprotocol.
+    Auto,
+    /// planelink's only.
+    Planelink,
+    /// OpenChoreo's JSON frames only (an OpenChoreo cluster gateway).
+    Openchoreo,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// The gateway's WebSocket URL.
@@ -21,6 +32,11 @@ pub struct AgentArgs {
         help_heading = "Gateway"
     )]
     pub server_url: String,
+
+    /// The tunnel protocol: planelink's, falling back to OpenChoreo's JSON frames when
+    /// the gateway is OpenChoreo's (auto); only planelink's; or only OpenChoreo's.
+    #[arg(long, env = "TUNNEL_PROTOCOL", value_enum, default_value_t = TunnelProtocol::Auto, help_heading = "Gateway")]
+    pub protocol: TunnelProtocol,
 
     /// The kind of plane this agent serves.
     #[arg(long, env = "PLANE_TYPE", value_enum, default_value_t = PlaneType::DataPlane, help_heading = "Gateway")]

@@ -45,6 +45,8 @@ pub struct Config {
     /// The `--routes` file's upstreams, by name.
     pub routes: BTreeMap<String, Upstream>,
     pub backoff: Backoff,
+    /// `--protocol`.
+    pub protocol: super::args::TunnelProtocol,
     pub heartbeat: Heartbeat,
     pub request_timeout: Duration,
     /// Where `/health`, `/ready` and `/metrics` are served; `None` with `--health-port 0`.
@@ -108,6 +110,7 @@ impl TryFrom<AgentArgs> for Config {
                 base: args.reconnect_delay,
                 max: args.max_reconnect_delay,
             },
+            protocol: args.protocol,
             heartbeat: Heartbeat {
                 interval: args.heartbeat_interval,
                 timeout: args.heartbeat_timeout,

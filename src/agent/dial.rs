@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{self, http::HeaderValue};
 
+use super::args::TunnelProtocol;
 use super::config::{Config, TlsFiles};
 use crate::trust::{self, danger::DiagnosingServerVerifier};
 use crate::tunnel::protocol::{HELD_REPLICAS_HEADER, HELLO_HEADER, Membership, SUBPROTOCOL};
@@ -74,6 +75,11 @@ pub enum DialError {
     Upgrade(String),
     #[error("{0}")]
     NotPlanelink(String),
+    #[error(
+        "the gateway took the WebSocket upgrade without the planelink.v1 subprotocol: it is \
+         OpenChoreo's cluster gateway; --protocol auto (the default) or openchoreo speaks its protocol"
+    )]
+    OpenChoreoGateway,
     /// The load balancer sent the dial to a replica the agent already holds; what that
     /// replica knows of the others comes back with it.
     #[error(
@@ -94,7 +100,7 @@ impl DialError {
             DialError::Tls { .. } => "tls",
             DialError::Refused { .. } => "refused",
             DialError::Upgrade(_) => "upgrade",
-            DialError::NotPlanelink(_) => "not_planelink",
+            DialError::NotPlanelink(_) | DialError::OpenChoreoGateway => "not_planelink",
             DialError::AlreadyHeld { .. } => "already_held",
         }
     }
@@ -281,30 +287,70 @@ pub async fn upgrade<S: Stream>(
         HeaderValue::from_static(SUBPROTOCOL),
     );
     introduce(headers, introduction);
-    let boxed: Box<dyn Stream> = Box::new(stream);
-    let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(ws::config()));
-    let (ws, response) = match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => {
-            return Err(DialError::Upgrade(
-                "the gateway did not answer the WebSocket upgrade in time".into(),
-            ));
-        }
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            let body = response.body().as_deref().unwrap_or_default();
-            return Err(refusal(response.status(), response.headers(), body));
-        }
-        Ok(Err(tungstenite::Error::Io(e))) => {
-            return Err(DialError::Upgrade(explain_tls_error(&e)));
-        }
-        Ok(Err(e)) => return Err(DialError::Upgrade(e.to_string())),
-        Ok(Ok(pair)) => pair,
-    };
+    let (ws, response) = ws_handshake(request, stream, ws::config(), timeout).await?;
     let gateway = gateway_hello(response.headers())?;
     let io = WsIo::new(ws);
     Ok(Dialled {
         peer_close: io.peer_close(),
         io: TunnelIo::WebSocket(Box::new(io)),
         gateway,
+        h2_refused: false,
+    })
+}
+
+type ClientWs = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
+
+/// The WebSocket handshake, its failures as dial errors: a refusal with the gateway's
+/// reason, and a 101 without the subprotocol asked for (OpenChoreo's gateway).
+async fn ws_handshake<S: Stream>(
+    request: tungstenite::handshake::client::Request,
+    stream: S,
+    config: tungstenite::protocol::WebSocketConfig,
+    timeout: Duration,
+) -> Result<(ClientWs, tungstenite::handshake::client::Response), DialError> {
+    let boxed: Box<dyn Stream> = Box::new(stream);
+    let handshake = tokio_tungstenite::client_async_with_config(request, boxed, Some(config));
+    match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => Err(DialError::Upgrade(
+            "the gateway did not answer the WebSocket upgrade in time".into(),
+        )),
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            Err(refusal(response.status(), response.headers(), body))
+        }
+        Ok(Err(tungstenite::Error::Io(e))) => Err(DialError::Upgrade(explain_tls_error(&e))),
+        Ok(Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                tungstenite::error::SubProtocolError::NoSubProtocol,
+            ),
+        ))) => Err(DialError::OpenChoreoGateway),
+        Ok(Err(e)) => Err(DialError::Upgrade(e.to_string())),
+        Ok(Ok(pair)) => Ok(pair),
+    }
+}
+
+/// Step 3 with OpenChoreo's gateway: a WebSocket upgrade with no subprotocol and no
+/// hello; its JSON frames reach the agent's HTTP/2 server through
+/// [`super::openchoreo`].
+pub async fn upgrade_openchoreo<S: Stream>(
+    stream: S,
+    url: &url::Url,
+    heartbeat: crate::tunnel::protocol::Heartbeat,
+    timeout: Duration,
+) -> Result<Dialled, DialError> {
+    let request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| DialError::Upgrade(e.to_string()))?;
+    let config = crate::tunnel::ws::config()
+        .max_message_size(Some(crate::tunnel::openchoreo::MAX_FRAME))
+        .max_frame_size(Some(crate::tunnel::openchoreo::MAX_FRAME));
+    let (ws, _) = ws_handshake(request, stream, config, timeout).await?;
+    let peer_close = PeerClose::default();
+    Ok(Dialled {
+        io: TunnelIo::Local(super::openchoreo::spawn(ws, heartbeat, peer_close.clone())),
+        gateway: Hello::openchoreo("gateway"),
+        peer_close,
         h2_refused: false,
     })
 }
@@ -484,6 +530,23 @@ pub async fn dial_gateway(
     identity: Option<&TlsIdentity>,
     introduction: &Introduction,
 ) -> Result<Dialled, DialError> {
+    let openchoreo =
+        |stream| upgrade_openchoreo(stream, &config.dial_url, config.heartbeat, STEP_TIMEOUT);
+    if config.protocol == TunnelProtocol::Openchoreo {
+        return openchoreo(connect_tls(config, identity).await?).await;
+    }
+    // With `auto`, a gateway that takes no planelink subprotocol is OpenChoreo's.
+    let fall_back = |result: Result<Dialled, DialError>| async move {
+        match result {
+            Err(DialError::OpenChoreoGateway) if config.protocol == TunnelProtocol::Auto => {
+                tracing::debug!("the gateway is OpenChoreo's; dialling again with its protocol");
+                let mut dialled = openchoreo(connect_tls(config, identity).await?).await?;
+                dialled.h2_refused = true;
+                Ok(dialled)
+            }
+            other => other,
+        }
+    };
     if introduction.offer_h2 {
         let stream = connect_tls(config, identity).await?;
         match upgrade_h2(stream, &config.dial_url, introduction, STEP_TIMEOUT).await {
@@ -497,12 +560,13 @@ pub async fn dial_gateway(
             other => return other,
         }
         let stream = connect_tls(config, identity).await?;
-        let mut dialled = upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await?;
+        let mut dialled =
+            fall_back(upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await).await?;
         dialled.h2_refused = true;
         return Ok(dialled);
     }
     let stream = connect_tls(config, identity).await?;
-    upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await
+    fall_back(upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await).await
 }
 
 /// Steps 1 and 2: TCP, then TLS when the agent has an identity (`ws://` has none).

@@ -7,6 +7,7 @@ pub mod dial;
 mod forward;
 pub mod identity;
 pub mod metrics;
+mod openchoreo;
 pub mod upstream;
 
 use std::collections::BTreeMap;

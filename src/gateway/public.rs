@@ -235,7 +235,7 @@ fn parse_ws_request(
         // OpenChoreo's agents offer no subprotocol and send no hello.
         return Ok((
             key,
-            Hello::openchoreo_agent(),
+            Hello::openchoreo("agent"),
             switching,
             Transport::OpenChoreo,
         ));

@@ -119,11 +119,12 @@ pub fn parse_ids(list: &str) -> Result<Vec<String>, String> {
 }
 
 impl Hello {
-    /// What stands for the hello of an OpenChoreo agent, which sends none: no version,
-    /// no capabilities, no instance (its tunnels are never taken for one another's).
-    pub fn openchoreo_agent() -> Hello {
+    /// What stands for the hello of OpenChoreo's agent or gateway, which send none: no
+    /// version, no capabilities, no instance (an agent's tunnels are never taken for one
+    /// another's), no replicas.
+    pub fn openchoreo(role: &str) -> Hello {
         Hello {
-            role: "agent".into(),
+            role: role.into(),
             version: super::openchoreo::PROTOCOL.into(),
             protocol: 0,
             capabilities: Vec::new(),

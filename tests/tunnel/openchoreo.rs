@@ -360,3 +360,268 @@ async fn openchoreo_agents_get_the_same_refusals_and_liveness() {
     topo.wait_for_agents("p1", 1).await;
     topo.wait_for_agents_exactly("p1", 0).await;
 }
+
+/// OpenChoreo's cluster gateway as its agents see it, written here from the facts: TLS
+/// with the gateway's certificate, `/ws` taking a WebSocket upgrade and choosing no
+/// subprotocol (any other upgrade gets gorilla's 400), then JSON request frames.
+struct OcGateway {
+    port: u16,
+    /// The `Upgrade` header of every `/ws` request, in order.
+    upgrades: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Each accepted WebSocket, with whether its request offered a subprotocol (an
+    /// agent trying planelink's first drops that one).
+    agents: tokio::sync::mpsc::Receiver<(bool, OcSocket)>,
+}
+
+type OcSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn oc_gateway(topo: &Topology) -> OcGateway {
+    use http_body_util::Empty;
+    use tokio_tungstenite::tungstenite::handshake::server::create_response_with_body;
+    let cert = planelink::trust::tls::ReloadingCert::load(
+        &topo.pki.dir.join("gateway/tls.crt"),
+        &topo.pki.dir.join("gateway/tls.key"),
+    )
+    .unwrap();
+    let config = planelink::trust::tls::server_config(cert, None, &[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upgrades = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (found, agents) = tokio::sync::mpsc::channel(4);
+    let seen = upgrades.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (seen, found) = (seen.clone(), found.clone());
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let upgrade = req
+                        .headers()
+                        .get("upgrade")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    seen.lock().unwrap().push(upgrade);
+                    let offered = req.headers().contains_key("sec-websocket-protocol");
+                    let response = match create_response_with_body(&req, Empty::<bytes::Bytes>::new)
+                    {
+                        Ok(switching) => {
+                            let found = found.clone();
+                            tokio::spawn(async move {
+                                let upgraded = hyper::upgrade::on(req).await.unwrap();
+                                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                    hyper_util::rt::TokioIo::new(upgraded),
+                                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                                    None,
+                                )
+                                .await;
+                                let _ = found.send((offered, ws)).await;
+                            });
+                            switching
+                        }
+                        Err(_) => {
+                            let mut refused = http::Response::new(Empty::new());
+                            *refused.status_mut() = http::StatusCode::BAD_REQUEST;
+                            refused
+                        }
+                    };
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    OcGateway {
+        port,
+        upgrades,
+        agents,
+    }
+}
+
+/// The next text frame from the agent (pongs skipped), within 10 s.
+async fn next_frame(ws: &mut OcSocket) -> openchoreo::FromAgent {
+    let read = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return openchoreo::FromAgent::parse(&text).unwrap();
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the agent's connection ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the agent answers within 10 s")
+}
+
+/// Sends one request frame and returns the agent's response to it.
+async fn ask(ws: &mut OcSocket, request: serde_json::Value) -> TunnelResponse {
+    ws.send(Message::Text(request.to_string().into()))
+        .await
+        .unwrap();
+    match next_frame(ws).await {
+        openchoreo::FromAgent::Response(response) => {
+            assert_eq!(
+                Some(response.request_id.as_str()),
+                request["requestID"].as_str()
+            );
+            response
+        }
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+/// planelink's agent joins OpenChoreo's gateway, with `--protocol openchoreo` and by
+/// finding out (`auto`, the default): it serves GET and POST with bodies through its
+/// `k8s` target with its own credentials, answers pings, ends exec sessions with the
+/// reason, and takes no planelink control header from a caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planelink_agents_join_an_openchoreo_gateway() {
+    let topo = Topology::start(false).await;
+    let mut gateway = oc_gateway(&topo).await;
+    for (protocol, upgrades) in [
+        ("openchoreo", vec!["websocket"]),
+        ("auto", vec!["planelink.v1-h2", "websocket", "websocket"]),
+    ] {
+        gateway.upgrades.lock().unwrap().clear();
+        let mut argv = topo.agent_argv("a1", "p1");
+        for arg in &mut argv {
+            if arg.starts_with("--server-url=") {
+                *arg = format!("--server-url=wss://127.0.0.1:{}/ws", gateway.port);
+            }
+        }
+        argv.push(format!("--protocol={protocol}"));
+        let args: planelink::agent::AgentArgs = planelink::cli::args_from(argv).unwrap();
+        let stop = topo.shutdown.child_token();
+        let agent = planelink::agent::start(
+            planelink::agent::Config::try_from(args).unwrap(),
+            None,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let mut ws = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match gateway.agents.recv().await {
+                    Some((false, ws)) => return ws,
+                    Some((true, _)) => continue,
+                    None => panic!("the test gateway stopped"),
+                }
+            }
+        })
+        .await
+        .expect("the agent dials OpenChoreo's protocol within 10 s");
+        assert!(
+            agent.wait_connected(Duration::from_secs(5)).await,
+            "{protocol}"
+        );
+        assert_eq!(*gateway.upgrades.lock().unwrap(), upgrades, "{protocol}");
+
+        let got = ask(
+            &mut ws,
+            serde_json::json!({"requestID": "r1", "target": "k8s",
+            "method": "GET", "path": "/bytes/16"}),
+        )
+        .await;
+        assert_eq!(got.status_code, 200);
+        assert_eq!(got.body.as_deref(), Some(&pattern(16)[..]));
+        assert_eq!(got.headers["Content-Length"], vec!["16"]);
+
+        let payload = pattern(1 << 20);
+        let got = ask(
+            &mut ws,
+            serde_json::json!({"requestID": "r2", "target": "k8s",
+            "method": "POST", "path": "/sha256",
+            "headers": {"Content-Type": ["application/octet-stream"]},
+            "body": openchoreo::encode(&payload)}),
+        )
+        .await;
+        assert_eq!(got.status_code, 200);
+        assert_eq!(
+            String::from_utf8(got.body.unwrap()).unwrap(),
+            format!("{} {}", payload.len(), sha256_hex(&payload))
+        );
+
+        // The agent's own credentials reach the API server, never the caller's.
+        let got = ask(
+            &mut ws,
+            serde_json::json!({"requestID": "r3", "target": "k8s",
+            "method": "GET", "path": "/version",
+            "headers": {"Authorization": ["Bearer the-callers-token"]}}),
+        )
+        .await;
+        assert_eq!(
+            got.status_code,
+            200,
+            "{:?}",
+            got.body.map(String::from_utf8)
+        );
+
+        // A caller's planelink header is not news for the agent.
+        let got = ask(
+            &mut ws,
+            serde_json::json!({"requestID": "r4", "target": "k8s",
+            "method": "GET", "path": "/bytes/4",
+            "headers": {"Planelink-Control": ["going-away"]}}),
+        )
+        .await;
+        assert_eq!((got.status_code, got.body.map(|b| b.len())), (200, Some(4)));
+        assert!(agent.is_connected());
+
+        let got = ask(
+            &mut ws,
+            serde_json::json!({"requestID": "r5", "target": "Not A Name",
+            "method": "GET", "path": "/"}),
+        )
+        .await;
+        assert_eq!(got.status_code, 404);
+
+        // An exec session this agent cannot run ends at once, saying why.
+        ws.send(Message::Text(
+            serde_json::json!({"requestID": "gw-1", "target": "k8s", "method": "POST",
+                "path": "/api/v1/namespaces/a/pods/b/exec", "query": "stdout=true",
+                "isUpgrade": true, "upgradeProto": "SPDY/3.1"})
+            .to_string()
+            .into(),
+        ))
+        .await
+        .unwrap();
+        match next_frame(&mut ws).await {
+            openchoreo::FromAgent::Chunk(chunk) => {
+                assert!(chunk.is_close);
+                assert_eq!(
+                    String::from_utf8(chunk.data.unwrap()).unwrap(),
+                    "planelink agent does not run exec sessions over OpenChoreo's protocol; \
+                     replace the gateway with planelink's, which carries them as streams"
+                );
+            }
+            other => panic!("expected a close chunk, got {other:?}"),
+        }
+
+        // Pings are answered.
+        ws.send(Message::Ping(bytes::Bytes::from_static(b"alive?")))
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(Ok(Message::Pong(payload))) = ws.next().await {
+                    return payload;
+                }
+            }
+        })
+        .await
+        .expect("a pong within 5 s");
+        assert_eq!(&pong[..], b"alive?");
+        stop.cancel();
+        agent.wait().await;
+    }
+}
