@@ -123,6 +123,18 @@ pub async fn handle(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
             Err(e) => e.into_response(SOURCE, &id),
         };
     }
+    if let Some(rest) = path.strip_prefix("/api/exec/") {
+        let rest = rest.to_owned();
+        let id = request_id(req.headers());
+        return match super::sessions::handle(&core, req, &rest, &id).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(SOURCE, &id),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/api/wirelogs/") {
+        let id = request_id(req.headers());
+        return super::sessions::wire_logs(&core, &req, rest).into_response(SOURCE, &id);
+    }
     if path.starts_with("/api/v1/planes") {
         return super::api::handle(core, req).await;
     }
@@ -130,18 +142,18 @@ pub async fn handle(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
         StatusCode::NOT_FOUND,
         SOURCE,
         &format!(
-            "{path} not found: use /api/proxy/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}/{{target}}/{{path}} \
-             or /api/v1/planes/..."
+            "{path} not found: use /api/proxy/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}/{{target}}/{{path}}, \
+             /api/exec/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}, /api/wirelogs/… or /api/v1/planes/..."
         ),
     )
 }
 
-struct Route {
-    key: PlaneKey,
-    cr: CrRef,
-    target: Target,
+pub(super) struct Route {
+    pub key: PlaneKey,
+    pub cr: CrRef,
+    pub target: Target,
     /// Raw (still percent-encoded) path below the target, starting with `/`.
-    path: String,
+    pub path: String,
 }
 
 fn parse_route(rest: &str) -> Result<Route, ProxyError> {
@@ -171,7 +183,7 @@ fn parse_route(rest: &str) -> Result<Route, ProxyError> {
 }
 
 /// Checks a request against the proxy's rules and picks the agent to carry it.
-fn admit(
+pub(super) fn admit(
     core: &Core,
     req: &Request<Incoming>,
     route: &Route,

@@ -14,6 +14,7 @@ mod metrics;
 mod openchoreo;
 pub mod paths;
 mod public;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

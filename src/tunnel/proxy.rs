@@ -83,6 +83,9 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A request planelink understands but cannot serve for this plane.
+    #[error("{0}")]
+    NotImplemented(String),
     /// No connected agent can carry the request (here: another gateway replica, or this
     /// one a moment later, may have one): 503 with `Retry-After`.
     #[error("{0}")]
@@ -107,6 +110,7 @@ impl ProxyError {
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Failed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -121,6 +125,7 @@ impl ProxyError {
             ProxyError::NotFound(_) => "not_found",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::TooLarge(_) => "too_large",
+            ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::NoAgent(_) => "no_agent",
             ProxyError::Failed(_) => "failed",
             ProxyError::TimedOut(_) => "timed_out",

@@ -126,8 +126,122 @@ fn pattern_body(len: usize, pause: Duration) -> Body {
     body
 }
 
+type ServerWs = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The 101 to a WebSocket upgrade with `key` (choosing `protocol`, if any); `serve` gets
+/// the WebSocket once the upgrade is done.
+fn accept_websocket<F, Fut>(
+    req: &mut Request<Incoming>,
+    key: &[u8],
+    protocol: Option<&str>,
+    serve: F,
+) -> Response<Body>
+where
+    F: FnOnce(ServerWs) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        serve(ws).await;
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let mut r = Response::new(tbody::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = r.headers_mut();
+    headers.insert("upgrade", "websocket".parse().unwrap());
+    headers.insert("connection", "Upgrade".parse().unwrap());
+    headers.insert("sec-websocket-accept", accept.parse().unwrap());
+    if let Some(protocol) = protocol {
+        headers.insert("sec-websocket-protocol", protocol.parse().unwrap());
+    }
+    r
+}
+
+/// A pod's exec as the kubelet's streaming server answers it over WebSocket
+/// (`v5.channel.k8s.io`; no kubelet runs here): first the exec's query on stdout, then
+/// stdin echoed on stdout, each resize reported on stderr, and once stdin is closed the
+/// exit status on channel 3 and a Close. The pod `missing` does not exist (404).
+fn exec_upstream(mut req: Request<Incoming>, pod: &str) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    if pod == "missing" {
+        return respond(
+            StatusCode::NOT_FOUND,
+            r#"{"kind":"Status","status":"Failure","message":"pods \"missing\" not found","code":404}"#,
+        );
+    }
+    let offered = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (Some(key), true) = (
+        req.headers().get("sec-websocket-key").cloned(),
+        offered.split(',').any(|p| p.trim() == "v5.channel.k8s.io"),
+    ) else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "exec takes a v5.channel.k8s.io WebSocket",
+        );
+    };
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let serve = |mut ws: ServerWs| async move {
+        let frame = |channel: u8, data: &[u8]| {
+            let mut bytes = vec![channel];
+            bytes.extend_from_slice(data);
+            Message::Binary(bytes.into())
+        };
+        // Each channel opens with its byte alone, as the kubelet's do.
+        for channel in [1, 2, 3] {
+            let _ = ws.send(frame(channel, b"")).await;
+        }
+        let _ = ws
+            .send(frame(1, format!("exec {query}\n").as_bytes()))
+            .await;
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Binary(data) = message else {
+                continue;
+            };
+            let reply = match data.as_ref() {
+                [0, input @ ..] => frame(1, input),
+                [4, size @ ..] => frame(
+                    2,
+                    format!("resize {}\n", String::from_utf8_lossy(size)).as_bytes(),
+                ),
+                [255, 0] => {
+                    let _ = ws
+                        .send(frame(3, br#"{"metadata":{},"status":"Success"}"#))
+                        .await;
+                    let _ = ws.close(None).await;
+                    return;
+                }
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+    };
+    accept_websocket(&mut req, key.as_bytes(), Some("v5.channel.k8s.io"), serve)
+}
+
 async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').collect();
+    if let ["", "api", "v1", "namespaces", _, "pods", pod, "exec"] = segments.as_slice() {
+        let pod = pod.to_string();
+        return exec_upstream(req, &pod);
+    }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         let mut r = Response::new(pattern_body(n, Duration::ZERO));
@@ -226,17 +340,7 @@ async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Re
             let Some(key) = key else {
                 return respond(StatusCode::BAD_REQUEST, "not a websocket");
             };
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else {
-                    return;
-                };
-                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    None,
-                )
-                .await;
+            let echo = |mut ws: ServerWs| async move {
                 use futures_util::{SinkExt, StreamExt};
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_text() || msg.is_binary() {
@@ -247,18 +351,8 @@ async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Re
                         break;
                     }
                 }
-            });
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let mut r = Response::new(tbody::empty());
-            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut()
-                .insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut()
-                .insert("connection", "Upgrade".parse().unwrap());
-            r.headers_mut()
-                .insert("sec-websocket-accept", accept.parse().unwrap());
-            r
+            };
+            accept_websocket(&mut req, key.as_bytes(), None, echo)
         }
         _ => respond(StatusCode::NOT_FOUND, "no such upstream path"),
     }

@@ -176,6 +176,34 @@ async fn call(topo: &Topology, args: &[&str], url: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// A WebSocket upgrade request that is refused, made with curl (which reads the whole
+/// refusal): its status and body. `identity` presents that agent's certificate.
+async fn refused_upgrade(topo: &Topology, url: &str, identity: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "--http1.1",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .args(["--cacert", &topo.pki.path("gateway/ca.crt")])
+    .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+    .args(["-H", "Sec-WebSocket-Version: 13"])
+    .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]);
+    if let Some(identity) = identity {
+        let dir = topo.pki.dir.join(identity);
+        cmd.arg("--cert").arg(dir.join("tls.crt"));
+        cmd.arg("--key").arg(dir.join("tls.key"));
+    }
+    cmd.arg(url);
+    let out = curl(cmd).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 fn status_message(body: &str) -> String {
     let status: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not a Status ({e}): {body}"));
@@ -319,27 +347,13 @@ async fn openchoreo_agents_get_the_same_refusals_and_liveness() {
     )
     .await;
     let (_, _) = agent_identity(&topo.pki.dir, "stranger");
-    let refused = |url: String, identity: &'static str| {
-        let topo = &topo;
-        async move {
-            let tls = tls_to_gateway(topo, identity).await;
-            match tokio_tungstenite::client_async(url, tls).await {
-                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                    let body = response
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default();
-                    (response.status().as_u16(), body)
-                }
-                other => panic!(
-                    "expected a refusal, got {:?}",
-                    other.map(|(_, r)| r.status())
-                ),
-            }
-        }
-    };
-    let (code, body) = refused(ws_url(&topo, "planeID=p1&planeType=dataplane"), "stranger").await;
+    let url = |query: &str| ws_url(&topo, query).replacen("wss://", "https://", 1);
+    let (code, body) = refused_upgrade(
+        &topo,
+        &url("planeID=p1&planeType=dataplane"),
+        Some("stranger"),
+    )
+    .await;
     assert_eq!(
         (code, body.as_str()),
         (
@@ -347,7 +361,7 @@ async fn openchoreo_agents_get_the_same_refusals_and_liveness() {
             format!("{}\n", planelink::gateway::UNVERIFIED_REFUSAL).as_str()
         )
     );
-    let (code, body) = refused(ws_url(&topo, "planeType=dataplane"), "a1").await;
+    let (code, body) = refused_upgrade(&topo, &url("planeType=dataplane"), Some("a1")).await;
     assert_eq!(
         (code, body.as_str()),
         (
@@ -624,4 +638,140 @@ async fn planelink_agents_join_an_openchoreo_gateway() {
         stop.cancel();
         agent.wait().await;
     }
+}
+
+/// A WebSocket to the gateway's internal listener (no client certificate: the topology
+/// runs it without internal mTLS).
+async fn internal_ws(
+    topo: &Topology,
+    path_and_query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let identity = dial::TlsIdentity {
+        server_ca: planelink::trust::load_certificates(&topo.pki.dir.join("gateway/ca.crt"))
+            .unwrap(),
+        client: None,
+    };
+    let port = topo.gateway.internal_addr.port();
+    let tcp = dial::connect("127.0.0.1", port, dial::STEP_TIMEOUT)
+        .await
+        .unwrap();
+    let (tls, _) = dial::tls(tcp, "127.0.0.1", &identity, b"http/1.1", dial::STEP_TIMEOUT)
+        .await
+        .unwrap();
+    let url = format!("wss://127.0.0.1:{port}{path_and_query}");
+    match tokio_tungstenite::client_async(url, tls).await {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("exec WebSocket failed: {e}"),
+    }
+}
+
+/// The next binary message, within 10 s (a Close or the end is an error).
+async fn next_binary<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(message)) => return message,
+                other => panic!("the exec ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message within 10 s")
+}
+
+fn framed(stream: u8, data: &[u8]) -> Message {
+    let mut bytes = vec![stream];
+    bytes.extend_from_slice(data);
+    Message::Binary(bytes.into())
+}
+
+/// OpenChoreo's exec endpoint through a planelink agent: the gateway opens the pod's exec
+/// on the plane's API server as a v5 WebSocket and bridges OpenChoreo's framing (started
+/// sentinel, stdin, stdout, stderr, resize, stdin closed, Close at the end); what fails
+/// before that is an HTTP error; wire logs say the plane has no source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openchoreo_exec_and_wire_log_endpoints() {
+    let topo = Topology::start(false).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let mut ws = internal_ws(
+        &topo,
+        "/api/exec/dataplane/p1/org/dp1?podNamespace=dp-a&podName=web-1&container=main\
+         &command=sh&command=-c&stdin=true&tty=true",
+    )
+    .await;
+    assert_eq!(next_binary(&mut ws).await, framed(1, b""));
+    assert_eq!(
+        next_binary(&mut ws).await,
+        framed(
+            1,
+            b"exec stdout=true&stderr=true&stdin=true&tty=true&container=main&command=sh&command=-c\n"
+        )
+    );
+    ws.send(framed(0, b"ls\n")).await.unwrap();
+    assert_eq!(next_binary(&mut ws).await, framed(1, b"ls\n"));
+    ws.send(framed(3, br#"{"width":120,"height":40}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_binary(&mut ws).await,
+        framed(2, b"resize {\"width\":120,\"height\":40}\n")
+    );
+    // stdin closed: the command ends, its status stays on the plane, the caller gets 1000.
+    ws.send(framed(0, b"")).await.unwrap();
+    match next_binary(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a Close, got {other:?}"),
+    }
+
+    // Before any upgrade: the API server's own refusal, a plane with no agent, a bad query.
+    let exec = |query: &str| topo.api_url(&format!("/api/exec/{query}"));
+    let (code, body) = refused_upgrade(
+        &topo,
+        &exec("dataplane/p1/org/dp1?podNamespace=dp-a&podName=missing"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(status_message(&body), "pods \"missing\" not found");
+    let (code, body) = refused_upgrade(
+        &topo,
+        &exec("dataplane/nowhere/org/dp1?podNamespace=a&podName=b"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        status_message(&body),
+        "no agent connected for plane dataplane/nowhere"
+    );
+    let (code, body) = refused_upgrade(&topo, &exec("dataplane/p1/org/dp1?podName=b"), None).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        status_message(&body),
+        "podNamespace and podName are required query parameters"
+    );
+
+    let wirelogs = |query: &'static str| {
+        let url = topo.api_url(&format!("/api/wirelogs/dataplane/p1/org/dp1?{query}"));
+        let topo = &topo;
+        async move { call(topo, &[], &url).await }
+    };
+    let (code, body) = wirelogs("environment=dev&namespace=acme").await;
+    assert_eq!(code, 501, "{body}");
+    assert_eq!(
+        status_message(&body),
+        "plane dataplane/p1 has no wire-log source: wire logs come from Hubble Relay, which only \
+         OpenChoreo's agent reads, and this gateway does not relay them; read Hubble Relay in \
+         that plane (hubble observe) or keep OpenChoreo's gateway for wire logs"
+    );
+    let (code, body) = wirelogs("namespace=acme").await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        status_message(&body),
+        "environment and namespace are required query parameters"
+    );
 }

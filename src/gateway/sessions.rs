@@ -1,0 +1,378 @@
+//! OpenChoreo's session endpoints on the internal listener, so its API server can use
+//! them unchanged: wire logs ([`wire_logs`]) and exec, which opens a shell in a remote pod:
+//! `GET /api/exec/{planeType}/{planeID}/{crNamespace}/{crName}?podNamespace=&podName=
+//! [&container=][&command=…][&tty=true][&stdin=true]`, a WebSocket.
+//!
+//! The gateway opens the pod's exec on the plane's API server itself, as a WebSocket
+//! (`v5.channel.k8s.io`, else `v4`) through the agent's `k8s` target, and bridges the
+//! two framings, which nearly agree: each message is a stream byte and its payload. The
+//! caller's are OpenChoreo's: `0` stdin (`[0]` alone: stdin closed), `1` stdout, `2`
+//! stderr, `3` resize; Kubernetes' resize is channel `4` and its `3` carries the exit
+//! status, which OpenChoreo's callers do not read. The caller gets `[1]` once the exec
+//! runs, and a Close (1000) when it ends. Anything that fails before that (no agent, no
+//! such pod, a refused exec) is an HTTP error, before the caller's upgrade.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::create_response_with_body;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::Core;
+use super::internal::{Route, admit};
+use crate::planes::{CrRef, PlaneKey, PlaneType};
+use crate::tunnel::body::{self, Body};
+use crate::tunnel::protocol::{
+    REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
+};
+use crate::tunnel::proxy::{self, ProxyError, Target};
+
+/// Kubernetes' exec subprotocols, newest first: v5 can say "stdin closed".
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+/// v5's close message: channel 255, then the channel closed.
+const V5_CLOSE: u8 = 255;
+/// The bytes of the two framings that differ.
+const CALLER_RESIZE: u8 = 3;
+const KUBE_RESIZE: u8 = 4;
+const STDIN: u8 = 0;
+/// What a caller's frames may hold: stdin pasted in, a resize.
+const MAX_CALLER_MESSAGE: usize = 1024 * 1024;
+
+/// What a pod's namespace or name keeps as it is in a path (names are DNS labels).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The exec to open, as the caller's request names it.
+struct ExecTarget {
+    route: Route,
+    query: String,
+}
+
+fn parse(rest: &str, query: Option<&str>) -> Result<ExecTarget, ProxyError> {
+    let mut parts = rest.splitn(4, '/');
+    let mut next = |what: &str| {
+        parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| ProxyError::BadRequest(format!("the exec path names no {what}: use /api/exec/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}")))
+    };
+    let plane_type: PlaneType = next("planeType")?.parse().map_err(ProxyError::BadRequest)?;
+    let plane_id = next("planeID")?;
+    let namespace = next("crNamespace")?;
+    let name = next("crName")?;
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let one = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(pod_namespace), Some(pod)) = (one("podNamespace"), one("podName")) else {
+        return Err(ProxyError::BadRequest(
+            "podNamespace and podName are required query parameters".into(),
+        ));
+    };
+    let segment = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}/exec",
+        segment(&pod_namespace),
+        segment(&pod)
+    );
+    let mut exec = url::form_urlencoded::Serializer::new(String::new());
+    exec.append_pair("stdout", "true")
+        .append_pair("stderr", "true");
+    for flag in ["stdin", "tty"] {
+        if one(flag).as_deref() == Some("true") {
+            exec.append_pair(flag, "true");
+        }
+    }
+    if let Some(container) = one("container") {
+        exec.append_pair("container", &container);
+    }
+    let commands: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v)
+        .collect();
+    if commands.is_empty() {
+        exec.append_pair("command", "/bin/sh");
+    }
+    for command in commands {
+        exec.append_pair("command", command);
+    }
+    Ok(ExecTarget {
+        route: Route {
+            key: PlaneKey {
+                plane_type,
+                plane_id,
+            },
+            cr: CrRef::new(&namespace, &name),
+            target: Target::Kubernetes,
+            path,
+        },
+        query: exec.finish(),
+    })
+}
+
+/// Answers `/api/exec/…`: the caller's 101 once the pod's exec is open, or why not.
+pub async fn handle(
+    core: &Arc<Core>,
+    req: Request<Incoming>,
+    rest: &str,
+    id: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let exec = parse(rest, req.uri().query())?;
+    // The caller's upgrade is checked first; it is answered last.
+    let switching = create_response_with_body(&req, body::empty)
+        .map_err(|e| ProxyError::BadRequest(format!("/api/exec takes a WebSocket upgrade: {e}")))?;
+    let agent = admit(core, &req, &exec.route)?;
+    let (upstream_tx, upstream_body) = body::channel();
+    let mut forwarded = Request::new(upstream_body);
+    *forwarded.method_mut() = Method::GET;
+    *forwarded.uri_mut() = format!(
+        "http://{}{}?{}",
+        Target::KUBERNETES,
+        exec.route.path,
+        exec.query
+    )
+    .parse()
+    .map_err(|e| ProxyError::BadRequest(format!("bad exec path: {e}")))?;
+    let headers = forwarded.headers_mut();
+    let key: [u8; 16] = rand::random();
+    for (name, value) in [
+        (header::CONNECTION.as_str(), "Upgrade".to_string()),
+        (header::UPGRADE.as_str(), "websocket".into()),
+        (header::SEC_WEBSOCKET_VERSION.as_str(), "13".into()),
+        (
+            header::SEC_WEBSOCKET_KEY.as_str(),
+            base64::engine::general_purpose::STANDARD.encode(key),
+        ),
+        (
+            header::SEC_WEBSOCKET_PROTOCOL.as_str(),
+            format!("{V5}, {V4}"),
+        ),
+        (TARGET_HEADER, Target::KUBERNETES.into()),
+        (REQUEST_ID_HEADER, id.into()),
+        (STREAMING_HEADER, "true".into()),
+        (UPGRADE_HEADER, "websocket".into()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    let guard = agent.stream_guard();
+    let what = format!("the agent of plane {}", exec.route.key);
+    let response = proxy::response_head(
+        agent.sender().send_request(forwarded),
+        false,
+        core.config.request_timeout,
+        &what,
+        "dropped the exec",
+    )
+    .await?;
+    // A switch reaches the gateway as a response that names the protocol it upgraded to
+    // (HTTP/2 has no 101).
+    if !response.headers().contains_key(UPGRADED_HEADER) {
+        // The API server's own answer (no such pod, exec forbidden) is the caller's.
+        let (mut parts, incoming) = response.into_parts();
+        parts.headers = crate::tunnel::headers::end_to_end_headers(&parts.headers);
+        proxy::set_request_id(&mut parts.headers, id);
+        return Ok(Response::from_parts(parts, body::boxed(incoming)));
+    }
+    let v5 = response
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .is_some_and(|p| p.as_bytes() == V5.as_bytes());
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let incoming = body::boxed(response.into_body());
+    core.tracker.spawn(async move {
+        body::pump(theirs, incoming, upstream_tx).await;
+    });
+    let kube = WebSocketStream::from_raw_socket(ours, Role::Client, None).await;
+    let on_upgrade = hyper::upgrade::on(req);
+    let id = id.to_string();
+    core.tracker.spawn(async move {
+        let _guard = guard;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(MAX_CALLER_MESSAGE))
+                    .max_frame_size(Some(MAX_CALLER_MESSAGE));
+                let caller = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                let ended = bridge(caller, kube, v5).await;
+                tracing::info!(request_id = %id, "exec ended: {ended}");
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %id, error = %e, "the caller's exec upgrade failed")
+            }
+        }
+    });
+    Ok(switching)
+}
+
+/// `GET /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}?environment=&namespace=
+/// [&project=][&component=]`: OpenChoreo's agents read these from Hubble Relay; planelink's
+/// agents have no wire-log source. After the checks OpenChoreo's gateway makes (the path,
+/// the required parameters, an agent for the plane) the answer says so.
+pub fn wire_logs(core: &Core, req: &Request<Incoming>, rest: &str) -> ProxyError {
+    let mut parts = rest.splitn(4, '/').filter(|s| !s.is_empty());
+    let (Some(plane_type), Some(plane_id), Some(namespace), Some(name)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return ProxyError::BadRequest(
+            "use /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}?environment=&namespace=".into(),
+        );
+    };
+    let plane_type: PlaneType = match plane_type.parse() {
+        Ok(t) => t,
+        Err(e) => return ProxyError::BadRequest(e),
+    };
+    let query = req.uri().query().unwrap_or("");
+    let given = |key: &str| {
+        url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == key && !v.is_empty())
+    };
+    if !given("environment") || !given("namespace") {
+        return ProxyError::BadRequest(
+            "environment and namespace are required query parameters".into(),
+        );
+    }
+    let key = PlaneKey {
+        plane_type,
+        plane_id: plane_id.to_string(),
+    };
+    let cr = CrRef::new(namespace, name);
+    if core.hub.pick(&key, &cr).is_none() {
+        return ProxyError::NoAgent(format!(
+            "no agent available: no connected agent of plane {key} is authorised for {} {cr}",
+            key.plane_type.kind()
+        ));
+    }
+    ProxyError::NotImplemented(format!(
+        "plane {key} has no wire-log source: wire logs come from Hubble Relay, which only \
+         OpenChoreo's agent reads, and this gateway does not relay them; read Hubble Relay in \
+         that plane (hubble observe) or keep OpenChoreo's gateway for wire logs"
+    ))
+}
+
+/// Carries messages both ways until either side ends; why it ended.
+async fn bridge<C, K>(caller: WebSocketStream<C>, kube: WebSocketStream<K>, v5: bool) -> String
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    K: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut to_caller, mut from_caller) = caller.split();
+    let (mut to_kube, mut from_kube) = kube.split();
+    // The exec runs: OpenChoreo's callers wait for this before they send.
+    if to_caller
+        .send(Message::Binary(Bytes::from_static(&[1])))
+        .await
+        .is_err()
+    {
+        return "the caller left".into();
+    }
+    let upstream = async {
+        while let Some(Ok(message)) = from_caller.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Text(text) => Bytes::from(text.as_str().as_bytes().to_vec()),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let forwarded = match data.as_ref() {
+                [STDIN] if v5 => Bytes::from_static(&[V5_CLOSE, STDIN]),
+                // v4 cannot say "stdin closed": the exec sees it when the caller leaves.
+                [STDIN] => continue,
+                [STDIN, ..] => data,
+                [CALLER_RESIZE, size @ ..] => {
+                    let mut resize = Vec::with_capacity(size.len() + 1);
+                    resize.push(KUBE_RESIZE);
+                    resize.extend_from_slice(size);
+                    Bytes::from(resize)
+                }
+                _ => continue,
+            };
+            if to_kube.send(Message::Binary(forwarded)).await.is_err() {
+                return "the API server's side closed";
+            }
+        }
+        let _ = to_kube.send(Message::Close(None)).await;
+        "the caller left"
+    };
+    let downstream = async {
+        while let Some(Ok(message)) = from_kube.next().await {
+            // stdout and stderr with their payload; channels' opening bytes, the exit
+            // status (channel 3) and anything else are not the caller's.
+            let data = match message {
+                Message::Binary(data) if data.len() > 1 && matches!(data[0], 1 | 2) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if to_caller.send(Message::Binary(data)).await.is_err() {
+                return "the caller left";
+            }
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = to_caller.send(close).await;
+        "the command ended"
+    };
+    tokio::select! {
+        why = upstream => why.to_string(),
+        why = downstream => why.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_requests_are_built_as_openchoreo_builds_them() {
+        let exec = parse(
+            "dataplane/p1/_cluster/shared",
+            Some("podNamespace=dp-a&podName=web-1&container=main&command=ls&command=-l&tty=true&stdin=true"),
+        )
+        .unwrap();
+        assert_eq!(exec.route.path, "/api/v1/namespaces/dp-a/pods/web-1/exec");
+        assert_eq!(
+            exec.query,
+            "stdout=true&stderr=true&stdin=true&tty=true&container=main&command=ls&command=-l"
+        );
+        assert_eq!(exec.route.cr, CrRef::new("_cluster", "shared"));
+        let shell = parse("dataplane/p1/org/dp1", Some("podNamespace=a&podName=b")).unwrap();
+        assert_eq!(shell.query, "stdout=true&stderr=true&command=%2Fbin%2Fsh");
+        assert_eq!(
+            parse("dataplane/p1/org/dp1", Some("podName=b")).err(),
+            Some(ProxyError::BadRequest(
+                "podNamespace and podName are required query parameters".into()
+            ))
+        );
+        assert!(matches!(
+            parse("dataplane/p1/org", Some("podNamespace=a&podName=b")),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+}
