@@ -762,12 +762,52 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt as _;
-    vec![
+    let mut crds = vec![
         DataPlane::crd(),
         BuildPlane::crd(),
         ObservabilityPlane::crd(),
         Environment::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            let mut root = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut());
+            for part in ["spec", "status"] {
+                if let Some(schema) = root
+                    .as_deref_mut()
+                    .and_then(|r| r.properties.as_mut())
+                    .and_then(|p| p.get_mut(part))
+                {
+                    preserve_unknown_fields(schema);
+                }
+            }
+        }
+    }
+    crds
+}
+
+/// Marks every object of a schema to keep fields it does not name: these CRDs replace
+/// OpenChoreo's, whose controllers may use fields planelink does not know (and newer
+/// OpenChoreo releases add some); the API server must not prune them on the way.
+fn preserve_unknown_fields(
+    schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    if let Some(properties) = schema.properties.as_mut() {
+        if schema.additional_properties.is_none() {
+            schema.x_kubernetes_preserve_unknown_fields = Some(true);
+        }
+        properties.values_mut().for_each(preserve_unknown_fields);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => preserve_unknown_fields(item),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => {
+            items.iter_mut().for_each(preserve_unknown_fields)
+        }
+        None => {}
+    }
 }
 
 /// The CRDs as one multi-document YAML stream.
@@ -824,6 +864,7 @@ mod tests {
             "observerURL:",
             "default: 19080",
             "subresources:",
+            "x-kubernetes-preserve-unknown-fields: true",
         ] {
             assert!(yaml.contains(needle), "{needle} missing from:\n{yaml}");
         }

@@ -162,3 +162,96 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
         }
     });
 }
+
+/// Every field of OpenChoreo's documented DataPlane, BuildPlane and ObservabilityPlane,
+/// and fields no planelink type names (a newer OpenChoreo's), at every depth of spec and
+/// status: planelink's CRDs on a real API server keep them all, so they can replace
+/// OpenChoreo's and be replaced by them again without losing data.
+#[test]
+fn openchoreo_shaped_planes_keep_every_field() {
+    let c = clusters();
+    let ns = c.namespace("crd-parity");
+    let planes = serde_json::json!([
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "DataPlane",
+         "metadata": {"name": "agent-dataplane", "namespace": ns},
+         "spec": {
+            "agent": {"enabled": true, "clientCA": {"secretRef": {"name": "cluster-agent-ca", "key": "ca.crt"}}},
+            "gateway": {"publicVirtualHost": "api.example.com", "organizationVirtualHost": "internal.example.com",
+                        "ingressClassName": "a-newer-field"},
+            "secretStoreRef": {"name": "vault-backend"},
+            "imagePullSecretRefs": ["docker-registry-credentials"],
+            "registry": {"prefix": "registry.example.com/acme", "secretRef": "registry-credentials"},
+            "observer": {"url": "https://observer.example.com",
+                         "authentication": {"basicAuth": {"username": "admin", "password": "secretpassword"}}},
+            "aNewerBlock": {"nested": {"deeper": [1, 2, 3]}}
+         }},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "DataPlane",
+         "metadata": {"name": "production-dataplane", "namespace": ns},
+         "spec": {
+            "kubernetesCluster": {"server": "https://k8s-api.example.com:6443",
+                "tls": {"ca": {"secretRef": {"name": "k8s-ca-cert", "key": "ca.crt"}}},
+                "auth": {"mtls": {"clientCert": {"secretRef": {"name": "k8s-client-cert", "key": "tls.crt"}},
+                                  "clientKey": {"secretRef": {"name": "k8s-client-cert", "key": "tls.key"}}}}},
+            "gateway": {"publicVirtualHost": "api.example.com", "organizationVirtualHost": "internal.example.com"}
+         }},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "BuildPlane",
+         "metadata": {"name": "builds", "namespace": ns},
+         "spec": {"planeID": "builds", "clusterAgent": {"clientCA": {"value": "PEM"}},
+                  "observer": {"url": "https://observer.example.com"},
+                  "secretStoreRef": {"name": "default"}}},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ObservabilityPlane",
+         "metadata": {"name": "obs", "namespace": ns},
+         "spec": {"observerURL": "https://observer.example.com", "aNewerField": "kept"}}
+    ]);
+    for plane in planes.as_array().unwrap() {
+        c.apply(&c.control, &plane.to_string());
+        let what = format!(
+            "{}/{}",
+            plane["kind"].as_str().unwrap().to_lowercase(),
+            plane["metadata"]["name"].as_str().unwrap()
+        );
+        let stored = c
+            .get(&c.control, &ns, &what)
+            .expect("the plane was created");
+        assert_contains(&stored["spec"], &plane["spec"], &format!("{what} spec"));
+        // Status written by OpenChoreo's controllers, with fields planelink does not know.
+        let status = serde_json::json!({"status": {"observedGeneration": 1,
+            "aNewerStatus": {"phase": "Ready", "counts": [1, 2]}}});
+        c.ok(
+            &c.control,
+            &[
+                "patch",
+                "-n",
+                &ns,
+                &what,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+        );
+        let stored = c.get(&c.control, &ns, &what).unwrap();
+        assert_contains(
+            &stored["status"],
+            &status["status"],
+            &format!("{what} status"),
+        );
+    }
+}
+
+/// Every field of `wanted` is in `stored` with the same value (the API server may add
+/// defaults, never drop or change what was given).
+fn assert_contains(stored: &serde_json::Value, wanted: &serde_json::Value, at: &str) {
+    match (stored, wanted) {
+        (serde_json::Value::Object(stored), serde_json::Value::Object(wanted)) => {
+            for (key, value) in wanted {
+                let here = format!("{at}.{key}");
+                let kept = stored
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{here} was dropped; stored: {stored:?}"));
+                assert_contains(kept, value, &here);
+            }
+        }
+        _ => assert_eq!(stored, wanted, "{at}"),
+    }
+}
