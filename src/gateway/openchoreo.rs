@@ -8,9 +8,11 @@
 //! that answers it back into a response. Trust, authorisation, plane status, metrics,
 //! re-verification and the proxy's checks are therefore the same for both kinds.
 //!
-//! What the protocol cannot carry is refused with the way out: it holds bodies whole, so
-//! requests over [`MAX_REQUEST_BODY`] get 413 and watches, log follows and upgrades get
-//! 501 naming the fix (run planelink's agent in that plane).
+//! An exec opened as a WebSocket upgrade (`/api/exec`, or kubectl through the proxy)
+//! runs as the protocol's exec session. What the protocol cannot carry is refused with
+//! the way out: it holds bodies whole, so requests over [`MAX_REQUEST_BODY`] get 413, and
+//! watches, log follows and other upgrades get 501 naming the fix (run planelink's agent
+//! in that plane).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 use crate::logging::escape;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::openchoreo::{
-    self, FromAgent, MAX_FRAME, MAX_REQUEST_BODY, TunnelRequest, TunnelResponse,
+    self, FromAgent, MAX_FRAME, MAX_REQUEST_BODY, StreamChunk, TunnelRequest, TunnelResponse,
 };
 use crate::tunnel::protocol::{
-    Heartbeat, REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER,
+    Heartbeat, REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
 };
 use crate::tunnel::proxy::Target;
 
@@ -63,6 +65,8 @@ const MAX_ID: usize = 64;
 struct Shared {
     outbox: mpsc::Sender<Message>,
     pending: Mutex<HashMap<String, oneshot::Sender<TunnelResponse>>>,
+    /// Exec sessions open on the agent, by session ID: where its chunks go.
+    sessions: Mutex<HashMap<String, mpsc::Sender<StreamChunk>>>,
     remote: SocketAddr,
 }
 
@@ -115,6 +119,7 @@ async fn run<S>(
     let shared = Arc::new(Shared {
         outbox,
         pending: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(HashMap::new()),
         remote,
     });
     let handlers = shared.clone();
@@ -214,12 +219,38 @@ fn take(shared: &Shared, text: &str) {
                     "OpenChoreo agent answered a request no longer waiting"),
             }
         }
-        Ok(FromAgent::Chunk(chunk)) => tracing::debug!(remote = %shared.remote,
-            request_id = %escape(&bounded(&chunk.request_id)),
-            "OpenChoreo agent sent a stream chunk for no open session; ignored"),
+        Ok(FromAgent::Chunk(chunk)) => {
+            let session = shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&chunk.request_id)
+                .cloned();
+            match session {
+                // A session that does not keep up is closed rather than buffered without
+                // bound (OpenChoreo's gateway does the same).
+                Some(session) => {
+                    if session.try_send(chunk).is_err() {
+                        session_closed(shared, &session);
+                    }
+                }
+                None => tracing::debug!(remote = %shared.remote,
+                    request_id = %escape(&bounded(&chunk.request_id)),
+                    "OpenChoreo agent sent a stream chunk for no open session; ignored"),
+            }
+        }
         Err(why) => tracing::warn!(remote = %shared.remote,
             "OpenChoreo agent sent a frame that is not its protocol ({}); ignored", escape(&why)),
     }
+}
+
+/// Forgets a session whose consumer is gone or too slow; its handler ends it.
+fn session_closed(shared: &Shared, session: &mpsc::Sender<StreamChunk>) {
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, s| !s.same_channel(session));
 }
 
 fn bounded(id: &str) -> String {
@@ -236,7 +267,7 @@ const UPGRADE_ADVICE: &str =
     "run planelink agent in that plane (README: Migrating from OpenChoreo)";
 
 /// Carries one request of the gateway to the agent and its answer back.
-async fn forward(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let target = req
         .headers()
         .get(TARGET_HEADER)
@@ -256,12 +287,21 @@ async fn forward(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         return response;
     }
     let headers = req.headers();
+    if target == Target::KUBERNETES
+        && headers
+            .get(UPGRADE_HEADER)
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && is_exec_path(req.uri().path())
+    {
+        return exec(shared, req).await;
+    }
     if headers.contains_key(UPGRADE_HEADER) || headers.contains_key(STREAMING_HEADER) {
         return refuse(
             StatusCode::NOT_IMPLEMENTED,
             &format!(
                 "the agent of this plane speaks OpenChoreo's protocol, which carries whole responses \
-                 only: no watch, log follow, exec, attach or port-forward; {UPGRADE_ADVICE}"
+                 and WebSocket exec sessions only: no watch, log follow, attach or port-forward; \
+                 {UPGRADE_ADVICE}"
             ),
         );
     }
@@ -398,4 +438,198 @@ fn into_response(answer: TunnelResponse) -> Response<Body> {
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// `/api/v1/namespaces/{ns}/pods/{pod}/exec`: what OpenChoreo's agents run as a session.
+fn is_exec_path(path: &str) -> bool {
+    matches!(
+        path.split('/').collect::<Vec<_>>().as_slice(),
+        ["", "api", "v1", "namespaces", _, "pods", _, "exec"]
+    )
+}
+
+/// How long the agent has to start an exec (OpenChoreo's gateway waits as long).
+const SESSION_START: Duration = Duration::from_secs(30);
+/// Chunks of a session waiting for the caller.
+const SESSION_BUFFER: usize = 256;
+/// Kubernetes' exec subprotocol the gateway's exec bridge speaks on the upgraded stream.
+const V5: &str = "v5.channel.k8s.io";
+
+/// An exec the gateway opens as a WebSocket upgrade to the pod (`/api/exec`, or a
+/// WebSocket exec through the proxy), run on an OpenChoreo agent as its session: a
+/// stream start, then chunks both ways. The upgraded stream speaks Kubernetes'
+/// `v5.channel.k8s.io` framing, translated to and from the session's: stdin `0` (v5's
+/// "stdin closed" is `[0]` alone), stdout `1`, stderr `2`, resize `4` ↔ `3`.
+async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, incoming) = req.into_parts();
+    // A caller of the proxy (kubectl exec) checks the accept key of its own request.
+    let accept = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()));
+    let id = parts
+        .headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(openchoreo::new_request_id);
+    let init = openchoreo::StreamInit {
+        request_id: id.clone(),
+        target: Target::KUBERNETES.into(),
+        method: "POST".into(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: Default::default(),
+        is_upgrade: true,
+        upgrade_proto: "SPDY/3.1".into(),
+    };
+    let (chunks_tx, mut chunks) = mpsc::channel(SESSION_BUFFER);
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), chunks_tx);
+    let session = Session {
+        shared: shared.clone(),
+        id: id.clone(),
+    };
+    let Ok(frame) = serde_json::to_string(&init) else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the exec start failed",
+        );
+    };
+    if shared
+        .outbox
+        .send(Message::Text(frame.into()))
+        .await
+        .is_err()
+    {
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            "the OpenChoreo agent's connection closed before the exec started",
+        );
+    }
+    // The agent's first chunk says whether the exec runs: its sentinel, or a close
+    // with the reason (which OpenChoreo's gateway only logs).
+    let first = match tokio::time::timeout(SESSION_START, chunks.recv()).await {
+        Err(_) => {
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("the OpenChoreo agent did not start the exec within {SESSION_START:?}"),
+            );
+        }
+        Ok(None) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "the OpenChoreo agent's connection closed before the exec started",
+            );
+        }
+        Ok(Some(first)) => first,
+    };
+    if first.is_close {
+        let why = first
+            .data
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .unwrap_or_default();
+        return refuse(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "the OpenChoreo agent could not start the exec: {}",
+                escape(&why)
+            ),
+        );
+    }
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (to_gateway, response_body) = body::channel();
+    tokio::spawn(async move {
+        body::pump(theirs, body::boxed(incoming), to_gateway).await;
+    });
+    let outbox = shared.outbox.clone();
+    tokio::spawn(async move {
+        let _session = session;
+        let ws = WebSocketStream::from_raw_socket(
+            ours,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (mut to_bridge, mut from_bridge) = ws.split();
+        let chunk = |data: Option<Vec<u8>>, is_close: bool| {
+            let chunk = StreamChunk {
+                request_id: id.clone(),
+                data,
+                stream_id: 0,
+                is_close,
+            };
+            serde_json::to_string(&chunk).map(|f| Message::Text(f.into()))
+        };
+        let upstream = async {
+            while let Some(Ok(message)) = from_bridge.next().await {
+                let data = match message {
+                    Message::Binary(data) => data,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let translated = match data.as_ref() {
+                    [255, 0] => vec![0],
+                    [0, ..] => data.to_vec(),
+                    [4, size @ ..] => [&[3u8][..], size].concat(),
+                    _ => continue,
+                };
+                let Ok(frame) = chunk(Some(translated), false) else {
+                    continue;
+                };
+                if outbox.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            if let Ok(frame) = chunk(None, true) {
+                let _ = outbox.send(frame).await;
+            }
+        };
+        let downstream = async {
+            while let Some(chunk) = chunks.recv().await {
+                if chunk.is_close {
+                    break;
+                }
+                let Some(data) = chunk.data.filter(|d| d.len() > 1 && matches!(d[0], 1 | 2)) else {
+                    continue;
+                };
+                if to_bridge.send(Message::Binary(data.into())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to_bridge.send(Message::Close(None)).await;
+        };
+        tokio::select! {
+            _ = upstream => {}
+            _ = downstream => {}
+        }
+    });
+    let mut response = Response::new(response_body);
+    let headers = response.headers_mut();
+    headers.insert(UPGRADED_HEADER, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(V5));
+    if let Some(accept) = accept.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// Forgets an exec session when its task ends.
+struct Session {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }

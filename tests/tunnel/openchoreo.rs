@@ -115,6 +115,57 @@ fn answer(request: openchoreo::TunnelRequest) -> TunnelResponse {
     }
 }
 
+fn chunk(id: &str, data: Option<Vec<u8>>, stream_id: i64, is_close: bool) -> String {
+    serde_json::to_string(&openchoreo::StreamChunk {
+        request_id: id.to_string(),
+        data,
+        stream_id,
+        is_close,
+    })
+    .unwrap()
+}
+
+/// An exec session's start, as OpenChoreo's agent answers it: the sentinel `[1]`, then
+/// the exec's path and query on stdout; the pod `missing` ends it with the reason.
+fn exec_start(init: openchoreo::StreamInit) -> Vec<String> {
+    assert!(init.is_upgrade);
+    if init.path.ends_with("/pods/missing/exec") {
+        let why = b"failed to create executor: pods \"missing\" not found".to_vec();
+        return vec![chunk(&init.request_id, Some(why), 0, true)];
+    }
+    let started = format!("exec {}?{}\n", init.path, init.query);
+    vec![
+        chunk(&init.request_id, Some(vec![1]), 1, false),
+        chunk(
+            &init.request_id,
+            Some([&[1u8][..], started.as_bytes()].concat()),
+            1,
+            false,
+        ),
+    ]
+}
+
+/// The session's input: stdin echoed on stdout, a resize reported on stderr, stdin
+/// closed ends the session.
+fn exec_input(input: openchoreo::StreamChunk) -> Vec<String> {
+    let id = &input.request_id;
+    match input.data.as_deref() {
+        _ if input.is_close => Vec::new(),
+        Some([0]) => vec![chunk(id, None, 0, true)],
+        Some([0, data @ ..]) => vec![chunk(id, Some([&[1u8][..], data].concat()), 1, false)],
+        Some([3, size @ ..]) => {
+            let text = format!("resize {}\n", String::from_utf8_lossy(size));
+            vec![chunk(
+                id,
+                Some([&[2u8][..], text.as_bytes()].concat()),
+                2,
+                false,
+            )]
+        }
+        other => panic!("an exec chunk OpenChoreo's framing does not have: {other:?}"),
+    }
+}
+
 /// Connects an OpenChoreo-protocol agent for `plane_id` and serves until dropped;
 /// `answering` false: it never reads again after the upgrade (so never answers pings).
 async fn oc_agent(topo: &Topology, identity: &str, plane_id: &str, answering: bool) -> OcAgent {
@@ -146,8 +197,17 @@ async fn oc_agent(topo: &Topology, identity: &str, plane_id: &str, answering: bo
                     let _ = out.send(Message::Pong(payload)).await;
                 }
                 Message::Text(text) => {
-                    if let Ok(FromGateway::Request(request)) = FromGateway::parse(text.as_str()) {
-                        let reply = serde_json::to_string(&answer(request)).unwrap();
+                    let replies = match FromGateway::parse(text.as_str()) {
+                        Ok(FromGateway::Request(request)) => {
+                            vec![serde_json::to_string(&answer(request)).unwrap()]
+                        }
+                        Ok(FromGateway::Init(init)) => exec_start(init),
+                        Ok(FromGateway::Chunk(chunk)) => exec_input(chunk),
+                        Err(e) => {
+                            panic!("the gateway sent a frame OpenChoreo's agent cannot read: {e}")
+                        }
+                    };
+                    for reply in replies {
                         let _ = out.send(Message::Text(reply.into())).await;
                     }
                 }
@@ -290,9 +350,9 @@ async fn openchoreo_agents_serve_next_to_planelink_agents() {
     assert_eq!(code, 501, "{body}");
     assert_eq!(
         status_message(&body),
-        "the agent of this plane speaks OpenChoreo's protocol, which carries whole responses only: \
-         no watch, log follow, exec, attach or port-forward; run planelink agent in that plane \
-         (README: Migrating from OpenChoreo)"
+        "the agent of this plane speaks OpenChoreo's protocol, which carries whole responses and \
+         WebSocket exec sessions only: no watch, log follow, attach or port-forward; run planelink \
+         agent in that plane (README: Migrating from OpenChoreo)"
     );
     // The agent's own error report reaches the caller (OpenChoreo's gateway drops it).
     let (code, body) = call(&topo, &[], &topo.proxy_url("svc", "/anything")).await;
@@ -773,5 +833,50 @@ async fn openchoreo_exec_and_wire_log_endpoints() {
     assert_eq!(
         status_message(&body),
         "environment and namespace are required query parameters"
+    );
+}
+
+/// OpenChoreo's `/api/exec` with an OpenChoreo agent: the gateway runs the exec as that
+/// protocol's session (stream start, sentinel, chunks both ways, stdin closed, close);
+/// an exec the agent cannot start is an HTTP error with the agent's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openchoreo_agents_run_exec_sessions() {
+    let topo = Topology::start(false).await;
+    let _agent = oc_agent(&topo, "a1", "p1", true).await;
+    topo.wait_for_agents("p1", 1).await;
+    let mut ws = internal_ws(
+        &topo,
+        "/api/exec/dataplane/p1/org/dp1?podNamespace=dp-a&podName=web-1&command=ls&stdin=true",
+    )
+    .await;
+    assert_eq!(next_binary(&mut ws).await, framed(1, b""));
+    assert_eq!(
+        next_binary(&mut ws).await,
+        framed(
+            1,
+            b"exec /api/v1/namespaces/dp-a/pods/web-1/exec?stdout=true&stderr=true&stdin=true&command=ls\n"
+        )
+    );
+    ws.send(framed(0, b"pwd\n")).await.unwrap();
+    assert_eq!(next_binary(&mut ws).await, framed(1, b"pwd\n"));
+    ws.send(framed(3, br#"{"width":80,"height":24}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_binary(&mut ws).await,
+        framed(2, b"resize {\"width\":80,\"height\":24}\n")
+    );
+    ws.send(framed(0, b"")).await.unwrap();
+    match next_binary(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a Close, got {other:?}"),
+    }
+
+    let url = topo.api_url("/api/exec/dataplane/p1/org/dp1?podNamespace=dp-a&podName=missing");
+    let (code, body) = refused_upgrade(&topo, &url, None).await;
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(
+        status_message(&body),
+        "the OpenChoreo agent could not start the exec: failed to create executor: pods \"missing\" not found"
     );
 }
