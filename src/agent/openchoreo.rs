@@ -5,9 +5,13 @@
 //! through an HTTP/2 client, and writes the whole response back as one frame.
 //!
 //! That protocol carries whole bodies: a response over
-//! [`openchoreo::MAX_RESPONSE_BODY`] is answered 502 instead. Exec sessions (its stream
-//! frames) are answered with a close frame that says why; watches and log streams never
-//! come, OpenChoreo's gateway refuses them itself.
+//! [`openchoreo::MAX_RESPONSE_BODY`] is answered 502 instead. An exec session (its stream
+//! frames) runs as a WebSocket exec (`v5.channel.k8s.io`) on the plane's API server
+//! through the agent's `k8s` target; wire-log sessions end at once, saying there is no
+//! source. Watches and log streams never come: OpenChoreo's gateway refuses them itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -22,12 +26,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::logging::escape;
 use crate::tunnel::body::{self, Body};
+use crate::tunnel::kube_exec;
 use crate::tunnel::openchoreo::{
     self, FromGateway, MAX_RESPONSE_BODY, ResponseError, StreamChunk, TunnelRequest, TunnelResponse,
 };
-use crate::tunnel::protocol::{Heartbeat, REQUEST_ID_HEADER, TARGET_HEADER};
+use crate::tunnel::protocol::{Heartbeat, REQUEST_ID_HEADER, TARGET_HEADER, UPGRADED_HEADER};
 use crate::tunnel::proxy::Target;
 use crate::tunnel::ws::PeerClose;
+
+/// Exec sessions running, by session ID: where the gateway's chunks for each go.
+type Sessions = Arc<Mutex<HashMap<String, mpsc::Sender<StreamChunk>>>>;
+/// Chunks of a session waiting for its exec.
+const SESSION_BUFFER: usize = 256;
 
 /// Frames waiting for the WebSocket writer.
 const OUTBOX: usize = 64;
@@ -66,6 +76,7 @@ async fn run<S>(
     };
     let (mut sink, mut frames) = ws.split();
     let (outbox, mut queued) = mpsc::channel::<Message>(OUTBOX);
+    let sessions: Sessions = Default::default();
     let writer = async {
         while let Some(message) = queued.recv().await {
             if sink.send(message).await.is_err() {
@@ -106,26 +117,56 @@ async fn run<S>(
                 Ok(FromGateway::Request(request)) => {
                     tokio::spawn(answer(sender.clone(), request, outbox.clone()));
                 }
+                Ok(FromGateway::Init(init)) if init.target == "hubble" => {
+                    // Wire logs come from Hubble Relay, which this agent does not read.
+                    let why =
+                        "planelink agent has no wire-log source (it does not read Hubble Relay)";
+                    send_chunk(
+                        &outbox,
+                        StreamChunk {
+                            data: Some(why.as_bytes().to_vec()),
+                            ..StreamChunk::close(&init.request_id)
+                        },
+                    )
+                    .await;
+                }
                 Ok(FromGateway::Init(init)) => {
-                    // A session this agent does not run: its end, with why, at once.
-                    let why = format!(
-                        "planelink agent does not run {} sessions over OpenChoreo's protocol; \
-                         replace the gateway with planelink's, which carries them as streams",
-                        if init.target == "hubble" {
-                            "wire-log"
-                        } else {
-                            "exec"
-                        }
-                    );
-                    let close = StreamChunk {
-                        data: Some(why.into_bytes()),
-                        ..StreamChunk::close(&init.request_id)
-                    };
-                    if let Ok(frame) = serde_json::to_string(&close) {
-                        let _ = outbox.send(Message::Text(frame.into())).await;
+                    let (input, inputs) = mpsc::channel(SESSION_BUFFER);
+                    let fresh = sessions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(init.request_id.clone(), input)
+                        .is_none();
+                    if fresh {
+                        tokio::spawn(exec_session(
+                            sender.clone(),
+                            init,
+                            outbox.clone(),
+                            inputs,
+                            sessions.clone(),
+                        ));
+                    } else {
+                        tracing::warn!(
+                            "the gateway started a session whose ID is already open; ignored"
+                        );
                     }
                 }
-                Ok(FromGateway::Chunk(_)) => {}
+                Ok(FromGateway::Chunk(chunk)) => {
+                    let session = sessions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&chunk.request_id)
+                        .cloned();
+                    if let Some(session) = session {
+                        // A session that does not keep up is ended, not buffered without bound.
+                        if session.try_send(chunk).is_err() {
+                            sessions
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .retain(|_, s| !s.same_channel(&session));
+                        }
+                    }
+                }
                 Err(why) => tracing::warn!(
                     "the gateway sent a frame that is not OpenChoreo's protocol ({}); ignored",
                     escape(&why)
@@ -260,4 +301,124 @@ async fn send(
         body: (!body.is_empty()).then(|| body.to_vec()),
         error: None,
     })
+}
+
+async fn send_chunk(outbox: &mpsc::Sender<Message>, chunk: StreamChunk) -> bool {
+    match serde_json::to_string(&chunk) {
+        Ok(frame) => outbox.send(Message::Text(frame.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Runs one exec session: the pod's exec opened as a WebSocket through the agent's own
+/// service, OpenChoreo's framing translated both ways (stdin `0`, `[0]` alone closes it;
+/// resize `3` ↔ Kubernetes' `4`; stdout and stderr as they are), the sentinel `[1]` once
+/// it runs, and a close chunk at the end, with the reason when it could not start.
+async fn exec_session(
+    mut sender: SendRequest<Body>,
+    init: openchoreo::StreamInit,
+    outbox: mpsc::Sender<Message>,
+    mut inputs: mpsc::Receiver<StreamChunk>,
+    sessions: Sessions,
+) {
+    let id = init.request_id.clone();
+    let ended = match open_exec(&mut sender, &init).await {
+        Err(why) => Some(why),
+        Ok((kube, v5)) => {
+            run_exec(&id, kube, v5, &outbox, &mut inputs).await;
+            None
+        }
+    };
+    sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    send_chunk(
+        &outbox,
+        StreamChunk {
+            data: ended.map(String::into_bytes),
+            ..StreamChunk::close(&id)
+        },
+    )
+    .await;
+}
+
+type KubeWs = WebSocketStream<DuplexStream>;
+
+/// The pod's exec as a WebSocket, and whether it speaks v5; or why not, as OpenChoreo's
+/// agent words it.
+async fn open_exec(
+    sender: &mut SendRequest<Body>,
+    init: &openchoreo::StreamInit,
+) -> Result<(KubeWs, bool), String> {
+    let exec_path = matches!(
+        init.path.split('/').collect::<Vec<_>>().as_slice(),
+        ["", "api", "v1", "namespaces", _, "pods", _, "exec"]
+    );
+    if !exec_path {
+        return Err(format!("invalid exec path: {}", escape(&init.path)));
+    }
+    let (request, to_kube) = kube_exec::request(&init.path, &init.query, &init.request_id)
+        .map_err(|e| format!("invalid exec query: {e}"))?;
+    let failed = |e: &dyn std::fmt::Display| format!("failed to create executor: {e}");
+    sender.ready().await.map_err(|e| failed(&e))?;
+    let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
+    if !response.headers().contains_key(UPGRADED_HEADER) {
+        let status = response.status();
+        let text = http_body_util::Limited::new(response.into_body(), 4096)
+            .collect()
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(failed(&format!("{status}: {}", text.trim())));
+    }
+    let v5 = kube_exec::speaks_v5(response.headers());
+    let ws = kube_exec::websocket(body::boxed(response.into_body()), to_kube).await;
+    Ok((ws, v5))
+}
+
+async fn run_exec(
+    id: &str,
+    kube: KubeWs,
+    v5: bool,
+    outbox: &mpsc::Sender<Message>,
+    inputs: &mut mpsc::Receiver<StreamChunk>,
+) {
+    let (mut to_kube, mut from_kube) = kube.split();
+    let output = |data: Vec<u8>| StreamChunk {
+        request_id: id.to_string(),
+        stream_id: i64::from(data[0]),
+        data: Some(data),
+        is_close: false,
+    };
+    // The exec runs: OpenChoreo's gateway waits for this before it bridges.
+    if !send_chunk(outbox, output(vec![1])).await {
+        return;
+    }
+    let upstream = async {
+        while let Some(input) = inputs.recv().await {
+            if input.is_close {
+                break;
+            }
+            let data = input.data.unwrap_or_default();
+            let Some(translated) = kube_exec::from_openchoreo_input(&data, v5) else {
+                continue;
+            };
+            if to_kube.send(Message::Binary(translated)).await.is_err() {
+                return;
+            }
+        }
+        let _ = to_kube.send(Message::Close(None)).await;
+    };
+    let downstream = async {
+        while let Some(data) = kube_exec::next_output(&mut from_kube).await {
+            if !send_chunk(outbox, output(data.to_vec())).await {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
 }

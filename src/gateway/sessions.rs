@@ -14,10 +14,9 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -31,20 +30,10 @@ use super::Core;
 use super::internal::{Route, admit};
 use crate::planes::{CrRef, PlaneKey, PlaneType};
 use crate::tunnel::body::{self, Body};
-use crate::tunnel::protocol::{
-    REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
-};
+use crate::tunnel::kube_exec;
+use crate::tunnel::protocol::UPGRADED_HEADER;
 use crate::tunnel::proxy::{self, ProxyError, Target};
 
-/// Kubernetes' exec subprotocols, newest first: v5 can say "stdin closed".
-const V5: &str = "v5.channel.k8s.io";
-const V4: &str = "v4.channel.k8s.io";
-/// v5's close message: channel 255, then the channel closed.
-const V5_CLOSE: u8 = 255;
-/// The bytes of the two framings that differ.
-const CALLER_RESIZE: u8 = 3;
-const KUBE_RESIZE: u8 = 4;
-const STDIN: u8 = 0;
 /// What a caller's frames may hold: stdin pasted in, a resize.
 const MAX_CALLER_MESSAGE: usize = 1024 * 1024;
 
@@ -142,40 +131,8 @@ pub async fn handle(
     let switching = create_response_with_body(&req, body::empty)
         .map_err(|e| ProxyError::BadRequest(format!("/api/exec takes a WebSocket upgrade: {e}")))?;
     let agent = admit(core, &req, &exec.route)?;
-    let (upstream_tx, upstream_body) = body::channel();
-    let mut forwarded = Request::new(upstream_body);
-    *forwarded.method_mut() = Method::GET;
-    *forwarded.uri_mut() = format!(
-        "http://{}{}?{}",
-        Target::KUBERNETES,
-        exec.route.path,
-        exec.query
-    )
-    .parse()
-    .map_err(|e| ProxyError::BadRequest(format!("bad exec path: {e}")))?;
-    let headers = forwarded.headers_mut();
-    let key: [u8; 16] = rand::random();
-    for (name, value) in [
-        (header::CONNECTION.as_str(), "Upgrade".to_string()),
-        (header::UPGRADE.as_str(), "websocket".into()),
-        (header::SEC_WEBSOCKET_VERSION.as_str(), "13".into()),
-        (
-            header::SEC_WEBSOCKET_KEY.as_str(),
-            base64::engine::general_purpose::STANDARD.encode(key),
-        ),
-        (
-            header::SEC_WEBSOCKET_PROTOCOL.as_str(),
-            format!("{V5}, {V4}"),
-        ),
-        (TARGET_HEADER, Target::KUBERNETES.into()),
-        (REQUEST_ID_HEADER, id.into()),
-        (STREAMING_HEADER, "true".into()),
-        (UPGRADE_HEADER, "websocket".into()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
+    let (forwarded, upstream_tx) =
+        kube_exec::request(&exec.route.path, &exec.query, id).map_err(ProxyError::BadRequest)?;
     let guard = agent.stream_guard();
     let what = format!("the agent of plane {}", exec.route.key);
     let response = proxy::response_head(
@@ -195,16 +152,8 @@ pub async fn handle(
         proxy::set_request_id(&mut parts.headers, id);
         return Ok(Response::from_parts(parts, body::boxed(incoming)));
     }
-    let v5 = response
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .is_some_and(|p| p.as_bytes() == V5.as_bytes());
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let incoming = body::boxed(response.into_body());
-    core.tracker.spawn(async move {
-        body::pump(theirs, incoming, upstream_tx).await;
-    });
-    let kube = WebSocketStream::from_raw_socket(ours, Role::Client, None).await;
+    let v5 = kube_exec::speaks_v5(response.headers());
+    let kube = kube_exec::websocket(body::boxed(response.into_body()), upstream_tx).await;
     let on_upgrade = hyper::upgrade::on(req);
     let id = id.to_string();
     core.tracker.spawn(async move {
@@ -299,18 +248,8 @@ where
                 Message::Close(_) => break,
                 _ => continue,
             };
-            let forwarded = match data.as_ref() {
-                [STDIN] if v5 => Bytes::from_static(&[V5_CLOSE, STDIN]),
-                // v4 cannot say "stdin closed": the exec sees it when the caller leaves.
-                [STDIN] => continue,
-                [STDIN, ..] => data,
-                [CALLER_RESIZE, size @ ..] => {
-                    let mut resize = Vec::with_capacity(size.len() + 1);
-                    resize.push(KUBE_RESIZE);
-                    resize.extend_from_slice(size);
-                    Bytes::from(resize)
-                }
-                _ => continue,
+            let Some(forwarded) = kube_exec::from_openchoreo_input(&data, v5) else {
+                continue;
             };
             if to_kube.send(Message::Binary(forwarded)).await.is_err() {
                 return "the API server's side closed";
@@ -320,14 +259,7 @@ where
         "the caller left"
     };
     let downstream = async {
-        while let Some(Ok(message)) = from_kube.next().await {
-            // stdout and stderr with their payload; channels' opening bytes, the exit
-            // status (channel 3) and anything else are not the caller's.
-            let data = match message {
-                Message::Binary(data) if data.len() > 1 && matches!(data[0], 1 | 2) => data,
-                Message::Close(_) => break,
-                _ => continue,
-            };
+        while let Some(data) = kube_exec::next_output(&mut from_kube).await {
             if to_caller.send(Message::Binary(data)).await.is_err() {
                 return "the caller left";
             }

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub mod kube_exec;
 pub mod openchoreo;
 pub mod protocol;
 pub mod proxy;

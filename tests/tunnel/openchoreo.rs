@@ -556,8 +556,8 @@ async fn ask(ws: &mut OcSocket, request: serde_json::Value) -> TunnelResponse {
 
 /// planelink's agent joins OpenChoreo's gateway, with `--protocol openchoreo` and by
 /// finding out (`auto`, the default): it serves GET and POST with bodies through its
-/// `k8s` target with its own credentials, answers pings, ends exec sessions with the
-/// reason, and takes no planelink control header from a caller.
+/// `k8s` target with its own credentials, runs exec sessions on the plane's API server,
+/// answers pings, and takes no planelink control header from a caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planelink_agents_join_an_openchoreo_gateway() {
     let topo = Topology::start(false).await;
@@ -659,27 +659,69 @@ async fn planelink_agents_join_an_openchoreo_gateway() {
         .await;
         assert_eq!(got.status_code, 404);
 
-        // An exec session this agent cannot run ends at once, saying why.
-        ws.send(Message::Text(
-            serde_json::json!({"requestID": "gw-1", "target": "k8s", "method": "POST",
-                "path": "/api/v1/namespaces/a/pods/b/exec", "query": "stdout=true",
-                "isUpgrade": true, "upgradeProto": "SPDY/3.1"})
-            .to_string()
-            .into(),
+        // An exec session runs on the plane's API server, in OpenChoreo's framing.
+        let send = |frame: serde_json::Value| Message::Text(frame.to_string().into());
+        let exec_init = |id: &str, pod: &str, target: &str| {
+            send(
+                serde_json::json!({"requestID": id, "target": target, "method": "POST",
+                "path": format!("/api/v1/namespaces/a/pods/{pod}/exec"),
+                "query": "stdout=true&stderr=true&stdin=true&command=ls",
+                "isUpgrade": true, "upgradeProto": "SPDY/3.1"}),
+            )
+        };
+        let input = |id: &str, data: &[u8]| {
+            send(serde_json::json!({"requestID": id, "data": openchoreo::encode(data)}))
+        };
+        let next_chunk = async |ws: &mut OcSocket| match next_frame(ws).await {
+            openchoreo::FromAgent::Chunk(chunk) => chunk,
+            other => panic!("expected a stream chunk, got {other:?}"),
+        };
+        ws.send(exec_init("gw-1", "web-1", "k8s")).await.unwrap();
+        let out = |data: &[u8]| Some(data.to_vec());
+        assert_eq!(next_chunk(&mut ws).await.data, out(&[1]));
+        assert_eq!(
+            next_chunk(&mut ws).await.data,
+            out(b"\x01exec stdout=true&stderr=true&stdin=true&command=ls\n")
+        );
+        ws.send(input("gw-1", b"\x00hi\n")).await.unwrap();
+        let echoed = next_chunk(&mut ws).await;
+        assert_eq!((echoed.data, echoed.stream_id), (out(b"\x01hi\n"), 1));
+        ws.send(input("gw-1", b"\x03{\"width\":80,\"height\":24}"))
+            .await
+            .unwrap();
+        let resized = next_chunk(&mut ws).await;
+        assert_eq!(
+            (resized.data, resized.stream_id),
+            (out(b"\x02resize {\"width\":80,\"height\":24}\n"), 2)
+        );
+        ws.send(input("gw-1", b"\x00")).await.unwrap();
+        assert_eq!(
+            next_chunk(&mut ws).await,
+            openchoreo::StreamChunk::close("gw-1")
+        );
+        // One that cannot start ends at once with the API server's reason; wire logs
+        // have no source here.
+        ws.send(exec_init("gw-2", "missing", "k8s")).await.unwrap();
+        let refused = next_chunk(&mut ws).await;
+        assert!(refused.is_close);
+        assert_eq!(
+            String::from_utf8(refused.data.unwrap()).unwrap(),
+            "failed to create executor: 404 Not Found: \
+             {\"kind\":\"Status\",\"status\":\"Failure\",\"message\":\"pods \\\"missing\\\" not found\",\"code\":404}"
+        );
+        ws.send(send(
+            serde_json::json!({"requestID": "gw-3", "target": "hubble", "method": "GET",
+            "path": "/wirelogs", "query": "environment=dev&namespace=acme",
+            "isUpgrade": true, "upgradeProto": "hubble/v1"}),
         ))
         .await
         .unwrap();
-        match next_frame(&mut ws).await {
-            openchoreo::FromAgent::Chunk(chunk) => {
-                assert!(chunk.is_close);
-                assert_eq!(
-                    String::from_utf8(chunk.data.unwrap()).unwrap(),
-                    "planelink agent does not run exec sessions over OpenChoreo's protocol; \
-                     replace the gateway with planelink's, which carries them as streams"
-                );
-            }
-            other => panic!("expected a close chunk, got {other:?}"),
-        }
+        let wire_logs = next_chunk(&mut ws).await;
+        assert!(wire_logs.is_close);
+        assert_eq!(
+            String::from_utf8(wire_logs.data.unwrap()).unwrap(),
+            "planelink agent has no wire-log source (it does not read Hubble Relay)"
+        );
 
         // Pings are answered.
         ws.send(Message::Ping(bytes::Bytes::from_static(b"alive?")))
