@@ -69,6 +69,25 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A bearer token as the API server takes it. An inline value may be base64 of the
+/// token (the docs say to encode it) or the token itself (what OpenChoreo's script
+/// copies from a kubeconfig): a service-account token is a JWT, whose dots base64 never
+/// has, so a value without dots that decodes to printable text was encoded. A Secret's
+/// value is the token itself.
+fn bearer_token(value: &[u8], inline: bool) -> String {
+    let text = String::from_utf8_lossy(value).trim().to_string();
+    if !inline || text.contains('.') {
+        return text;
+    }
+    let compact: String = text.split_whitespace().collect();
+    match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+        Ok(decoded) if !decoded.is_empty() && decoded.iter().all(|b| b.is_ascii_graphic()) => {
+            String::from_utf8_lossy(&decoded).into_owned()
+        }
+        _ => text,
+    }
+}
+
 fn config(
     url: &str,
     ca_pem: Option<&[u8]>,
@@ -171,15 +190,34 @@ impl PlaneClients {
                 let key = self
                     .resolve(namespace, &mtls.client_key, "auth.mtls.clientKey")
                     .await?;
+                // Given as PEM, base64 of PEM (what the docs and OpenChoreo's
+                // add-default-dataplane.sh write) or DER: the client takes PEM.
+                let pem_cert = crate::trust::parse_certificates(&cert)
+                    .map(|chain| crate::trust::pem::certificates_to_pem(&chain))
+                    .map_err(|e| {
+                        Problem::new(
+                            Reason::KubernetesClusterInvalid,
+                            format!("auth.mtls.clientCert: {e}; give the client certificate's PEM (or base64 of it)"),
+                        )
+                    })?;
+                let pem_key = crate::trust::parse_private_key(&key)
+                    .map(|k| k.to_pem())
+                    .map_err(|e| {
+                        Problem::new(
+                            Reason::KubernetesClusterInvalid,
+                            format!("auth.mtls.clientKey: {e}; give the client key's PEM (or base64 of it)"),
+                        )
+                    })?;
                 let json = serde_json::json!({
-                    "client-certificate-data": b64(&cert),
-                    "client-key-data": b64(&key),
+                    "client-certificate-data": b64(pem_cert.as_bytes()),
+                    "client-key-data": b64(pem_key.as_bytes()),
                 });
                 (json, [cert, key].concat())
             }
             (None, Some(token)) => {
+                let inline = token.inline_value().is_some();
                 let token = self.resolve(namespace, token, "auth.bearerToken").await?;
-                let text = String::from_utf8_lossy(&token).trim().to_string();
+                let text = bearer_token(&token, inline);
                 (serde_json::json!({ "token": text }), token)
             }
             (None, None) => {
@@ -256,5 +294,53 @@ impl PlaneClients {
         })?;
         self.store(&cache_key, key.plane_id.clone(), client.clone());
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_taken_as_given_or_decoded_once() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        assert_eq!(bearer_token(jwt.as_bytes(), true), jwt);
+        assert_eq!(bearer_token(b64(jwt.as_bytes()).as_bytes(), true), jwt);
+        assert_eq!(
+            bearer_token(b64(b"abc123token").as_bytes(), true),
+            "abc123token"
+        );
+        // From a Secret, the value is the token, whatever it looks like.
+        assert_eq!(bearer_token(b"YWJj", false), "YWJj");
+        // Not base64 at all: the value as given.
+        assert_eq!(bearer_token(b"plain-token!", true), "plain-token!");
+    }
+
+    #[test]
+    fn client_credentials_are_pem_whatever_their_encoding() {
+        use crate::trust::issue::{self, CaOptions, LeafOptions};
+        let ca = issue::new_ca(&CaOptions::gateway()).unwrap();
+        let leaf = issue::issue_leaf(&ca, &LeafOptions::client("direct")).unwrap();
+        for given in [
+            leaf.cert_pem.clone().into_bytes(),
+            b64(leaf.cert_pem.as_bytes()).into_bytes(),
+        ] {
+            let chain = crate::trust::parse_certificates(&given).unwrap();
+            let pem = crate::trust::pem::certificates_to_pem(&chain);
+            assert_eq!(
+                crate::trust::parse_certificates(pem.as_bytes()).unwrap(),
+                chain
+            );
+            assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        }
+        let key =
+            crate::trust::parse_private_key(b64(leaf.key_pem().as_bytes()).as_bytes()).unwrap();
+        let pem = key.to_pem();
+        assert_eq!(
+            crate::trust::parse_private_key(pem.as_bytes())
+                .unwrap()
+                .der(),
+            key.der()
+        );
     }
 }

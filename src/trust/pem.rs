@@ -26,6 +26,16 @@ impl PrivateKey {
     }
 
     /// Which encoding the key came in, for diagnostics.
+    /// The key as PEM text, in its own format's block.
+    pub fn to_pem(&self) -> String {
+        let label = match self.0 {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        encode(label, self.0.secret_der())
+    }
+
     pub fn format(&self) -> &'static str {
         match self.0 {
             PrivateKeyDer::Pkcs1(_) => "PKCS#1 RSA",
@@ -74,6 +84,26 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TrustError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// One PEM block: base64 in lines of 64 between its BEGIN and END lines.
+pub fn encode(label: &str, der: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Certificates as PEM text, in order.
+pub fn certificates_to_pem(certificates: &[CertificateDer<'_>]) -> String {
+    certificates
+        .iter()
+        .map(|c| encode("CERTIFICATE", c))
+        .collect()
 }
 
 /// Parses certificates; errors when the input holds none.

@@ -723,7 +723,8 @@ fn proxy_callers(dir: &Path, ports: &Ports, plane_id: &str, ns: &str) -> common:
 }
 
 /// Direct access mode: the controller builds a client from `kubernetesCluster` (server,
-/// CA and bearer token from Secrets), reports `Connected` when `/version` answers, probes
+/// CA and bearer token from Secrets, or inline and base64-encoded as OpenChoreo's script
+/// writes them), reports `Connected` when `/version` answers, probes
 /// the Gateway API group, and rebuilds the client when the token Secret changes.
 #[test]
 fn direct_mode_reports_connected() {
@@ -773,11 +774,32 @@ fn direct_mode_reports_connected() {
              publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n"
         ),
     );
+    // As OpenChoreo's add-default-dataplane.sh writes it: the kubeconfig's values
+    // inline, the CA as base64 of PEM, the token base64-encoded as the docs say.
+    let token_b64 = base64::engine::general_purpose::STANDARD.encode(&token);
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: direct-inline, namespace: {ns}}}\nspec:\n  \
+             kubernetesCluster:\n    server: {server}\n    tls:\n      ca: {{value: {ca_b64}}}\n    \
+             auth:\n      bearerToken: {{value: {token_b64}}}\n  gateway:\n    \
+             publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n"
+        ),
+    );
     let (_controller, _) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
     let message = await_condition(
         c,
         &ns,
         "dataplane/direct",
+        "Connected",
+        "True",
+        "APIServerReachable",
+    );
+    assert!(message.contains(&server), "{message}");
+    let message = await_condition(
+        c,
+        &ns,
+        "dataplane/direct-inline",
         "Connected",
         "True",
         "APIServerReachable",
