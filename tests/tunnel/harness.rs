@@ -126,6 +126,14 @@ fn pattern_body(len: usize, pause: Duration) -> Body {
     body
 }
 
+/// How the kubelet ends an exec: a Close with 1000 (kubectl reads a Close without a
+/// code as an error).
+const NORMAL_CLOSE: tokio_tungstenite::tungstenite::protocol::CloseFrame =
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: tokio_tungstenite::tungstenite::Utf8Bytes::from_static(""),
+    };
+
 type ServerWs = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The 101 to a WebSocket upgrade with `key` (choosing `protocol`, if any); `serve` gets
@@ -168,8 +176,9 @@ where
 
 /// A pod's exec as the kubelet's streaming server answers it over WebSocket
 /// (`v5.channel.k8s.io`; no kubelet runs here): first the exec's query on stdout, then
-/// stdin echoed on stdout, each resize reported on stderr, and once stdin is closed the
-/// exit status on channel 3 and a Close. The pod `missing` does not exist (404).
+/// (with stdin) stdin echoed on stdout and each resize reported on stderr; once stdin is
+/// closed, or at once without stdin, the exit status on channel 3 and a Close. The pod
+/// `missing` does not exist (404).
 fn exec_upstream(mut req: Request<Incoming>, pod: &str) -> Response<Body> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -208,6 +217,14 @@ fn exec_upstream(mut req: Request<Incoming>, pod: &str) -> Response<Body> {
         let _ = ws
             .send(frame(1, format!("exec {query}\n").as_bytes()))
             .await;
+        // Without stdin the command has nothing to wait for: it ends here.
+        if !query.split('&').any(|p| p == "stdin=true") {
+            let _ = ws
+                .send(frame(3, br#"{"metadata":{},"status":"Success"}"#))
+                .await;
+            let _ = ws.close(Some(NORMAL_CLOSE)).await;
+            return;
+        }
         while let Some(Ok(message)) = ws.next().await {
             let Message::Binary(data) = message else {
                 continue;
@@ -222,7 +239,7 @@ fn exec_upstream(mut req: Request<Incoming>, pod: &str) -> Response<Body> {
                     let _ = ws
                         .send(frame(3, br#"{"metadata":{},"status":"Success"}"#))
                         .await;
-                    let _ = ws.close(None).await;
+                    let _ = ws.close(Some(NORMAL_CLOSE)).await;
                     return;
                 }
                 _ => continue,
@@ -241,6 +258,42 @@ async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Re
     if let ["", "api", "v1", "namespaces", _, "pods", pod, "exec"] = segments.as_slice() {
         let pod = pod.to_string();
         return exec_upstream(req, &pod);
+    }
+    // Discovery, as much as kubectl exec asks for: the core group with pods.
+    let discovery = match path.as_str() {
+        "/api" => Some(
+            serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        "/apis" => {
+            Some(serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+        }
+        "/api/v1" => Some(
+            serde_json::json!({"kind": "APIResourceList", "groupVersion": "v1",
+            "resources": [
+                {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+                 "verbs": ["get", "list"], "shortNames": ["po"]},
+                {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions",
+                 "verbs": ["create", "get"]}]}),
+        ),
+        _ => None,
+    };
+    if let Some(document) = discovery {
+        let mut r = respond(StatusCode::OK, document.to_string());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return r;
+    }
+    // The pod kubectl exec looks up first: running, one container `main`.
+    if let ["", "api", "v1", "namespaces", namespace, "pods", pod] = segments.as_slice() {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+            "status": {"phase": "Running"}});
+        let mut r = respond(StatusCode::OK, pod.to_string());
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return r;
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);

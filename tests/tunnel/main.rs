@@ -146,7 +146,8 @@ async fn websocket_upgrade_is_carried_both_ways() {
     ws.close(None).await.unwrap();
 }
 
-/// kubectl reaches the plane's API through the gateway; the agent authenticates with
+/// kubectl reaches the plane's API through the gateway, and execs in a pod of it; the
+/// agent authenticates with
 /// its own kubeconfig token, which the upstream requires. `--server` carries the proxy
 /// prefix for discovery (`kubectl version`); `get --raw` takes an absolute path, so it
 /// names the whole proxy path.
@@ -160,13 +161,24 @@ async fn kubectl_through_the_gateway() {
         topo.pki.path("caller.crt"),
         topo.pki.path("caller.key"),
     );
-    for command in [
-        vec!["version", "-o", "json"],
-        vec![
-            "get",
-            "--raw",
-            "/api/proxy/dataplane/p1/org/dp1/k8s/version",
-        ],
+    for (command, expected) in [
+        (vec!["version", "-o", "json"], "v1.32.0-upstream-under-test"),
+        (
+            vec![
+                "get",
+                "--raw",
+                "/api/proxy/dataplane/p1/org/dp1/k8s/version",
+            ],
+            "v1.32.0-upstream-under-test",
+        ),
+        // An exec: kubectl looks the pod up, then upgrades to a v5.channel.k8s.io
+        // WebSocket that the tunnel carries to the upstream's exec.
+        (
+            vec![
+                "exec", "-n", "dp-a", "web-1", "-c", "main", "--", "ls", "-l",
+            ],
+            "exec command=ls&command=-l&container=main&stderr=true&stdout=true&timeout=20s\n",
+        ),
     ] {
         let (server, ca, cert, key) = (server.clone(), ca.clone(), cert.clone(), key.clone());
         let out = tokio::task::spawn_blocking(move || {
@@ -183,11 +195,7 @@ async fn kubectl_through_the_gateway() {
         .await
         .unwrap();
         assert!(out.status.success(), "kubectl: {}", err(&out));
-        assert!(
-            text(&out).contains("v1.32.0-upstream-under-test"),
-            "{}",
-            text(&out)
-        );
+        assert!(text(&out).contains(expected), "{}", text(&out));
     }
 }
 
