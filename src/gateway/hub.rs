@@ -515,6 +515,18 @@ impl Hub {
         Some(chosen.clone())
     }
 
+    /// An OpenChoreo agent authorised for `cr` (wire logs: only those read Hubble Relay).
+    pub fn pick_openchoreo(&self, key: &PlaneKey, cr: &CrRef) -> Option<Arc<AgentConn>> {
+        self.agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)?
+            .iter()
+            .filter(|a| a.is_usable() && a.serves(cr) && !a.speaks_planelink())
+            .min_by_key(|a| a.open_streams.load(Ordering::Relaxed))
+            .cloned()
+    }
+
     /// Whether any agent is connected for the plane at all (to tell 403 from 502).
     pub fn any_connected(&self, key: &PlaneKey) -> bool {
         self.agents

@@ -133,7 +133,10 @@ pub async fn handle(core: Arc<Core>, req: Request<Incoming>) -> Response<Body> {
     }
     if let Some(rest) = path.strip_prefix("/api/wirelogs/") {
         let id = request_id(req.headers());
-        return super::sessions::wire_logs(&core, &req, rest).into_response(SOURCE, &id);
+        return match super::sessions::wire_logs(&core, &req, rest, &id).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(SOURCE, &id),
+        };
     }
     if path.starts_with("/api/v1/planes") {
         return super::api::handle(core, req).await;

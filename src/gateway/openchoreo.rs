@@ -287,6 +287,9 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body>
         return response;
     }
     let headers = req.headers();
+    if target == "hubble" && headers.contains_key(STREAMING_HEADER) {
+        return wire_logs(shared, req).await;
+    }
     if target == Target::KUBERNETES
         && headers
             .get(UPGRADE_HEADER)
@@ -467,15 +470,8 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .headers
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|key| tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()));
-    let id = parts
-        .headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(openchoreo::new_request_id);
     let init = openchoreo::StreamInit {
-        request_id: id.clone(),
+        request_id: session_id(&parts.headers),
         target: Target::KUBERNETES.into(),
         method: "POST".into(),
         path: parts.uri.path().to_string(),
@@ -484,63 +480,11 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         is_upgrade: true,
         upgrade_proto: "SPDY/3.1".into(),
     };
-    let (chunks_tx, mut chunks) = mpsc::channel(SESSION_BUFFER);
-    shared
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), chunks_tx);
-    let session = Session {
-        shared: shared.clone(),
-        id: id.clone(),
+    let id = init.request_id.clone();
+    let (session, mut chunks) = match start_session(shared, init, "exec").await {
+        Ok(started) => started,
+        Err(refused) => return refused,
     };
-    let Ok(frame) = serde_json::to_string(&init) else {
-        return refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding the exec start failed",
-        );
-    };
-    if shared
-        .outbox
-        .send(Message::Text(frame.into()))
-        .await
-        .is_err()
-    {
-        return refuse(
-            StatusCode::BAD_GATEWAY,
-            "the OpenChoreo agent's connection closed before the exec started",
-        );
-    }
-    // The agent's first chunk says whether the exec runs: its sentinel, or a close
-    // with the reason (which OpenChoreo's gateway only logs).
-    let first = match tokio::time::timeout(SESSION_START, chunks.recv()).await {
-        Err(_) => {
-            return refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!("the OpenChoreo agent did not start the exec within {SESSION_START:?}"),
-            );
-        }
-        Ok(None) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "the OpenChoreo agent's connection closed before the exec started",
-            );
-        }
-        Ok(Some(first)) => first,
-    };
-    if first.is_close {
-        let why = first
-            .data
-            .map(|d| String::from_utf8_lossy(&d).into_owned())
-            .unwrap_or_default();
-        return refuse(
-            StatusCode::BAD_GATEWAY,
-            &format!(
-                "the OpenChoreo agent could not start the exec: {}",
-                escape(&why)
-            ),
-        );
-    }
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (to_gateway, response_body) = body::channel();
     tokio::spawn(async move {
@@ -618,7 +562,138 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// Forgets an exec session when its task ends.
+/// The session ID: the gateway's request ID (as OpenChoreo's gateway uses), or a new one.
+fn session_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(openchoreo::new_request_id)
+}
+
+/// Starts a session on the agent and waits for its first chunk, which says whether it
+/// runs (the agent's sentinel) or why not (a close with the reason, which OpenChoreo's
+/// gateway only logs); the answer to give when it does not.
+async fn start_session(
+    shared: &Arc<Shared>,
+    init: openchoreo::StreamInit,
+    what: &str,
+) -> Result<(Session, mpsc::Receiver<StreamChunk>), Response<Body>> {
+    let (chunks_tx, mut chunks) = mpsc::channel(SESSION_BUFFER);
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(init.request_id.clone(), chunks_tx);
+    let session = Session {
+        shared: shared.clone(),
+        id: init.request_id.clone(),
+    };
+    let closed = || {
+        refuse(
+            StatusCode::BAD_GATEWAY,
+            &format!("the OpenChoreo agent's connection closed before the {what} started"),
+        )
+    };
+    let frame = serde_json::to_string(&init).map_err(|_| closed())?;
+    if shared
+        .outbox
+        .send(Message::Text(frame.into()))
+        .await
+        .is_err()
+    {
+        return Err(closed());
+    }
+    let first = match tokio::time::timeout(SESSION_START, chunks.recv()).await {
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("the OpenChoreo agent did not start the {what} within {SESSION_START:?}"),
+            ));
+        }
+        Ok(None) => return Err(closed()),
+        Ok(Some(first)) => first,
+    };
+    if first.is_close {
+        let why = first
+            .data
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .unwrap_or_default();
+        return Err(refuse(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "the OpenChoreo agent could not start the {what}: {}",
+                escape(&why)
+            ),
+        ));
+    }
+    Ok((session, chunks))
+}
+
+/// Wire logs from an OpenChoreo agent's Hubble Relay session, as OpenChoreo's gateway
+/// serves them: Server-Sent Events, one event per chunk, each line of it a `data:` line.
+/// The caller leaving ends the session on the agent.
+async fn wire_logs(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let init = openchoreo::StreamInit {
+        request_id: session_id(req.headers()),
+        target: "hubble".into(),
+        method: "GET".into(),
+        path: "/wirelogs".into(),
+        query: req.uri().query().unwrap_or("").to_string(),
+        headers: Default::default(),
+        is_upgrade: true,
+        upgrade_proto: "hubble/v1".into(),
+    };
+    let id = init.request_id.clone();
+    let (session, mut chunks) = match start_session(shared, init, "wire-log stream").await {
+        Ok(started) => started,
+        Err(refused) => return refused,
+    };
+    let (mut events, response_body) = body::channel();
+    let outbox = shared.outbox.clone();
+    tokio::spawn(async move {
+        let _session = session;
+        let mut caller_left = false;
+        while let Some(chunk) = chunks.recv().await {
+            if chunk.is_close {
+                break;
+            }
+            let Some(data) = chunk.data.filter(|d| !d.is_empty()) else {
+                continue;
+            };
+            let mut event = String::new();
+            for line in String::from_utf8_lossy(&data).lines() {
+                event.push_str("data: ");
+                event.push_str(line);
+                event.push('\n');
+            }
+            event.push('\n');
+            if events.send_data(Bytes::from(event)).await.is_err() {
+                caller_left = true;
+                break;
+            }
+        }
+        if caller_left {
+            let close = StreamChunk::close(&id);
+            if let Ok(frame) = serde_json::to_string(&close) {
+                let _ = outbox.send(Message::Text(frame.into())).await;
+            }
+        }
+    });
+    let mut response = Response::new(response_body);
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache, no-transform"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Forgets a session when its task ends.
 struct Session {
     shared: Arc<Shared>,
     id: String,

@@ -181,47 +181,100 @@ pub async fn handle(
 }
 
 /// `GET /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}?environment=&namespace=
-/// [&project=][&component=]`: OpenChoreo's agents read these from Hubble Relay; planelink's
-/// agents have no wire-log source. After the checks OpenChoreo's gateway makes (the path,
-/// the required parameters, an agent for the plane) the answer says so.
-pub fn wire_logs(core: &Core, req: &Request<Incoming>, rest: &str) -> ProxyError {
+/// [&project=][&component=]`, Server-Sent Events: OpenChoreo's agents read these from
+/// Hubble Relay, and the gateway relays an OpenChoreo agent's session of the plane;
+/// planelink's agents have no wire-log source, which the answer says after the checks
+/// OpenChoreo's gateway makes (the path, the required parameters, an agent for the plane).
+pub async fn wire_logs(
+    core: &Core,
+    req: &Request<Incoming>,
+    rest: &str,
+    id: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let (key, cr, query) = wire_log_route(req, rest)?;
+    if let Some(agent) = core.hub.pick_openchoreo(&key, &cr) {
+        let mut forwarded = Request::new(body::empty());
+        *forwarded.uri_mut() = format!("http://hubble/wirelogs?{query}")
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("bad wire-log query: {e}")))?;
+        let headers = forwarded.headers_mut();
+        for (name, value) in [
+            (crate::tunnel::protocol::TARGET_HEADER, "hubble"),
+            (crate::tunnel::protocol::STREAMING_HEADER, "true"),
+            (crate::tunnel::protocol::REQUEST_ID_HEADER, id),
+        ] {
+            if let Ok(value) = http::HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+        let guard = agent.stream_guard();
+        let response = proxy::response_head(
+            agent.sender().send_request(forwarded),
+            true,
+            core.config.request_timeout,
+            &format!("the agent of plane {key}"),
+            "dropped the wire-log stream",
+        )
+        .await?;
+        let (mut parts, incoming) = response.into_parts();
+        proxy::set_request_id(&mut parts.headers, id);
+        let body = body::metered(body::boxed(incoming), 0, move |_| drop(guard));
+        return Ok(Response::from_parts(parts, body));
+    }
+    if core.hub.pick(&key, &cr).is_none() {
+        return Err(ProxyError::NoAgent(format!(
+            "no agent available: no connected agent of plane {key} is authorised for {} {cr}",
+            key.plane_type.kind()
+        )));
+    }
+    Err(ProxyError::NotImplemented(format!(
+        "plane {key} has no wire-log source: wire logs come from Hubble Relay, which only \
+         OpenChoreo's agent reads, and no such agent of the plane is connected; read Hubble \
+         Relay in that plane (hubble observe) or keep OpenChoreo's agent there for wire logs"
+    )))
+}
+
+/// The plane, CR and (re-encoded, keys sorted) query of a wire-log request.
+fn wire_log_route(
+    req: &Request<Incoming>,
+    rest: &str,
+) -> Result<(PlaneKey, CrRef, String), ProxyError> {
     let mut parts = rest.splitn(4, '/').filter(|s| !s.is_empty());
     let (Some(plane_type), Some(plane_id), Some(namespace), Some(name)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return ProxyError::BadRequest(
+        return Err(ProxyError::BadRequest(
             "use /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}?environment=&namespace=".into(),
-        );
+        ));
     };
-    let plane_type: PlaneType = match plane_type.parse() {
-        Ok(t) => t,
-        Err(e) => return ProxyError::BadRequest(e),
-    };
+    let plane_type: PlaneType = plane_type.parse().map_err(ProxyError::BadRequest)?;
     let query = req.uri().query().unwrap_or("");
     let given = |key: &str| {
         url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == key && !v.is_empty())
     };
     if !given("environment") || !given("namespace") {
-        return ProxyError::BadRequest(
+        return Err(ProxyError::BadRequest(
             "environment and namespace are required query parameters".into(),
-        );
+        ));
     }
+    let mut kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, v)| {
+            matches!(
+                k.as_ref(),
+                "environment" | "namespace" | "project" | "component"
+            ) && !v.is_empty()
+        })
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    kept.sort();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
     let key = PlaneKey {
         plane_type,
         plane_id: plane_id.to_string(),
     };
-    let cr = CrRef::new(namespace, name);
-    if core.hub.pick(&key, &cr).is_none() {
-        return ProxyError::NoAgent(format!(
-            "no agent available: no connected agent of plane {key} is authorised for {} {cr}",
-            key.plane_type.kind()
-        ));
-    }
-    ProxyError::NotImplemented(format!(
-        "plane {key} has no wire-log source: wire logs come from Hubble Relay, which only \
-         OpenChoreo's agent reads, and this gateway does not relay them; read Hubble Relay in \
-         that plane (hubble observe) or keep OpenChoreo's gateway for wire logs"
-    ))
+    Ok((key, CrRef::new(namespace, name), query))
 }
 
 /// Carries messages both ways until either side ends; why it ended.

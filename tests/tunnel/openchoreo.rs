@@ -129,6 +129,9 @@ fn chunk(id: &str, data: Option<Vec<u8>>, stream_id: i64, is_close: bool) -> Str
 /// the exec's path and query on stdout; the pod `missing` ends it with the reason.
 fn exec_start(init: openchoreo::StreamInit) -> Vec<String> {
     assert!(init.is_upgrade);
+    if init.target == "hubble" {
+        return wire_log_session(init);
+    }
     if init.path.ends_with("/pods/missing/exec") {
         let why = b"failed to create executor: pods \"missing\" not found".to_vec();
         return vec![chunk(&init.request_id, Some(why), 0, true)];
@@ -142,6 +145,28 @@ fn exec_start(init: openchoreo::StreamInit) -> Vec<String> {
             1,
             false,
         ),
+    ]
+}
+
+/// A wire-log session as OpenChoreo's agent runs it on Hubble Relay: the sentinel (empty
+/// data), two flows (the first naming the query it got, the second of two lines), the end.
+fn wire_log_session(init: openchoreo::StreamInit) -> Vec<String> {
+    assert_eq!(
+        (init.method.as_str(), init.path.as_str()),
+        ("GET", "/wirelogs")
+    );
+    let id = &init.request_id;
+    let first = serde_json::json!({"flow": {"query": init.query}}).to_string();
+    vec![
+        chunk(id, Some(Vec::new()), 0, false),
+        chunk(id, Some(first.into_bytes()), 0, false),
+        chunk(
+            id,
+            Some(b"{\"flow\":2,\n\"verdict\":\"FORWARDED\"}".to_vec()),
+            0,
+            false,
+        ),
+        chunk(id, None, 0, true),
     ]
 }
 
@@ -867,8 +892,8 @@ async fn openchoreo_exec_and_wire_log_endpoints() {
     assert_eq!(
         status_message(&body),
         "plane dataplane/p1 has no wire-log source: wire logs come from Hubble Relay, which only \
-         OpenChoreo's agent reads, and this gateway does not relay them; read Hubble Relay in \
-         that plane (hubble observe) or keep OpenChoreo's gateway for wire logs"
+         OpenChoreo's agent reads, and no such agent of the plane is connected; read Hubble \
+         Relay in that plane (hubble observe) or keep OpenChoreo's agent there for wire logs"
     );
     let (code, body) = wirelogs("namespace=acme").await;
     assert_eq!(code, 400, "{body}");
@@ -878,9 +903,10 @@ async fn openchoreo_exec_and_wire_log_endpoints() {
     );
 }
 
-/// OpenChoreo's `/api/exec` with an OpenChoreo agent: the gateway runs the exec as that
-/// protocol's session (stream start, sentinel, chunks both ways, stdin closed, close);
-/// an exec the agent cannot start is an HTTP error with the agent's reason.
+/// OpenChoreo's `/api/exec` and `/api/wirelogs` with an OpenChoreo agent: the gateway
+/// runs each as that protocol's session (stream start, sentinel, chunks, close); the
+/// exec both ways, the wire logs as Server-Sent Events; an exec the agent cannot start is
+/// an HTTP error with the agent's reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openchoreo_agents_run_exec_sessions() {
     let topo = Topology::start(false).await;
@@ -913,6 +939,18 @@ async fn openchoreo_agents_run_exec_sessions() {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
         other => panic!("expected a Close, got {other:?}"),
     }
+
+    // Wire logs: the agent's session relayed as Server-Sent Events, one per chunk.
+    let url = topo.api_url(
+        "/api/wirelogs/dataplane/p1/org/dp1?project=shop&namespace=acme&environment=dev&extra=x",
+    );
+    let (code, body) = call(&topo, &[], &url).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        "data: {\"flow\":{\"query\":\"environment=dev&namespace=acme&project=shop\"}}\n\n\
+         data: {\"flow\":2,\ndata: \"verdict\":\"FORWARDED\"}\n\n"
+    );
 
     let url = topo.api_url("/api/exec/dataplane/p1/org/dp1?podNamespace=dp-a&podName=missing");
     let (code, body) = refused_upgrade(&topo, &url, None).await;
