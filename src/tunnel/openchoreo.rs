@@ -171,6 +171,9 @@ pub enum FromAgent {
     Chunk(StreamChunk),
 }
 
+/// The longest part of a peer's frame an error repeats.
+const MAX_ERROR: usize = 200;
+
 /// What decides a frame's kind: the keys present, as OpenChoreo's two ends read them.
 struct Frame {
     value: serde_json::Value,
@@ -203,8 +206,13 @@ impl Frame {
         })
     }
 
+    /// The frame as `T`; the error quotes at most [`MAX_ERROR`] characters of it (serde
+    /// names the offending value, which a peer chose).
     fn into<T: serde::de::DeserializeOwned>(self, what: &str) -> Result<T, String> {
-        serde_json::from_value(self.value).map_err(|e| format!("not {what}: {e}"))
+        serde_json::from_value(self.value).map_err(|e| {
+            let detail: String = e.to_string().chars().take(MAX_ERROR).collect();
+            format!("not {what}: {detail}")
+        })
     }
 }
 
@@ -422,6 +430,18 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn errors_quote_little_of_a_frame() {
+        let long = "x".repeat(10_000);
+        let frame = format!(r#"{{"requestID":"r","statusCode":"{long}"}}"#);
+        let error = FromAgent::parse(&frame).unwrap_err();
+        assert!(
+            error.starts_with("not a response: invalid type: string"),
+            "{error}"
+        );
+        assert!(error.len() < 250, "{}", error.len());
     }
 
     #[test]
