@@ -471,7 +471,9 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|key| tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()));
     let init = openchoreo::StreamInit {
-        request_id: session_id(&parts.headers),
+        // A fresh ID, never the caller's X-Request-ID: sessions are routed by it, and a
+        // caller must not be able to name another caller's session.
+        request_id: openchoreo::new_request_id(),
         target: Target::KUBERNETES.into(),
         method: "POST".into(),
         path: parts.uri.path().to_string(),
@@ -562,16 +564,6 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// The session ID: the gateway's request ID (as OpenChoreo's gateway uses), or a new one.
-fn session_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(openchoreo::new_request_id)
-}
-
 /// Starts a session on the agent and waits for its first chunk, which says whether it
 /// runs (the agent's sentinel) or why not (a close with the reason, which OpenChoreo's
 /// gateway only logs); the answer to give when it does not.
@@ -636,7 +628,7 @@ async fn start_session(
 /// The caller leaving ends the session on the agent.
 async fn wire_logs(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let init = openchoreo::StreamInit {
-        request_id: session_id(req.headers()),
+        request_id: openchoreo::new_request_id(),
         target: "hubble".into(),
         method: "GET".into(),
         path: "/wirelogs".into(),
