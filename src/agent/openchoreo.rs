@@ -351,11 +351,7 @@ async fn open_exec(
     sender: &mut SendRequest<Body>,
     init: &openchoreo::StreamInit,
 ) -> Result<(KubeWs, bool), String> {
-    let exec_path = matches!(
-        init.path.split('/').collect::<Vec<_>>().as_slice(),
-        ["", "api", "v1", "namespaces", _, "pods", _, "exec"]
-    );
-    if !exec_path {
+    if !kube_exec::is_exec_path(&init.path) {
         return Err(format!("invalid exec path: {}", escape(&init.path)));
     }
     let (request, to_kube) = kube_exec::request(&init.path, &init.query, &init.request_id)

@@ -58,6 +58,12 @@ pub fn ws_config() -> WebSocketConfig {
 const OUTBOX: usize = 64;
 /// The in-process HTTP/2 connection's buffer each way.
 const LOCAL_BUFFER: usize = 256 * 1024;
+/// The largest chunk of a session: exec output and flows are small; one session's
+/// buffer ([`SESSION_BUFFER`] chunks) stays bounded in bytes too.
+const MAX_CHUNK: usize = 1024 * 1024;
+/// The longest reason for a session that did not start that is passed on.
+const MAX_REASON: usize = 1024;
+
 /// The longest request ID from the agent worth looking up (ours are UUIDs).
 const MAX_ID: usize = 64;
 
@@ -165,9 +171,17 @@ async fn run<S>(
                 _ = ping.tick() => Message::Ping(Bytes::new()),
                 _ = going_away.cancelled() => return Some(CloseCode::Away),
             };
-            if let Err(e) = sink.send(message).await {
-                tracing::debug!(%remote, "writing to the OpenChoreo agent failed: {e}");
-                return None;
+            // An agent that stops reading is dead, however much it still sends.
+            match tokio::time::timeout(heartbeat.timeout, sink.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, "writing to the OpenChoreo agent failed: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "the OpenChoreo agent stopped reading");
+                    return None;
+                }
             }
         }
     };
@@ -182,9 +196,15 @@ async fn run<S>(
             None => "the connection to the agent failed".to_string(),
         },
     };
-    // Handlers still waiting get "the connection closed" when their senders drop.
+    // Handlers still waiting get "the connection closed" when their senders drop, and
+    // sessions their end.
     shared
         .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    shared
+        .sessions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
@@ -230,7 +250,8 @@ fn take(shared: &Shared, text: &str) {
                 // A session that does not keep up is closed rather than buffered without
                 // bound (OpenChoreo's gateway does the same).
                 Some(session) => {
-                    if session.try_send(chunk).is_err() {
+                    let oversized = chunk.data.as_ref().is_some_and(|d| d.len() > MAX_CHUNK);
+                    if oversized || session.try_send(chunk).is_err() {
                         session_closed(shared, &session);
                     }
                 }
@@ -294,7 +315,7 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body>
         && headers
             .get(UPGRADE_HEADER)
             .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && is_exec_path(req.uri().path())
+        && crate::tunnel::kube_exec::is_exec_path(req.uri().path())
     {
         return exec(shared, req).await;
     }
@@ -443,14 +464,6 @@ fn into_response(answer: TunnelResponse) -> Response<Body> {
     response
 }
 
-/// `/api/v1/namespaces/{ns}/pods/{pod}/exec`: what OpenChoreo's agents run as a session.
-fn is_exec_path(path: &str) -> bool {
-    matches!(
-        path.split('/').collect::<Vec<_>>().as_slice(),
-        ["", "api", "v1", "namespaces", _, "pods", _, "exec"]
-    )
-}
-
 /// How long the agent has to start an exec (OpenChoreo's gateway waits as long).
 const SESSION_START: Duration = Duration::from_secs(30);
 /// Chunks of a session waiting for the caller.
@@ -495,10 +508,13 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let outbox = shared.outbox.clone();
     tokio::spawn(async move {
         let _session = session;
+        let limits = WebSocketConfig::default()
+            .max_message_size(Some(MAX_CHUNK))
+            .max_frame_size(Some(MAX_CHUNK));
         let ws = WebSocketStream::from_raw_socket(
             ours,
             tokio_tungstenite::tungstenite::protocol::Role::Server,
-            None,
+            Some(limits),
         )
         .await;
         let (mut to_bridge, mut from_bridge) = ws.split();
@@ -608,9 +624,14 @@ async fn start_session(
         Ok(Some(first)) => first,
     };
     if first.is_close {
-        let why = first
+        let why: String = first
             .data
-            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .map(|d| {
+                String::from_utf8_lossy(&d)
+                    .chars()
+                    .take(MAX_REASON)
+                    .collect()
+            })
             .unwrap_or_default();
         return Err(refuse(
             StatusCode::BAD_GATEWAY,
@@ -637,16 +658,13 @@ async fn wire_logs(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         is_upgrade: true,
         upgrade_proto: "hubble/v1".into(),
     };
-    let id = init.request_id.clone();
     let (session, mut chunks) = match start_session(shared, init, "wire-log stream").await {
         Ok(started) => started,
         Err(refused) => return refused,
     };
     let (mut events, response_body) = body::channel();
-    let outbox = shared.outbox.clone();
     tokio::spawn(async move {
         let _session = session;
-        let mut caller_left = false;
         while let Some(chunk) = chunks.recv().await {
             if chunk.is_close {
                 break;
@@ -655,21 +673,17 @@ async fn wire_logs(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 continue;
             };
             let mut event = String::new();
-            for line in String::from_utf8_lossy(&data).lines() {
+            // Every line end SSE knows (\r\n, \r, \n) starts a data line: a flow cannot
+            // add fields of its own to the stream.
+            let text = String::from_utf8_lossy(&data).replace("\r\n", "\n");
+            for line in text.split(['\r', '\n']) {
                 event.push_str("data: ");
                 event.push_str(line);
                 event.push('\n');
             }
             event.push('\n');
             if events.send_data(Bytes::from(event)).await.is_err() {
-                caller_left = true;
                 break;
-            }
-        }
-        if caller_left {
-            let close = StreamChunk::close(&id);
-            if let Ok(frame) = serde_json::to_string(&close) {
-                let _ = outbox.send(Message::Text(frame.into())).await;
             }
         }
     });
@@ -685,7 +699,10 @@ async fn wire_logs(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     response
 }
 
-/// Forgets a session when its task ends.
+/// Ends a session when its task ends, however it ends (the caller gone, too slow, the
+/// agent's end, a start that timed out): forgotten here, and a close chunk tells the
+/// agent to stop the exec or the stream (a second close after the agent's own is
+/// ignored by it).
 struct Session {
     shared: Arc<Shared>,
     id: String,
@@ -698,5 +715,8 @@ impl Drop for Session {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
+        if let Ok(frame) = serde_json::to_string(&StreamChunk::close(&self.id)) {
+            let _ = self.shared.outbox.try_send(Message::Text(frame.into()));
+        }
     }
 }

@@ -77,6 +77,19 @@ fn parse(rest: &str, query: Option<&str>) -> Result<ExecTarget, ProxyError> {
             "podNamespace and podName are required query parameters".into(),
         ));
     };
+    for (what, name) in [
+        ("podNamespace", Some(&pod_namespace)),
+        ("podName", Some(&pod)),
+    ]
+    .into_iter()
+    .chain([("container", one("container").as_ref())])
+    {
+        if name.is_some_and(|n| !kube_exec::is_object_name(n)) {
+            return Err(ProxyError::BadRequest(format!(
+                "{what} is not a Kubernetes name (lower-case letters, digits, '-' and '.')"
+            )));
+        }
+    }
     let segment = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
     let path = format!(
         "/api/v1/namespaces/{}/pods/{}/exec",
@@ -359,5 +372,24 @@ mod tests {
             parse("dataplane/p1/org", Some("podNamespace=a&podName=b")),
             Err(ProxyError::BadRequest(_))
         ));
+        // A name that is not one would make the checks judge another path.
+        assert_eq!(
+            parse(
+                "dataplane/p1/org/dp1",
+                Some("podNamespace=.&podName=configmaps")
+            )
+            .err(),
+            Some(ProxyError::BadRequest(
+                "podNamespace is not a Kubernetes name (lower-case letters, digits, '-' and '.')"
+                    .into()
+            ))
+        );
+        assert!(
+            parse(
+                "dataplane/p1/org/dp1",
+                Some("podNamespace=a&podName=b&container=x/y")
+            )
+            .is_err()
+        );
     }
 }

@@ -13,6 +13,31 @@ use super::body::{self, Body, BoxError};
 use super::protocol::{REQUEST_ID_HEADER, STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER};
 use super::proxy::Target;
 
+/// Whether `name` can be a namespace, pod or container name: a DNS subdomain
+/// (lower-case letters, digits, `-` and `.`, starting and ending alphanumeric), so
+/// nothing in it changes the path it goes into (no `/`, `.` or `..` segment, escape).
+pub fn is_object_name(name: &str) -> bool {
+    let alphanumeric = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && alphanumeric(bytes[0])
+        && alphanumeric(bytes[bytes.len() - 1])
+        && bytes
+            .iter()
+            .all(|&c| alphanumeric(c) || c == b'-' || c == b'.')
+}
+
+/// Whether `path` is a pod's exec, `/api/v1/namespaces/{ns}/pods/{pod}/exec`, with names
+/// that are names.
+pub fn is_exec_path(path: &str) -> bool {
+    matches!(
+        path.split('/').collect::<Vec<_>>().as_slice(),
+        ["", "api", "v1", "namespaces", namespace, "pods", pod, "exec"]
+            if is_object_name(namespace) && is_object_name(pod)
+    )
+}
+
 /// Kubernetes' exec subprotocols, newest first: v5 can say "stdin closed".
 pub const V5: &str = "v5.channel.k8s.io";
 pub const V4: &str = "v4.channel.k8s.io";
@@ -114,6 +139,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_paths_name_real_objects() {
+        assert!(is_exec_path("/api/v1/namespaces/dp-a/pods/web-1.x/exec"));
+        for bad in [
+            "/api/v1/namespaces/./pods/configmaps/exec",
+            "/api/v1/namespaces/a/pods/../exec",
+            "/api/v1/namespaces/a/pods/%2e%2e/exec",
+            "/api/v1/namespaces/A/pods/b/exec",
+            "/api/v1/namespaces/a/pods/-b/exec",
+            "/api/v1/namespaces/a/pods/b/exec/x",
+            "/api/v1/namespaces/a/secrets/b/exec",
+        ] {
+            assert!(!is_exec_path(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn openchoreo_input_maps_to_kubernetes_channels() {

@@ -295,22 +295,30 @@ pub fn to_go_headers(headers: &HeaderMap) -> Headers {
     out
 }
 
-/// Go's `http.Header` as a header map; names or values HTTP cannot carry are left out
-/// and counted, so the caller can say so.
+/// The most header values taken from a peer's frame: far above what requests and
+/// responses carry, far below where a header map gives up.
+pub const MAX_HEADERS: usize = 256;
+
+/// Go's `http.Header` as a header map; names or values HTTP cannot carry, and values
+/// beyond [`MAX_HEADERS`], are left out and counted, so the caller can say so.
 pub fn from_go_headers(headers: &Headers) -> (HeaderMap, usize) {
     let mut out = HeaderMap::new();
     let mut dropped = 0;
+    let mut kept = 0;
     for (name, values) in headers {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             dropped += values.len().max(1);
             continue;
         };
         for value in values {
-            match HeaderValue::from_str(value) {
-                Ok(value) => {
-                    out.append(name.clone(), value);
-                }
-                Err(_) => dropped += 1,
+            let taken = kept < MAX_HEADERS
+                && HeaderValue::from_str(value)
+                    .ok()
+                    .is_some_and(|value| out.try_append(name.clone(), value).is_ok());
+            if taken {
+                kept += 1;
+            } else {
+                dropped += 1;
             }
         }
     }
@@ -458,6 +466,11 @@ mod tests {
         bad.insert("X-Ok".into(), vec!["line\nbreak".into(), "fine".into()]);
         let (back, dropped) = from_go_headers(&bad);
         assert_eq!(dropped, 2);
+        let flood: Headers = (0..1000)
+            .map(|i| (format!("X-{i}"), vec!["v".into()]))
+            .collect();
+        let (kept, dropped) = from_go_headers(&flood);
+        assert_eq!((kept.len(), dropped), (MAX_HEADERS, 1000 - MAX_HEADERS));
         assert_eq!(back.get_all("accept").iter().count(), 2);
         assert_eq!(back.get("x-ok").unwrap(), "fine");
     }
