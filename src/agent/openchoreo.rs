@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use http::{HeaderName, Request, header};
+use http::{Request, header};
 use http_body_util::BodyExt as _;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -242,15 +242,8 @@ fn into_request(request: TunnelRequest) -> Result<Request<Body>, (u16, String)> 
         .parse()
         .map_err(|_| (400, "the method is not a valid HTTP method".to_string()))?;
     let (headers, _) = openchoreo::from_go_headers(&request.headers);
+    // Hop headers go, and planelink's own: only planelink's gateway may set those.
     let mut headers = crate::tunnel::headers::end_to_end_headers(&headers);
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("planelink-"))
-        .cloned()
-        .collect();
-    for name in ours {
-        headers.remove(name);
-    }
     headers.remove(header::CONTENT_LENGTH);
     if let Ok(value) = http::HeaderValue::from_str(target.as_str()) {
         headers.insert(TARGET_HEADER, value);

@@ -159,27 +159,43 @@ pub(super) struct Route {
     pub path: String,
 }
 
-fn parse_route(rest: &str) -> Result<Route, ProxyError> {
-    let mut parts = rest.splitn(6, '/');
+/// The plane and CR every internal path names first,
+/// `{planeType}/{planeID}/{crNamespace}/{crName}`, taken from `parts`; `missing` words the
+/// error for a segment that is not there.
+pub(super) fn plane_and_cr<'a>(
+    parts: &mut impl Iterator<Item = &'a str>,
+    missing: impl Fn(&str) -> String,
+) -> Result<(PlaneKey, CrRef), ProxyError> {
     let mut next = |what: &str| {
         parts
             .next()
             .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ProxyError::BadRequest(format!("the proxy path names no {what}")))
+            .ok_or_else(|| ProxyError::BadRequest(missing(what)))
     };
     let plane_type: PlaneType = next("planeType")?.parse().map_err(ProxyError::BadRequest)?;
-    let plane_id = next("planeID")?;
-    let namespace = next("crNamespace")?;
-    let name = next("crName")?;
-    let target = next("target")?.parse().map_err(ProxyError::BadRequest)?;
+    let plane_id = next("planeID")?.to_string();
+    let (namespace, name) = (next("crNamespace")?, next("crName")?);
+    let key = PlaneKey {
+        plane_type,
+        plane_id,
+    };
+    Ok((key, CrRef::new(namespace, name)))
+}
+
+fn parse_route(rest: &str) -> Result<Route, ProxyError> {
+    let missing = |what: &str| format!("the proxy path names no {what}");
+    let mut parts = rest.splitn(6, '/');
+    let (key, cr) = plane_and_cr(&mut parts, missing)?;
+    let target = parts
+        .next()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ProxyError::BadRequest(missing("target")))?
+        .parse()
+        .map_err(ProxyError::BadRequest)?;
     let path = format!("/{}", parts.next().unwrap_or(""));
     Ok(Route {
-        key: PlaneKey {
-            plane_type,
-            plane_id,
-        },
-        cr: CrRef::new(&namespace, &name),
+        key,
+        cr,
         target,
         path,
     })

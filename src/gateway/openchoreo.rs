@@ -352,21 +352,13 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body>
             );
         }
     };
-    let mut forwarded = parts.headers;
+    // planelink's own tunnel headers (and any hop header) mean nothing to the agent.
+    let forwarded = crate::tunnel::headers::end_to_end_headers(&parts.headers);
     let gateway_request_id = forwarded
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    // planelink's own tunnel headers mean nothing to the agent.
-    let ours: Vec<header::HeaderName> = forwarded
-        .keys()
-        .filter(|name| name.as_str().starts_with("planelink-"))
-        .cloned()
-        .collect();
-    for name in ours {
-        forwarded.remove(name);
-    }
     let request = TunnelRequest {
         request_id: openchoreo::new_request_id(),
         gateway_request_id,
@@ -534,11 +526,8 @@ async fn exec(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     Message::Close(_) => break,
                     _ => continue,
                 };
-                let translated = match data.as_ref() {
-                    [255, 0] => vec![0],
-                    [0, ..] => data.to_vec(),
-                    [4, size @ ..] => [&[3u8][..], size].concat(),
-                    _ => continue,
+                let Some(translated) = crate::tunnel::kube_exec::to_openchoreo_input(&data) else {
+                    continue;
                 };
                 let Ok(frame) = chunk(Some(translated), false) else {
                     continue;

@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Core;
-use super::internal::{Route, admit};
-use crate::planes::{CrRef, PlaneKey, PlaneType};
+use super::internal::{Route, admit, plane_and_cr};
+use crate::planes::{CrRef, PlaneKey};
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::kube_exec;
 use crate::tunnel::protocol::UPGRADED_HEADER;
@@ -51,18 +51,11 @@ struct ExecTarget {
 }
 
 fn parse(rest: &str, query: Option<&str>) -> Result<ExecTarget, ProxyError> {
-    let mut parts = rest.splitn(4, '/');
-    let mut next = |what: &str| {
-        parts
-            .next()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| ProxyError::BadRequest(format!("the exec path names no {what}: use /api/exec/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}")))
-    };
-    let plane_type: PlaneType = next("planeType")?.parse().map_err(ProxyError::BadRequest)?;
-    let plane_id = next("planeID")?;
-    let namespace = next("crNamespace")?;
-    let name = next("crName")?;
+    let (key, cr) = plane_and_cr(&mut rest.splitn(4, '/'), |what| {
+        format!(
+            "the exec path names no {what}: use /api/exec/{{planeType}}/{{planeID}}/{{crNamespace}}/{{crName}}"
+        )
+    })?;
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -120,11 +113,8 @@ fn parse(rest: &str, query: Option<&str>) -> Result<ExecTarget, ProxyError> {
     }
     Ok(ExecTarget {
         route: Route {
-            key: PlaneKey {
-                plane_type,
-                plane_id,
-            },
-            cr: CrRef::new(&namespace, &name),
+            key,
+            cr,
             target: Target::Kubernetes,
             path,
         },
@@ -252,15 +242,10 @@ fn wire_log_route(
     req: &Request<Incoming>,
     rest: &str,
 ) -> Result<(PlaneKey, CrRef, String), ProxyError> {
-    let mut parts = rest.splitn(4, '/').filter(|s| !s.is_empty());
-    let (Some(plane_type), Some(plane_id), Some(namespace), Some(name)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProxyError::BadRequest(
-            "use /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}?environment=&namespace=".into(),
-        ));
-    };
-    let plane_type: PlaneType = plane_type.parse().map_err(ProxyError::BadRequest)?;
+    let (key, cr) = plane_and_cr(&mut rest.splitn(4, '/'), |_| {
+        "use /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}?environment=&namespace="
+            .into()
+    })?;
     let query = req.uri().query().unwrap_or("");
     let given = |key: &str| {
         url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == key && !v.is_empty())
@@ -283,11 +268,7 @@ fn wire_log_route(
     let query = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(kept)
         .finish();
-    let key = PlaneKey {
-        plane_type,
-        plane_id: plane_id.to_string(),
-    };
-    Ok((key, CrRef::new(namespace, name), query))
+    Ok((key, cr, query))
 }
 
 /// Carries messages both ways until either side ends; why it ended.

@@ -113,13 +113,6 @@ fn validate(plane_type: PlaneType, args: &ExchangeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn pem_of(certs: &[CertificateDer<'_>]) -> String {
-    certs
-        .iter()
-        .map(|c| trust::pem::to_pem("CERTIFICATE", c.as_ref()))
-        .collect()
-}
-
 /// Step 1: the gateway CA from Secret cluster-gateway-ca (never the ConfigMap).
 async fn gateway_ca(
     control: Option<&Client>,
@@ -531,7 +524,13 @@ fn remote_objects(remote_ns: &str, gateway_ca: &[CertificateDer<'_>]) -> (Value,
             namespace: Some(remote_ns.to_string()),
             ..ObjectMeta::default()
         },
-        data: Some([("ca.crt".to_string(), pem_of(gateway_ca))].into()),
+        data: Some(
+            [(
+                "ca.crt".to_string(),
+                trust::pem::certificates_to_pem(gateway_ca),
+            )]
+            .into(),
+        ),
         ..ConfigMap::default()
     });
     (namespace, config_map)
@@ -578,7 +577,11 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
 
     let agent_ca = agent_ca(&remote, &remote_ns, args, &gateway_ca).await?;
     eprintln!("step 3: agent CA read from Secret {remote_ns}/{AGENT_TLS} and checked");
-    let (plane, secret) = plane_object(plane_type, args, &pem_of(&agent_ca));
+    let (plane, secret) = plane_object(
+        plane_type,
+        args,
+        &trust::pem::certificates_to_pem(&agent_ca),
+    );
     let mut writes: Vec<Value> = Vec::new();
     writes.extend(secret.as_ref().map(to_value));
     writes.push(to_value(&plane));

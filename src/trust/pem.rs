@@ -33,7 +33,7 @@ impl PrivateKey {
             PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
             _ => "PRIVATE KEY",
         };
-        encode(label, self.0.secret_der())
+        to_pem(label, self.0.secret_der())
     }
 
     pub fn format(&self) -> &'static str {
@@ -86,23 +86,11 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TrustError> {
     })
 }
 
-/// One PEM block: base64 in lines of 64 between its BEGIN and END lines.
-pub fn encode(label: &str, der: &[u8]) -> String {
-    let text = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in text.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 /// Certificates as PEM text, in order.
 pub fn certificates_to_pem(certificates: &[CertificateDer<'_>]) -> String {
     certificates
         .iter()
-        .map(|c| encode("CERTIFICATE", c))
+        .map(|c| to_pem("CERTIFICATE", c))
         .collect()
 }
 

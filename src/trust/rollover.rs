@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 
-use super::{CertInfo, Usage, Validity, inspect::fingerprint, pem::to_pem, verify_chain};
+use super::{CertInfo, Usage, Validity, inspect::fingerprint, verify_chain};
 
 /// `/ws` request header: base64 of the PEM of the proposed CA bundle.
 pub const CA_HEADER: &str = "planelink-proposed-ca";
@@ -29,15 +29,11 @@ pub struct Proposal {
     pub chain: Vec<CertificateDer<'static>>,
 }
 
-fn pem_of(certs: &[CertificateDer<'_>]) -> String {
-    certs.iter().map(|c| to_pem("CERTIFICATE", c)).collect()
-}
-
 impl Proposal {
     /// The two header values.
     pub fn to_headers(&self) -> (String, String) {
         let encode = |certs: &[CertificateDer<'_>]| {
-            base64::engine::general_purpose::STANDARD.encode(pem_of(certs))
+            base64::engine::general_purpose::STANDARD.encode(super::pem::certificates_to_pem(certs))
         };
         (encode(&self.cas), encode(&self.chain))
     }
@@ -110,7 +106,7 @@ impl Proposal {
 
     /// The proposed CA bundle as PEM.
     pub fn ca_pem(&self) -> String {
-        pem_of(&self.cas)
+        super::pem::certificates_to_pem(&self.cas)
     }
 
     pub fn fingerprints(&self) -> Vec<String> {

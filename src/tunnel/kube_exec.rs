@@ -113,6 +113,17 @@ pub fn from_openchoreo_input(data: &[u8], v5: bool) -> Option<bytes::Bytes> {
     }
 }
 
+/// A Kubernetes stdin or resize message as OpenChoreo's exec input (v5's "stdin closed"
+/// becomes `[0]` alone); `None` for the rest.
+pub fn to_openchoreo_input(data: &[u8]) -> Option<Vec<u8>> {
+    match data {
+        [255, 0] => Some(vec![0]),
+        [0, ..] => Some(data.to_vec()),
+        [4, size @ ..] => Some([&[3u8][..], size].concat()),
+        _ => None,
+    }
+}
+
 /// The next stdout or stderr message with a payload (both framings agree on those);
 /// channels' opening bytes, the exit status (channel 3) and the rest are skipped. `None`
 /// once the API server closes.
@@ -172,6 +183,11 @@ mod tests {
             Some(&b"\x04{\"width\":1}"[..])
         );
         assert_eq!(from_openchoreo_input(b"\x01out", true), None);
+        for input in [&b"\x00ls\n"[..], b"\x00", b"\x03{\"width\":1}"] {
+            let kube = from_openchoreo_input(input, true).unwrap();
+            assert_eq!(to_openchoreo_input(&kube).as_deref(), Some(input));
+        }
+        assert_eq!(to_openchoreo_input(b"\x01out"), None);
         assert_eq!(from_openchoreo_input(b"", true), None);
     }
 }
