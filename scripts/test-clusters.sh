@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two isolated Kubernetes API servers on loopback, for the integration tests (and for trying
 # planelink by hand): one etcd, two kube-apiservers with different --etcd-prefix, so the
-# "control-plane" and "remote" contexts of DIR/kubeconfig are separate clusters.
+# "control-plane" and "remote" contexts of DIR/kubeconfig are separate clusters (a bearer
+# token; the contexts control-plane-mtls and remote-mtls use a client certificate instead).
 #
 #   scripts/test-clusters.sh up DIR [--owner-pid PID]   start; print DIR/kubeconfig when ready
 #   scripts/test-clusters.sh down DIR                   stop what `up` started
@@ -48,6 +49,20 @@ echo "$token,planelink-test-admin,1,system:masters" >"$dir/tokens.csv"
 [ -f "$dir/sa.key" ] || openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
 openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
 
+# Client certificates are accepted too (contexts *-mtls): a client CA both API servers
+# trust, and an administrator's certificate from it (group system:masters).
+if [ ! -f "$dir/client-ca.crt" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=planelink-test-client-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$dir/client-ca.key" -out "$dir/client-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=planelink-test-mtls-admin" \
+    -keyout "$dir/mtls-admin.key" -out "$dir/mtls-admin.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
+    >"$dir/mtls-admin.ext"
+  openssl x509 -req -in "$dir/mtls-admin.csr" -CA "$dir/client-ca.crt" -CAkey "$dir/client-ca.key" \
+    -CAcreateserial -days 3650 -extfile "$dir/mtls-admin.ext" -out "$dir/mtls-admin.crt" 2>/dev/null
+fi
+
 etcd_port=$(free_port)
 peer_port=$(free_port)
 rm -rf "$dir/etcd"
@@ -68,6 +83,7 @@ for name in "${contexts[@]}"; do
     --etcd-servers "http://127.0.0.1:$etcd_port" --etcd-prefix "/$name" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" --insecure-port 0 \
     --cert-dir "$dir/$name" --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
+    --client-ca-file "$dir/client-ca.crt" \
     --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
     --service-account-issuer "https://$name.planelink.test" \
     --service-cluster-ip-range 10.0.0.0/24 --logtostderr --v 0 >"$dir/$name.log" 2>&1 &
@@ -115,10 +131,16 @@ done
   echo "- name: admin"
   echo "  user:"
   echo "    token: $token"
+  echo "- name: mtls-admin"
+  echo "  user:"
+  echo "    client-certificate: $dir/mtls-admin.crt"
+  echo "    client-key: $dir/mtls-admin.key"
   echo "contexts:"
   for name in "${contexts[@]}"; do
     echo "- name: $name"
     echo "  context: {cluster: $name, user: admin}"
+    echo "- name: $name-mtls"
+    echo "  context: {cluster: $name, user: mtls-admin}"
   done
   echo "current-context: control-plane"
 } >"$dir/kubeconfig"

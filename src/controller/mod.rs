@@ -21,7 +21,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::planes::connection::GatewayLink;
 use crate::planes::crd::{
-    BuildPlane, DataPlane, Environment, ObservabilityPlane, PlaneResource, ValueFrom,
+    BuildPlane, ClusterDataPlane, ClusterObservabilityPlane, ClusterWorkflowPlane, DataPlane,
+    Environment, ObservabilityPlane, PlaneResource, ValueFrom, WorkflowPlane,
 };
 use clients::PlaneClients;
 use reconcile::{Context, GatewayCa};
@@ -145,11 +146,16 @@ async fn run_controllers(
     ));
     tracing::info!(gateway = %ctx.link.describe(), namespace = ?config.namespace, "controller running");
     let stop = CancellationToken::new();
-    let controllers = futures_util::future::join3(
-        run_kind::<DataPlane>(ctx.clone(), config.namespace.clone(), stop.clone()),
-        run_kind::<BuildPlane>(ctx.clone(), config.namespace.clone(), stop.clone()),
-        run_kind::<ObservabilityPlane>(ctx.clone(), config.namespace.clone(), stop.clone()),
-    );
+    let namespace = &config.namespace;
+    let controllers = futures_util::future::join_all([
+        run_kind::<DataPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+        run_kind::<ClusterDataPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+        run_kind::<BuildPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+        run_kind::<WorkflowPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+        run_kind::<ClusterWorkflowPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+        run_kind::<ObservabilityPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+        run_kind::<ClusterObservabilityPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
+    ]);
     tokio::pin!(controllers);
     let lost_leadership = tokio::select! {
         _ = &mut controllers => false,
@@ -229,10 +235,12 @@ async fn run_kind<K: PlaneResource>(
     namespace: Option<String>,
     stop: CancellationToken,
 ) {
-    let api: Api<K> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    if K::KIND.cluster_scoped() && namespace.is_some() {
+        // Watching one namespace: cluster-scoped planes are not in it (and the
+        // controller's Role may not read them).
+        return;
+    }
+    let api = K::api(ctx.client.clone(), namespace.as_deref());
     let (reader, writer) = reflector::store();
     let planes = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -265,7 +273,7 @@ async fn run_kind<K: PlaneResource>(
             })
         },
     );
-    if K::PLANE_TYPE == crate::planes::PlaneType::DataPlane {
+    if K::KIND == crate::planes::PlaneKind::DataPlane {
         controller = controller.watches(
             Api::<Environment>::all(ctx.client.clone()),
             watcher::Config::default(),

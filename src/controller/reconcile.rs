@@ -26,7 +26,7 @@ use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
 use crate::planes::crd::{Environment, ObservabilityPlane, PlaneResource, PlaneStatus};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
 use crate::planes::rollover::{self, Step};
-use crate::planes::{PlaneType, Problem, Reason, secret_data};
+use crate::planes::{PlaneKind, Problem, Reason, secret_data};
 use base64::Engine as _;
 
 /// How soon a blocked deletion is looked at again.
@@ -143,7 +143,7 @@ pub async fn reconcile<K: PlaneResource>(
 ) -> Result<Action, Error> {
     let started = Instant::now();
     tracing::debug!(kind = %K::kind(&()), name = %plane.name_any(), namespace = ?plane.namespace(), "reconciling");
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &plane.namespace().unwrap_or_default());
+    let api = K::api(ctx.client.clone(), plane.namespace().as_deref());
     let result = finalizer(&api, &finalizer_name::<K>(), plane, |event| async {
         match event {
             finalizer::Event::Apply(plane) => apply(plane.as_ref(), &ctx, &api).await,
@@ -208,7 +208,8 @@ async fn cleanup<K: PlaneResource>(
 ) -> Result<Action, Error> {
     let namespace = plane.namespace().unwrap_or_default();
     let name = plane.name_any();
-    if K::PLANE_TYPE == PlaneType::DataPlane {
+    // Environments name a namespaced DataPlane of their own namespace.
+    if K::KIND == PlaneKind::DataPlane {
         let environments: Vec<String> =
             Api::<Environment>::namespaced(ctx.client.clone(), &namespace)
                 .list(&ListParams::default())
@@ -256,7 +257,7 @@ fn notification<K: PlaneResource>(plane: &K, event: &str) -> Notification {
 
 /// Everything [`status::decide`] needs, found out with API calls.
 async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
-    let namespace = plane.namespace().unwrap_or_default();
+    let namespace = plane.cr().namespace_or_cluster().to_string();
     let common = plane.common();
     let mut remote: Option<Client> = None;
     let mut certificates = Vec::new();
@@ -278,7 +279,7 @@ async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
         }
         if let Ok(cas) = &ca {
             rollover = rollover::next_step(
-                K::PLANE_TYPE,
+                K::KIND,
                 (&namespace, &plane.name_any()),
                 plane.annotations(),
                 cas,
@@ -362,7 +363,7 @@ async fn advance_rollover<K: PlaneResource>(
     ctx: &Context,
     step: &Step,
 ) -> Result<(), Error> {
-    let namespace = plane.namespace().unwrap_or_default();
+    let namespace = plane.cr().namespace_or_cluster().to_string();
     let name = plane.name_any();
     let Some(client_ca) = plane.client_ca() else {
         return Ok(());
@@ -377,7 +378,7 @@ async fn advance_rollover<K: PlaneResource>(
         }
         Step::Mark { unused_since } => {
             let marks = [(rollover::UNUSED_SINCE, unused_since.clone())];
-            rollover::write(&ctx.client, K::PLANE_TYPE, at, client_ca, None, &marks).await?;
+            rollover::write(&ctx.client, K::KIND, at, client_ca, None, &marks).await?;
             return Ok(());
         }
         Step::Proposed { proposal, .. } => {
@@ -385,7 +386,7 @@ async fn advance_rollover<K: PlaneResource>(
             let encoded = base64::engine::general_purpose::STANDARD.encode(&proposal.ca_bundle);
             if plane.annotations().get(rollover::PROPOSED) != Some(&encoded) {
                 let marks = [(rollover::PROPOSED, Some(encoded))];
-                rollover::write(&ctx.client, K::PLANE_TYPE, at, client_ca, None, &marks).await?;
+                rollover::write(&ctx.client, K::KIND, at, client_ca, None, &marks).await?;
             }
             return Ok(());
         }
@@ -397,7 +398,7 @@ async fn advance_rollover<K: PlaneResource>(
             let started = crate::trust::inspect::format_system_time(SystemTime::now());
             rollover::write(
                 &ctx.client,
-                K::PLANE_TYPE,
+                K::KIND,
                 at,
                 client_ca,
                 Some(bundle),
@@ -423,7 +424,7 @@ async fn advance_rollover<K: PlaneResource>(
         Step::Retire { bundle, retired } => {
             rollover::write(
                 &ctx.client,
-                K::PLANE_TYPE,
+                K::KIND,
                 at,
                 client_ca,
                 (!retired.is_empty()).then_some(bundle.as_slice()),
@@ -542,14 +543,12 @@ async fn validate_client_ca<K: PlaneResource>(
     plane: &K,
     ctx: &Context,
 ) -> Result<Vec<CertificateDer<'static>>, Problem> {
-    let namespace = plane.namespace().unwrap_or_default();
+    let namespace = plane.cr().namespace_or_cluster().to_string();
     let location = plane
         .client_ca()
         .and_then(|value| secret_location(&namespace, value));
     let data = read_secret(&ctx.client, location.as_ref()).await?;
-    let certs = resolve_client_ca(K::PLANE_TYPE, &namespace, plane.client_ca(), |_, _| {
-        data.as_ref()
-    })?;
+    let certs = resolve_client_ca(K::KIND, &namespace, plane.client_ca(), |_, _| data.as_ref())?;
     let gateway_cas = ctx.gateway_cas().await;
     check_client_ca(&certs, &gateway_cas, SystemTime::now())?;
     Ok(certs)

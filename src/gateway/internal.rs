@@ -225,10 +225,8 @@ pub(super) fn admit(
     core.hub.pick(&route.key, &route.cr).ok_or_else(|| {
         ProxyError::NoAgent(if core.hub.any_connected(&route.key) {
             format!(
-                "no connected agent of plane {} is authorised for {} {}",
-                route.key,
-                route.key.plane_type.kind(),
-                route.cr
+                "no connected agent of plane {} is authorised for the plane CR {}",
+                route.key, route.cr
             )
         } else {
             format!("no agent connected for plane {}", route.key)

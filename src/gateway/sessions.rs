@@ -226,8 +226,7 @@ pub async fn wire_logs(
     }
     if core.hub.pick(&key, &cr).is_none() {
         return Err(ProxyError::NoAgent(format!(
-            "no agent available: no connected agent of plane {key} is authorised for {} {cr}",
-            key.plane_type.kind()
+            "no agent available: no connected agent of plane {key} is authorised for the plane CR {cr}"
         )));
     }
     Err(ProxyError::NotImplemented(format!(

@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::planes::crd::{AgentConnectionStatus, AnyPlane};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
-use crate::planes::{PlaneType, Problem, Reason, secret_data};
+use crate::planes::{PlaneKind, Problem, Reason, secret_data};
 use crate::trust;
 
 /// The Secret holding the control plane's gateway CA (`ca.crt`).
@@ -55,11 +55,14 @@ pub struct PlaneFacts {
 
 impl PlaneFacts {
     pub fn kind(&self) -> &'static str {
-        self.plane.plane_type().kind()
+        self.plane.kind().as_str()
     }
 
     /// `Kind namespace/name`, as messages name a plane.
     pub fn title(&self) -> String {
+        if self.namespace == crate::planes::registry::CLUSTER_SCOPE {
+            return format!("{} {}", self.kind(), self.name);
+        }
         format!("{} {}/{}", self.kind(), self.namespace, self.name)
     }
 
@@ -102,16 +105,10 @@ impl PlaneFacts {
 pub struct Inventory {
     pub planes: Vec<PlaneFacts>,
     /// Kinds whose CRD the API server does not serve.
-    pub missing_kinds: Vec<PlaneType>,
+    pub missing_kinds: Vec<PlaneKind>,
     /// Objects that are not valid plane CRs: `Kind namespace/name: error`.
     pub undecodable: Vec<String>,
 }
-
-pub const PLANE_TYPES: [PlaneType; 3] = [
-    PlaneType::DataPlane,
-    PlaneType::BuildPlane,
-    PlaneType::ObservabilityPlane,
-];
 
 /// The gateway CA certificates from Secret `cluster-gateway-ca`, when readable.
 pub async fn gateway_ca(client: &Client, namespace: &str) -> Result<Option<Secret>, kube::Error> {
@@ -131,27 +128,30 @@ pub async fn inventory(
         missing_kinds: Vec::new(),
         undecodable: Vec::new(),
     };
-    for plane_type in PLANE_TYPES {
-        let list = match plane_api(client, plane_type, namespace)
+    // Cluster-scoped planes are in no namespace: listed only when every namespace is.
+    let kinds = PlaneKind::ALL
+        .into_iter()
+        .filter(|k| namespace.is_none() || !k.cluster_scoped());
+    for kind in kinds {
+        let list = match plane_api(client, kind, namespace)
             .list(&ListParams::default())
             .await
         {
             Ok(list) => list,
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                inventory.missing_kinds.push(plane_type);
+                inventory.missing_kinds.push(kind);
                 continue;
             }
-            Err(e) => anyhow::bail!("cannot list {}s: {e}", plane_type.kind()),
+            Err(e) => anyhow::bail!("cannot list {kind}s: {e}"),
         };
         for object in list.items {
             let title = format!(
-                "{} {}/{}",
-                plane_type.kind(),
+                "{kind} {}/{}",
                 object.metadata.namespace.as_deref().unwrap_or_default(),
                 object.metadata.name.as_deref().unwrap_or_default()
             );
             let value = serde_json::to_value(&object).unwrap_or_default();
-            match AnyPlane::from_value(plane_type, value) {
+            match AnyPlane::from_value(kind, value) {
                 Ok(plane) => inventory.planes.push(facts_of(plane)),
                 Err(e) => inventory.undecodable.push(format!("{title}: {e}")),
             }
@@ -245,7 +245,7 @@ fn resolve(
         ));
     }
     resolve_client_ca(
-        facts.plane.plane_type(),
+        facts.plane.kind(),
         &facts.namespace,
         client_ca,
         |ns, name| {

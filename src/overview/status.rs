@@ -114,7 +114,7 @@ pub fn row(facts: &PlaneFacts, now: SystemTime, warn: Duration) -> PlaneRow {
 pub fn report(inventory: &Inventory, now: SystemTime, warn: Duration) -> StatusReport {
     StatusReport {
         planes: inventory.planes.iter().map(|f| row(f, now, warn)).collect(),
-        missing_crds: inventory.missing_kinds.iter().map(|k| k.kind()).collect(),
+        missing_crds: inventory.missing_kinds.iter().map(|k| k.as_str()).collect(),
         invalid: inventory.undecodable.clone(),
     }
 }

@@ -5,12 +5,12 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
-use kube::core::{NamespaceResourceScope, Resource};
+use kube::core::{ClusterResourceScope, NamespaceResourceScope, Resource};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CrRef, PlaneKey, PlaneType};
+use super::{CrRef, PlaneKey, PlaneKind, PlaneType};
 
 /// A value given inline or read from a key of a Secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -300,27 +300,13 @@ pub struct PlaneStatus {
     pub agent_connection: Option<AgentConnectionStatus>,
 }
 
-/// A Kubernetes cluster where application workloads run.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "openchoreo.dev",
-    version = "v1alpha1",
-    kind = "DataPlane",
-    doc = "A DataPlane: a Kubernetes cluster where application workloads run, reached through its agent or directly",
-    namespaced,
-    status = "PlaneStatus",
-    derive = "PartialEq",
-    shortname = "dp",
-    category = "openchoreo",
-    printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
-    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
-    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
+/// What a DataPlane or ClusterDataPlane says: a Kubernetes cluster where application
+/// workloads run, reached through its agent or directly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DataPlaneSpec {
-    /// The ID agents send as planeID; the resource's name when unset.
+pub struct DataPlaneFields {
+    /// The ID agents send as planeID; the resource's name when unset (required on the
+    /// cluster-scoped kind).
     #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
     pub plane_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -334,6 +320,8 @@ pub struct DataPlaneSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secret_refs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_store_ref: Option<SecretStoreRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observer: Option<ObserverApi>,
@@ -341,26 +329,11 @@ pub struct DataPlaneSpec {
     pub observability_plane_ref: Option<ObservabilityPlaneRef>,
 }
 
-/// A Kubernetes cluster that runs CI/CD workflows.
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "openchoreo.dev",
-    version = "v1alpha1",
-    kind = "BuildPlane",
-    doc = "A BuildPlane: a Kubernetes cluster that runs CI/CD workflows",
-    namespaced,
-    status = "PlaneStatus",
-    derive = "PartialEq",
-    shortname = "bp",
-    category = "openchoreo",
-    printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
-    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
-    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
+/// What a BuildPlane, WorkflowPlane or ClusterWorkflowPlane says: a Kubernetes cluster
+/// that runs CI/CD workflows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct BuildPlaneSpec {
+pub struct BuildPlaneFields {
     #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
     pub plane_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,30 +344,18 @@ pub struct BuildPlaneSpec {
     pub kubernetes_cluster: Option<KubernetesClusterSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_store_ref: Option<SecretStoreRef>,
+    /// Where build logs are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<ObserverApi>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observability_plane_ref: Option<ObservabilityPlaneRef>,
 }
 
-/// A Kubernetes cluster that holds logs, metrics and traces.
-#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "openchoreo.dev",
-    version = "v1alpha1",
-    kind = "ObservabilityPlane",
-    doc = "An ObservabilityPlane: a Kubernetes cluster that holds logs, metrics and traces",
-    namespaced,
-    status = "PlaneStatus",
-    derive = "PartialEq",
-    shortname = "op",
-    category = "openchoreo",
-    printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
-    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
-    printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
+/// What an ObservabilityPlane or ClusterObservabilityPlane says: a Kubernetes cluster
+/// that holds logs, metrics and traces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ObservabilityPlaneSpec {
+pub struct ObservabilityPlaneFields {
     #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
     pub plane_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -411,6 +372,104 @@ pub struct ObservabilityPlaneSpec {
     )]
     pub observer_url: Option<String>,
 }
+
+/// The container registry a DataPlane pulls application images from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Registry prefix of application images.
+    pub prefix: String,
+    /// Name of the Secret holding the registry's pull credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+}
+
+/// Declares one plane kind: its spec wraps the fields it shares with the other kinds of
+/// its plane type (a namespaced kind and its cluster-scoped twin read the same).
+macro_rules! plane_kind {
+    ($spec:ident($fields:ty), kind = $kind:literal, doc = $doc:literal, short = $short:literal
+     $(, $namespaced:ident)?) => {
+        #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[kube(
+            group = "openchoreo.dev",
+            version = "v1alpha1",
+            kind = $kind,
+            doc = $doc,
+            $($namespaced,)?
+            status = "PlaneStatus",
+            derive = "PartialEq",
+            shortname = $short,
+            category = "openchoreo",
+            printcolumn = r#"{"name":"PlaneID","type":"string","jsonPath":".spec.planeID"}"#,
+            printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.agentConnection.connected"}"#,
+            printcolumn = r#"{"name":"Agents","type":"integer","jsonPath":".status.agentConnection.connectedAgents"}"#,
+            printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+        )]
+        #[serde(transparent)]
+        pub struct $spec(pub $fields);
+
+        impl std::ops::Deref for $spec {
+            type Target = $fields;
+            fn deref(&self) -> &$fields {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $spec {
+            fn deref_mut(&mut self) -> &mut $fields {
+                &mut self.0
+            }
+        }
+    };
+}
+
+plane_kind!(
+    DataPlaneSpec(DataPlaneFields),
+    kind = "DataPlane",
+    doc = "A DataPlane: a Kubernetes cluster where application workloads run, reached through its agent or directly",
+    short = "dp",
+    namespaced
+);
+plane_kind!(
+    ClusterDataPlaneSpec(DataPlaneFields),
+    kind = "ClusterDataPlane",
+    doc = "A ClusterDataPlane: a DataPlane shared by every namespace (cluster-scoped; spec.planeID is required)",
+    short = "cdp"
+);
+plane_kind!(
+    BuildPlaneSpec(BuildPlaneFields),
+    kind = "BuildPlane",
+    doc = "A BuildPlane: a Kubernetes cluster that runs CI/CD workflows (WorkflowPlane is its newer name)",
+    short = "bp",
+    namespaced
+);
+plane_kind!(
+    WorkflowPlaneSpec(BuildPlaneFields),
+    kind = "WorkflowPlane",
+    doc = "A WorkflowPlane: a Kubernetes cluster that runs CI/CD workflows",
+    short = "wp",
+    namespaced
+);
+plane_kind!(
+    ClusterWorkflowPlaneSpec(BuildPlaneFields),
+    kind = "ClusterWorkflowPlane",
+    doc = "A ClusterWorkflowPlane: a WorkflowPlane shared by every namespace (cluster-scoped; spec.planeID is required)",
+    short = "cwp"
+);
+plane_kind!(
+    ObservabilityPlaneSpec(ObservabilityPlaneFields),
+    kind = "ObservabilityPlane",
+    doc = "An ObservabilityPlane: a Kubernetes cluster that holds logs, metrics and traces",
+    short = "op",
+    namespaced
+);
+plane_kind!(
+    ClusterObservabilityPlaneSpec(ObservabilityPlaneFields),
+    kind = "ClusterObservabilityPlane",
+    doc = "A ClusterObservabilityPlane: an ObservabilityPlane shared by every namespace (cluster-scoped; spec.planeID is required)",
+    short = "cop"
+);
 
 /// A deployment stage (development, staging, production) bound to a DataPlane.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -453,9 +512,54 @@ pub struct CommonSpec<'a> {
     pub observability_plane_ref: Option<&'a ObservabilityPlaneRef>,
 }
 
-/// What the controller and the gateway need from any of the three plane kinds.
+/// What the fields of a plane type give every kind that wraps them.
+trait PlaneFields {
+    fn common(&self) -> CommonSpec<'_>;
+    /// The data plane gateway settings; `None` for the other plane types.
+    fn gateway(&self) -> Option<&GatewaySpec> {
+        None
+    }
+}
+
+impl PlaneFields for DataPlaneFields {
+    fn common(&self) -> CommonSpec<'_> {
+        CommonSpec {
+            plane_id: self.plane_id.as_deref(),
+            agent: self.cluster_agent.as_ref().or(self.agent.as_ref()),
+            kubernetes_cluster: self.kubernetes_cluster.as_ref(),
+            observability_plane_ref: self.observability_plane_ref.as_ref(),
+        }
+    }
+    fn gateway(&self) -> Option<&GatewaySpec> {
+        Some(&self.gateway)
+    }
+}
+
+impl PlaneFields for BuildPlaneFields {
+    fn common(&self) -> CommonSpec<'_> {
+        CommonSpec {
+            plane_id: self.plane_id.as_deref(),
+            agent: self.cluster_agent.as_ref().or(self.agent.as_ref()),
+            kubernetes_cluster: self.kubernetes_cluster.as_ref(),
+            observability_plane_ref: self.observability_plane_ref.as_ref(),
+        }
+    }
+}
+
+impl PlaneFields for ObservabilityPlaneFields {
+    fn common(&self) -> CommonSpec<'_> {
+        CommonSpec {
+            plane_id: self.plane_id.as_deref(),
+            agent: self.cluster_agent.as_ref().or(self.agent.as_ref()),
+            kubernetes_cluster: self.kubernetes_cluster.as_ref(),
+            observability_plane_ref: None,
+        }
+    }
+}
+
+/// What the controller and the gateway need from any of the plane kinds.
 pub trait PlaneResource:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    Resource<DynamicType = ()>
     + Clone
     + std::fmt::Debug
     + Serialize
@@ -464,17 +568,24 @@ pub trait PlaneResource:
     + Sync
     + 'static
 {
-    const PLANE_TYPE: PlaneType;
+    const KIND: PlaneKind;
+    const PLANE_TYPE: PlaneType = Self::KIND.plane_type();
     fn common(&self) -> CommonSpec<'_>;
     fn plane_status(&self) -> Option<&PlaneStatus>;
-    /// The DataPlane's gateway settings; `None` for the other kinds.
+    /// The DataPlane's gateway settings; `None` for the other plane types.
     fn gateway_spec(&self) -> Option<&GatewaySpec>;
+    /// The API of this kind for `namespace` (every namespace when `None`); a cluster-scoped
+    /// kind has the one API whatever the namespace.
+    fn api(client: kube::Client, namespace: Option<&str>) -> kube::Api<Self>;
 
-    /// `spec.planeID`, or the name when unset.
+    /// `spec.planeID`; a namespaced CR's name when unset (a cluster-scoped CR must give
+    /// one, as OpenChoreo's gateway requires).
     fn plane_id(&self) -> String {
-        self.common()
-            .plane_id
-            .filter(|id| !id.is_empty())
+        let given = self.common().plane_id.filter(|id| !id.is_empty());
+        if Self::KIND.cluster_scoped() {
+            return given.unwrap_or_default().to_string();
+        }
+        given
             .map(str::to_string)
             .unwrap_or_else(|| self.meta().name.clone().unwrap_or_default())
     }
@@ -495,12 +606,12 @@ pub trait PlaneResource:
     /// Which CR this is.
     fn cr(&self) -> CrRef {
         CrRef {
-            namespace: Some(
+            namespace: (!Self::KIND.cluster_scoped()).then(|| {
                 self.meta()
                     .namespace
                     .clone()
-                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
-            ),
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+            }),
             name: self.meta().name.clone().unwrap_or_default(),
         }
     }
@@ -516,79 +627,91 @@ pub trait PlaneResource:
 /// The namespace kubectl uses for a namespaced object that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+fn namespaced_api<K>(client: kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    }
+}
+
+fn cluster_api<K>(client: kube::Client, _namespace: Option<&str>) -> kube::Api<K>
+where
+    K: Resource<DynamicType = (), Scope = ClusterResourceScope>,
+{
+    kube::Api::all(client)
+}
+
 macro_rules! plane_resource {
-    ($kind:ident, $plane_type:expr, |$spec:ident| $observability:expr, $gateway:expr) => {
+    ($kind:ident, $api:ident) => {
         impl PlaneResource for $kind {
-            const PLANE_TYPE: PlaneType = $plane_type;
+            const KIND: PlaneKind = PlaneKind::$kind;
             fn into_any(self) -> AnyPlane {
                 AnyPlane::$kind(self)
             }
             fn common(&self) -> CommonSpec<'_> {
-                let $spec = &self.spec;
-                CommonSpec {
-                    plane_id: $spec.plane_id.as_deref(),
-                    agent: $spec.cluster_agent.as_ref().or($spec.agent.as_ref()),
-                    kubernetes_cluster: $spec.kubernetes_cluster.as_ref(),
-                    observability_plane_ref: $observability,
-                }
+                self.spec.0.common()
             }
             fn plane_status(&self) -> Option<&PlaneStatus> {
                 self.status.as_ref()
             }
-            #[allow(unused_variables)]
             fn gateway_spec(&self) -> Option<&GatewaySpec> {
-                let $spec = &self.spec;
-                $gateway
+                self.spec.0.gateway()
+            }
+            fn api(client: kube::Client, namespace: Option<&str>) -> kube::Api<Self> {
+                $api(client, namespace)
             }
         }
     };
 }
 
-plane_resource!(
-    DataPlane,
-    PlaneType::DataPlane,
-    |spec| spec.observability_plane_ref.as_ref(),
-    Some(&spec.gateway)
-);
-plane_resource!(
-    BuildPlane,
-    PlaneType::BuildPlane,
-    |spec| spec.observability_plane_ref.as_ref(),
-    None
-);
-plane_resource!(
-    ObservabilityPlane,
-    PlaneType::ObservabilityPlane,
-    |_spec| None,
-    None
-);
+plane_resource!(DataPlane, namespaced_api);
+plane_resource!(ClusterDataPlane, cluster_api);
+plane_resource!(BuildPlane, namespaced_api);
+plane_resource!(WorkflowPlane, namespaced_api);
+plane_resource!(ClusterWorkflowPlane, cluster_api);
+plane_resource!(ObservabilityPlane, namespaced_api);
+plane_resource!(ClusterObservabilityPlane, cluster_api);
 
-/// A plane CR of any of the three kinds: what the registry and the planes directory hold.
+/// A plane CR of any kind: what the registry and the planes directory hold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AnyPlane {
     DataPlane(DataPlane),
+    ClusterDataPlane(ClusterDataPlane),
     BuildPlane(BuildPlane),
+    WorkflowPlane(WorkflowPlane),
+    ClusterWorkflowPlane(ClusterWorkflowPlane),
     ObservabilityPlane(ObservabilityPlane),
+    ClusterObservabilityPlane(ClusterObservabilityPlane),
 }
 
 macro_rules! each_plane {
     ($self:expr, |$plane:ident| $body:expr) => {
         match $self {
             AnyPlane::DataPlane($plane) => $body,
+            AnyPlane::ClusterDataPlane($plane) => $body,
             AnyPlane::BuildPlane($plane) => $body,
+            AnyPlane::WorkflowPlane($plane) => $body,
+            AnyPlane::ClusterWorkflowPlane($plane) => $body,
             AnyPlane::ObservabilityPlane($plane) => $body,
+            AnyPlane::ClusterObservabilityPlane($plane) => $body,
         }
     };
 }
 
 impl AnyPlane {
-    pub fn plane_type(&self) -> PlaneType {
-        match self {
-            AnyPlane::DataPlane(_) => PlaneType::DataPlane,
-            AnyPlane::BuildPlane(_) => PlaneType::BuildPlane,
-            AnyPlane::ObservabilityPlane(_) => PlaneType::ObservabilityPlane,
+    pub fn kind(&self) -> PlaneKind {
+        fn of<K: PlaneResource>(_: &K) -> PlaneKind {
+            K::KIND
         }
+        each_plane!(self, |p| of(p))
+    }
+
+    pub fn plane_type(&self) -> PlaneType {
+        self.kind().plane_type()
     }
 
     pub fn meta(&self) -> &kube::core::ObjectMeta {
@@ -629,12 +752,22 @@ impl AnyPlane {
     }
 
     /// Decodes one plane object of `kind` from its JSON form.
-    pub fn from_value(kind: PlaneType, value: serde_json::Value) -> serde_json::Result<AnyPlane> {
+    pub fn from_value(kind: PlaneKind, value: serde_json::Value) -> serde_json::Result<AnyPlane> {
         Ok(match kind {
-            PlaneType::DataPlane => AnyPlane::DataPlane(serde_json::from_value(value)?),
-            PlaneType::BuildPlane => AnyPlane::BuildPlane(serde_json::from_value(value)?),
-            PlaneType::ObservabilityPlane => {
+            PlaneKind::DataPlane => AnyPlane::DataPlane(serde_json::from_value(value)?),
+            PlaneKind::ClusterDataPlane => {
+                AnyPlane::ClusterDataPlane(serde_json::from_value(value)?)
+            }
+            PlaneKind::BuildPlane => AnyPlane::BuildPlane(serde_json::from_value(value)?),
+            PlaneKind::WorkflowPlane => AnyPlane::WorkflowPlane(serde_json::from_value(value)?),
+            PlaneKind::ClusterWorkflowPlane => {
+                AnyPlane::ClusterWorkflowPlane(serde_json::from_value(value)?)
+            }
+            PlaneKind::ObservabilityPlane => {
                 AnyPlane::ObservabilityPlane(serde_json::from_value(value)?)
+            }
+            PlaneKind::ClusterObservabilityPlane => {
+                AnyPlane::ClusterObservabilityPlane(serde_json::from_value(value)?)
             }
         })
     }
@@ -643,7 +776,7 @@ impl AnyPlane {
 /// Builds a plane CR in agent mode, the way `register`, `up` and tests create them.
 #[derive(Debug, Clone)]
 pub struct PlaneBuilder {
-    plane_type: PlaneType,
+    kind: PlaneKind,
     namespace: String,
     name: String,
     plane_id: Option<String>,
@@ -652,12 +785,15 @@ pub struct PlaneBuilder {
     secret_store: Option<String>,
     observability_plane: Option<String>,
     observer_url: Option<String>,
+    kubernetes_cluster: Option<KubernetesClusterSpec>,
 }
 
 impl PlaneBuilder {
-    pub fn new(plane_type: PlaneType, namespace: &str, name: &str) -> PlaneBuilder {
+    /// A plane of `kind` (a plane type builds its namespaced kind); `namespace` is not
+    /// used by a cluster-scoped kind.
+    pub fn new(kind: impl Into<PlaneKind>, namespace: &str, name: &str) -> PlaneBuilder {
         PlaneBuilder {
-            plane_type,
+            kind: kind.into(),
             namespace: namespace.to_string(),
             name: name.to_string(),
             plane_id: None,
@@ -666,7 +802,15 @@ impl PlaneBuilder {
             secret_store: None,
             observability_plane: None,
             observer_url: None,
+            kubernetes_cluster: None,
         }
+    }
+
+    /// Direct mode: the controller reaches the plane's API server itself, with these
+    /// credentials; the plane has no agent block unless [`Self::client_ca`] is called.
+    pub fn kubernetes_cluster(mut self, cluster: KubernetesClusterSpec) -> Self {
+        self.kubernetes_cluster = Some(cluster);
+        self
     }
 
     /// `spec.planeID`; the name is the plane ID when this is not called.
@@ -681,78 +825,109 @@ impl PlaneBuilder {
         self
     }
 
-    /// DataPlane only: the gateway settings; [`GatewaySpec::local`] of `localhost` when unset.
+    /// Data planes only: the gateway settings; [`GatewaySpec::local`] of `localhost` when unset.
     pub fn gateway(mut self, gateway: GatewaySpec) -> Self {
         self.gateway = Some(gateway);
         self
     }
 
-    /// DataPlane and BuildPlane: `spec.secretStoreRef.name`.
+    /// Data and build planes: `spec.secretStoreRef.name`.
     pub fn secret_store(mut self, name: Option<&str>) -> Self {
         self.secret_store = name.map(str::to_string);
         self
     }
 
-    /// DataPlane and BuildPlane: `spec.observabilityPlaneRef`.
+    /// Data and build planes: `spec.observabilityPlaneRef`.
     pub fn observability_plane(mut self, name: Option<&str>) -> Self {
         self.observability_plane = name.map(str::to_string);
         self
     }
 
-    /// ObservabilityPlane only: `spec.observerURL`.
+    /// Observability planes only: `spec.observerURL`.
     pub fn observer_url(mut self, url: Option<&str>) -> Self {
         self.observer_url = url.map(str::to_string);
         self
     }
 
     pub fn build(self) -> AnyPlane {
-        let agent = Some(AgentConfig {
+        let direct = self.kubernetes_cluster.is_some();
+        let cluster_agent = (!direct || self.client_ca.is_some()).then(|| AgentConfig {
             enabled: None,
-            client_ca: self.client_ca,
+            client_ca: self.client_ca.clone(),
         });
+        let kubernetes_cluster = self.kubernetes_cluster.clone();
         let secret_store_ref = self.secret_store.map(|name| SecretStoreRef { name });
         let observability_plane_ref = self.observability_plane.map(|name| ObservabilityPlaneRef {
             kind: Some("ObservabilityPlane".into()),
             name,
         });
-        let mut plane = match self.plane_type {
-            PlaneType::DataPlane => AnyPlane::DataPlane(DataPlane::new(
-                &self.name,
-                DataPlaneSpec {
-                    plane_id: self.plane_id,
-                    cluster_agent: agent,
-                    agent: None,
-                    kubernetes_cluster: None,
-                    gateway: self
-                        .gateway
-                        .unwrap_or_else(|| GatewaySpec::local("localhost")),
-                    image_pull_secret_refs: Vec::new(),
-                    secret_store_ref,
-                    observer: None,
-                    observability_plane_ref,
-                },
-            )),
-            PlaneType::BuildPlane => AnyPlane::BuildPlane(BuildPlane::new(
-                &self.name,
-                BuildPlaneSpec {
-                    plane_id: self.plane_id,
-                    cluster_agent: agent,
-                    secret_store_ref,
-                    observability_plane_ref,
-                    ..BuildPlaneSpec::default()
-                },
-            )),
-            PlaneType::ObservabilityPlane => AnyPlane::ObservabilityPlane(ObservabilityPlane::new(
-                &self.name,
-                ObservabilityPlaneSpec {
-                    plane_id: self.plane_id,
-                    cluster_agent: agent,
-                    observer_url: self.observer_url,
-                    ..ObservabilityPlaneSpec::default()
-                },
-            )),
+        // A cluster-scoped CR has no name to fall back on: its planeID is written out.
+        let plane_id = match self.plane_id {
+            None if self.kind.cluster_scoped() => Some(self.name.clone()),
+            given => given,
         };
-        plane.meta_mut().namespace = Some(self.namespace);
+        let name = &self.name;
+        let data = || DataPlaneFields {
+            plane_id: plane_id.clone(),
+            cluster_agent: cluster_agent.clone(),
+            agent: None,
+            kubernetes_cluster: kubernetes_cluster.clone(),
+            gateway: self
+                .gateway
+                .clone()
+                .unwrap_or_else(|| GatewaySpec::local("localhost")),
+            image_pull_secret_refs: Vec::new(),
+            registry: None,
+            secret_store_ref: secret_store_ref.clone(),
+            observer: None,
+            observability_plane_ref: observability_plane_ref.clone(),
+        };
+        let build = || BuildPlaneFields {
+            plane_id: plane_id.clone(),
+            cluster_agent: cluster_agent.clone(),
+            kubernetes_cluster: kubernetes_cluster.clone(),
+            secret_store_ref: secret_store_ref.clone(),
+            observability_plane_ref: observability_plane_ref.clone(),
+            ..BuildPlaneFields::default()
+        };
+        let observability = || ObservabilityPlaneFields {
+            plane_id: plane_id.clone(),
+            cluster_agent: cluster_agent.clone(),
+            kubernetes_cluster: kubernetes_cluster.clone(),
+            observer_url: self.observer_url.clone(),
+            ..ObservabilityPlaneFields::default()
+        };
+        let mut plane = match self.kind {
+            PlaneKind::DataPlane => {
+                AnyPlane::DataPlane(DataPlane::new(name, DataPlaneSpec(data())))
+            }
+            PlaneKind::ClusterDataPlane => AnyPlane::ClusterDataPlane(ClusterDataPlane::new(
+                name,
+                ClusterDataPlaneSpec(data()),
+            )),
+            PlaneKind::BuildPlane => {
+                AnyPlane::BuildPlane(BuildPlane::new(name, BuildPlaneSpec(build())))
+            }
+            PlaneKind::WorkflowPlane => {
+                AnyPlane::WorkflowPlane(WorkflowPlane::new(name, WorkflowPlaneSpec(build())))
+            }
+            PlaneKind::ClusterWorkflowPlane => AnyPlane::ClusterWorkflowPlane(
+                ClusterWorkflowPlane::new(name, ClusterWorkflowPlaneSpec(build())),
+            ),
+            PlaneKind::ObservabilityPlane => AnyPlane::ObservabilityPlane(ObservabilityPlane::new(
+                name,
+                ObservabilityPlaneSpec(observability()),
+            )),
+            PlaneKind::ClusterObservabilityPlane => {
+                AnyPlane::ClusterObservabilityPlane(ClusterObservabilityPlane::new(
+                    name,
+                    ClusterObservabilityPlaneSpec(observability()),
+                ))
+            }
+        };
+        if !self.kind.cluster_scoped() {
+            plane.meta_mut().namespace = Some(self.namespace.clone());
+        }
         plane
     }
 }
@@ -764,11 +939,16 @@ pub fn crds()
     use kube::CustomResourceExt as _;
     let mut crds = vec![
         DataPlane::crd(),
+        ClusterDataPlane::crd(),
         BuildPlane::crd(),
+        WorkflowPlane::crd(),
+        ClusterWorkflowPlane::crd(),
         ObservabilityPlane::crd(),
+        ClusterObservabilityPlane::crd(),
         Environment::crd(),
     ];
     for crd in &mut crds {
+        let cluster_scoped = crd.spec.scope == "Cluster";
         for version in &mut crd.spec.versions {
             let mut root = version
                 .schema
@@ -781,6 +961,14 @@ pub fn crds()
                     .and_then(|p| p.get_mut(part))
                 {
                     preserve_unknown_fields(schema);
+                    // OpenChoreo's gateway keys a cluster-scoped plane by its planeID
+                    // alone: there is no namespaced name to fall back on.
+                    if cluster_scoped && part == "spec" {
+                        schema
+                            .required
+                            .get_or_insert_with(Vec::new)
+                            .push("planeID".to_string());
+                    }
                 }
             }
         }

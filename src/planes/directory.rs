@@ -93,9 +93,7 @@ pub fn load(contents: &Contents) -> (Snapshot, Vec<String>) {
         if let Err(problem) = &entry.client_ca {
             problems.push(format!(
                 "{} {} (planeID {}): {problem}; its agents are refused",
-                entry.key.plane_type.kind(),
-                entry.cr,
-                entry.key.plane_id
+                entry.kind, entry.cr, entry.key.plane_id
             ));
         }
     }

@@ -19,7 +19,10 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::crd::{AnyPlane, BuildPlane, DataPlane, ObservabilityPlane, PlaneResource};
+use super::crd::{
+    AnyPlane, BuildPlane, ClusterDataPlane, ClusterObservabilityPlane, ClusterWorkflowPlane,
+    DataPlane, ObservabilityPlane, PlaneResource, WorkflowPlane,
+};
 use super::registry::{PlaneSource, Snapshot, secret_location};
 
 /// Loads a kube configuration: the kubeconfig files given (a `KUBECONFIG`-style list
@@ -126,19 +129,40 @@ impl KubernetesSource {
         KubernetesSource { client, namespace }
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
-    {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
+    /// Follows one kind: a function giving its CRs now, and a stream yielding `true` once
+    /// listed. OpenChoreo's newer kinds are `optional`: a cluster without their CRD (an
+    /// older install) has none of them rather than a gateway that never becomes ready.
+    fn follow<K: PlaneResource>(&self, optional: bool) -> (PlanesOfKind, BoxStream<'static, bool>) {
+        if K::KIND.cluster_scoped() && self.namespace.is_some() {
+            // Watching one namespace: cluster-scoped planes are not in it.
+            return (
+                Box::new(Vec::new),
+                futures_util::stream::once(async { true }).boxed(),
+            );
         }
+        let api = K::api(self.client.clone(), self.namespace.as_deref());
+        let (store, stream) = reflect(api, watcher::Config::default(), optional);
+        let planes = move || {
+            store
+                .state()
+                .into_iter()
+                .map(|k| K::clone(&k).into_any())
+                .collect()
+        };
+        (Box::new(planes), stream)
     }
 }
 
-/// One reflector; its stream yields `true` once the initial list is complete.
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, BoxStream<'static, bool>)
+/// The CRs of one kind as they stand.
+type PlanesOfKind = Box<dyn Fn() -> Vec<AnyPlane> + Send + Sync>;
+
+/// One reflector; its stream yields `true` once the initial list is complete (or, when
+/// `optional`, found the kind not served: listed, and empty until its CRD appears).
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    optional: bool,
+) -> (Store<K>, BoxStream<'static, bool>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -154,6 +178,14 @@ where
                 match event {
                     Ok(watcher::Event::InitDone) => Some(true),
                     Ok(_) => Some(false),
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if optional && status.code == 404 =>
+                    {
+                        tracing::debug!(
+                            "{what} are not served (no CRD); none of them until it is installed"
+                        );
+                        Some(true)
+                    }
                     Err(e) => {
                         tracing::warn!(
                             "cannot watch {what}: {e}; retrying (are the CRDs installed — \
@@ -167,24 +199,6 @@ where
         })
         .boxed();
     (store, stream)
-}
-
-struct Stores {
-    data: Store<DataPlane>,
-    build: Store<BuildPlane>,
-    observability: Store<ObservabilityPlane>,
-}
-
-impl Stores {
-    fn planes(&self) -> Vec<AnyPlane> {
-        fn objects<K: PlaneResource>(store: &Store<K>) -> impl Iterator<Item = AnyPlane> {
-            store.state().into_iter().map(|k| K::clone(&k).into_any())
-        }
-        objects(&self.data)
-            .chain(objects(&self.build))
-            .chain(objects(&self.observability))
-            .collect()
-    }
 }
 
 /// The Secrets plane CRs reference as their client CA, each watched by name (a field
@@ -306,7 +320,8 @@ async fn watch_secret(
 impl PlaneSource for KubernetesSource {
     fn describe(&self) -> String {
         format!(
-            "Kubernetes API: DataPlane, BuildPlane, ObservabilityPlane and their CA Secrets in {}",
+            "Kubernetes API: the plane kinds (DataPlane, BuildPlane, ObservabilityPlane, their \
+             newer and cluster-scoped twins) and their CA Secrets in {}",
             self.namespace
                 .as_deref()
                 .map(|ns| format!("namespace {ns}"))
@@ -319,15 +334,18 @@ impl PlaneSource for KubernetesSource {
         publish: watch::Sender<Option<Arc<Snapshot>>>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let config = watcher::Config::default();
-            let (data, s1) = reflect(self.api::<DataPlane>(), config.clone());
-            let (build, s2) = reflect(self.api::<BuildPlane>(), config.clone());
-            let (observability, s3) = reflect(self.api::<ObservabilityPlane>(), config);
-            let stores = Stores {
-                data,
-                build,
-                observability,
-            };
+            let (kinds, streams): (Vec<PlanesOfKind>, Vec<_>) = [
+                self.follow::<DataPlane>(false),
+                self.follow::<BuildPlane>(false),
+                self.follow::<ObservabilityPlane>(false),
+                self.follow::<WorkflowPlane>(true),
+                self.follow::<ClusterDataPlane>(true),
+                self.follow::<ClusterWorkflowPlane>(true),
+                self.follow::<ClusterObservabilityPlane>(true),
+            ]
+            .into_iter()
+            .unzip();
+            let all_planes = || kinds.iter().flat_map(|planes| planes()).collect::<Vec<_>>();
             let (changed, secret_changes) = tokio::sync::mpsc::unbounded_channel();
             let mut secrets = ReferencedSecrets {
                 client: self.client.clone(),
@@ -337,17 +355,19 @@ impl PlaneSource for KubernetesSource {
             };
             // Each stream is tagged with its index so the first complete list of each
             // kind is known; a snapshot before all are listed would refuse valid agents.
-            // Index 3 is a referenced Secret changing (listed or not is known above).
+            // The index after the kinds' is a referenced Secret changing (listed or not
+            // is known above).
+            let kind_count = streams.len();
             let mut events: SelectAll<BoxStream<'static, (usize, bool)>> = SelectAll::new();
-            for (i, stream) in [s1, s2, s3].into_iter().enumerate() {
+            for (i, stream) in streams.into_iter().enumerate() {
                 events.push(stream.map(move |init| (i, init)).boxed());
             }
             events.push(
                 tokio_stream_from(secret_changes)
-                    .map(|()| (3, true))
+                    .map(move |()| (kind_count, true))
                     .boxed(),
             );
-            let mut listed = [false; 4];
+            let mut listed = vec![false; kind_count + 1];
             let mut last: Option<Snapshot> = None;
             while let Some((i, init)) = events.next().await {
                 listed[i] |= init;
@@ -363,10 +383,10 @@ impl PlaneSource for KubernetesSource {
                         },
                     }
                 }
-                if !listed[..3].iter().all(|l| *l) {
+                if !listed[..kind_count].iter().all(|l| *l) {
                     continue;
                 }
-                let planes = stores.planes();
+                let planes = all_planes();
                 secrets.follow(&planes);
                 let Some(referenced) = secrets.listed() else {
                     continue;
@@ -392,17 +412,17 @@ impl PlaneSource for KubernetesSource {
 /// The plane API of one kind, namespaced or across namespaces.
 pub fn plane_api(
     client: &kube::Client,
-    plane_type: super::PlaneType,
+    kind: impl Into<super::PlaneKind>,
     namespace: Option<&str>,
 ) -> kube::Api<kube::core::DynamicObject> {
-    let gvk = kube::core::GroupVersionKind::gvk(
-        super::manifest::API_GROUP,
-        "v1alpha1",
-        plane_type.kind(),
-    );
+    let kind = kind.into();
+    let gvk =
+        kube::core::GroupVersionKind::gvk(super::manifest::API_GROUP, "v1alpha1", kind.as_str());
     let resource = kube::discovery::ApiResource::from_gvk(&gvk);
     match namespace {
-        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
-        None => kube::Api::all_with(client.clone(), &resource),
+        Some(ns) if !kind.cluster_scoped() => {
+            kube::Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        _ => kube::Api::all_with(client.clone(), &resource),
     }
 }

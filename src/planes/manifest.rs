@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
-use super::PlaneType;
+use super::PlaneKind;
 use super::crd::{AnyPlane, DEFAULT_NAMESPACE};
 use crate::config::{redact_values, yaml_error, yaml_options};
 
@@ -78,17 +78,7 @@ pub fn parse_document(doc: serde_json::Value) -> Result<Vec<Object>, String> {
             .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
         return Ok(vec![Object::Secret(Box::new(secret))]);
     }
-    let Some(plane_type) = PlaneType::ALL.into_iter().find(|t| t.kind() == kind) else {
-        if kind
-            .strip_prefix("Cluster")
-            .is_some_and(|rest| PlaneType::ALL.iter().any(|t| t.kind() == rest))
-        {
-            return Err(format!(
-                "{kind} {name}: cluster-scoped plane kinds are not served yet; use the namespaced \
-                 {} (the proxy path then names its namespace)",
-                &kind["Cluster".len()..]
-            ));
-        }
+    let Some(plane_kind) = PlaneKind::parse(&kind) else {
         return Ok(vec![Object::Other { kind, name }]);
     };
     if !meta.api_version.starts_with(&format!("{API_GROUP}/")) {
@@ -97,12 +87,24 @@ pub fn parse_document(doc: serde_json::Value) -> Result<Vec<Object>, String> {
             meta.api_version
         ));
     }
-    let mut plane = AnyPlane::from_value(plane_type, doc)
+    let mut plane = AnyPlane::from_value(plane_kind, doc)
         .map_err(|e| format!("{kind} {name}: {}", redact_values(&e.to_string())))?;
-    plane
-        .meta_mut()
-        .namespace
-        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    if plane_kind.cluster_scoped() {
+        // As the API server would: a cluster-scoped object has no namespace, and its
+        // planeID is required (the gateway has no namespaced name to fall back on).
+        plane.meta_mut().namespace = None;
+        if plane.common().plane_id.is_none_or(str::is_empty) {
+            return Err(format!(
+                "{kind} {name}: spec.planeID is required on a cluster-scoped plane; set it to \
+                 the planeID its agents send"
+            ));
+        }
+    } else {
+        plane
+            .meta_mut()
+            .namespace
+            .get_or_insert_with(|| DEFAULT_NAMESPACE.to_string());
+    }
     Ok(vec![Object::Plane(Box::new(plane))])
 }
 
@@ -237,6 +239,50 @@ stringData: {extra: plain}
         assert!(err.contains("invalid type: string \"…\""), "{err}");
     }
 
+    /// OpenChoreo's newer kinds serve the same plane types: a WorkflowPlane is a build
+    /// plane, a cluster-scoped kind has no namespace (`_cluster` in proxy paths) and its
+    /// Secret references name their own.
+    #[test]
+    fn newer_and_cluster_scoped_kinds() {
+        let objects = parse_file(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: WorkflowPlane\nmetadata: {name: wf, namespace: org}\n\
+             spec: {clusterAgent: {clientCA: {value: PEM}}}\n---\n\
+             apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata: {name: shared, namespace: ignored}\n\
+             spec: {planeID: prod, clusterAgent: {clientCA: {secretKeyRef: {name: ca, namespace: planes, key: ca.crt}}},\n\
+             gateway: {publicVirtualHost: p, organizationVirtualHost: o}}\n",
+            false,
+        )
+        .unwrap();
+        let planes: Vec<&AnyPlane> = objects
+            .iter()
+            .map(|o| match o {
+                Object::Plane(p) => p.as_ref(),
+                other => panic!("not a plane: {other:?}"),
+            })
+            .collect();
+        assert_eq!(planes[0].kind(), PlaneKind::WorkflowPlane);
+        assert_eq!(planes[0].key().to_string(), "buildplane/wf");
+        assert_eq!(planes[0].cr().to_string(), "org/wf");
+        assert_eq!(planes[1].kind(), PlaneKind::ClusterDataPlane);
+        assert_eq!(planes[1].key().to_string(), "dataplane/prod");
+        assert_eq!(planes[1].cr().to_string(), "_cluster/shared");
+        assert_eq!(planes[1].meta().namespace, None);
+
+        let unnamed = crate::planes::crd::ValueFrom::from_secret(None, "ca", "ca.crt");
+        let err = crate::planes::registry::resolve_client_ca(
+            PlaneKind::ClusterDataPlane,
+            crate::planes::registry::CLUSTER_SCOPE,
+            Some(&unnamed),
+            |_, _| None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message,
+            "ClusterDataPlane clientCA's secretKeyRef names no namespace, and a cluster-scoped \
+             plane has none to lend it; add the Secret's namespace to the secretKeyRef"
+        );
+    }
+
     #[test]
     fn mistakes_are_named() {
         let err = parse_file(
@@ -269,13 +315,15 @@ stringData: {extra: plain}
             "{err}"
         );
         let err = parse_file(
-            "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata: {name: a}\n",
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata: {name: a}\n\
+             spec: {gateway: {publicVirtualHost: p, organizationVirtualHost: o}}\n",
             false,
         )
         .unwrap_err();
-        assert!(
-            err.contains("cluster-scoped plane kinds are not served yet"),
-            "{err}"
+        assert_eq!(
+            err,
+            "document 1: ClusterDataPlane a: spec.planeID is required on a cluster-scoped plane; \
+             set it to the planeID its agents send"
         );
         assert!(
             parse_file("a: [unclosed", false)

@@ -104,6 +104,107 @@ impl PlaneType {
     }
 }
 
+impl PlaneType {
+    /// The kinds whose CRs serve this plane type, its namespaced kind first.
+    pub fn kinds(self) -> impl Iterator<Item = PlaneKind> {
+        PlaneKind::ALL
+            .into_iter()
+            .filter(move |k| k.plane_type() == self)
+    }
+
+    /// The kinds, for messages: "DataPlane or ClusterDataPlane".
+    pub fn kinds_phrase(self) -> String {
+        let kinds: Vec<&str> = self.kinds().map(PlaneKind::as_str).collect();
+        match kinds.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+}
+
+/// The custom resource kinds of remote planes. Each serves one [`PlaneType`]:
+/// `WorkflowPlane` is the newer name of `BuildPlane`, and the `Cluster*` kinds are
+/// cluster-scoped twins (OpenChoreo's gateway reads all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PlaneKind {
+    DataPlane,
+    ClusterDataPlane,
+    BuildPlane,
+    WorkflowPlane,
+    ClusterWorkflowPlane,
+    ObservabilityPlane,
+    ClusterObservabilityPlane,
+}
+
+impl PlaneKind {
+    pub const ALL: [PlaneKind; 7] = [
+        PlaneKind::DataPlane,
+        PlaneKind::ClusterDataPlane,
+        PlaneKind::BuildPlane,
+        PlaneKind::WorkflowPlane,
+        PlaneKind::ClusterWorkflowPlane,
+        PlaneKind::ObservabilityPlane,
+        PlaneKind::ClusterObservabilityPlane,
+    ];
+
+    /// The Kubernetes kind.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PlaneKind::DataPlane => "DataPlane",
+            PlaneKind::ClusterDataPlane => "ClusterDataPlane",
+            PlaneKind::BuildPlane => "BuildPlane",
+            PlaneKind::WorkflowPlane => "WorkflowPlane",
+            PlaneKind::ClusterWorkflowPlane => "ClusterWorkflowPlane",
+            PlaneKind::ObservabilityPlane => "ObservabilityPlane",
+            PlaneKind::ClusterObservabilityPlane => "ClusterObservabilityPlane",
+        }
+    }
+
+    pub const fn plane_type(self) -> PlaneType {
+        match self {
+            PlaneKind::DataPlane | PlaneKind::ClusterDataPlane => PlaneType::DataPlane,
+            PlaneKind::BuildPlane | PlaneKind::WorkflowPlane | PlaneKind::ClusterWorkflowPlane => {
+                PlaneType::BuildPlane
+            }
+            PlaneKind::ObservabilityPlane | PlaneKind::ClusterObservabilityPlane => {
+                PlaneType::ObservabilityPlane
+            }
+        }
+    }
+
+    pub const fn cluster_scoped(self) -> bool {
+        matches!(
+            self,
+            PlaneKind::ClusterDataPlane
+                | PlaneKind::ClusterWorkflowPlane
+                | PlaneKind::ClusterObservabilityPlane
+        )
+    }
+
+    /// The kind named exactly (Kubernetes kinds are case-sensitive).
+    pub fn parse(kind: &str) -> Option<PlaneKind> {
+        PlaneKind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
+/// A plane type's namespaced kind (`BuildPlane` for build planes).
+impl From<PlaneType> for PlaneKind {
+    fn from(plane_type: PlaneType) -> PlaneKind {
+        match plane_type {
+            PlaneType::DataPlane => PlaneKind::DataPlane,
+            PlaneType::BuildPlane => PlaneKind::BuildPlane,
+            PlaneType::ObservabilityPlane => PlaneKind::ObservabilityPlane,
+        }
+    }
+}
+
+impl std::fmt::Display for PlaneKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for PlaneType {
     type Err = String;
 

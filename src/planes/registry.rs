@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::crd::{AnyPlane, DEFAULT_NAMESPACE, ValueFrom};
-use super::{PlaneType, Problem, Reason, secret_data};
+use super::{PlaneKind, PlaneType, Problem, Reason, secret_data};
 use crate::trust::{self, Usage};
 
 /// What an agent names in its `/ws` request: `planeType` and `planeID`.
@@ -70,6 +70,7 @@ impl std::fmt::Display for CrRef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaneEntry {
     pub key: PlaneKey,
+    pub kind: PlaneKind,
     pub cr: CrRef,
     pub generation: Option<i64>,
     pub client_ca: Result<Arc<Vec<CertificateDer<'static>>>, String>,
@@ -87,7 +88,7 @@ pub struct Snapshot {
 pub struct Authorisation {
     pub granted: Vec<CrRef>,
     /// CRs of the plane that did not verify the agent, with the reason.
-    pub refused: Vec<(CrRef, String)>,
+    pub refused: Vec<(PlaneKind, CrRef, String)>,
 }
 
 impl Authorisation {
@@ -97,18 +98,18 @@ impl Authorisation {
             return format!(
                 "no {} with planeID {:?} is registered; create the plane resource (or check the agent's \
                  --plane-type and --plane-id)",
-                key.plane_type.kind(),
+                key.plane_type.kinds_phrase(),
                 key.plane_id
             );
         }
         let reasons: Vec<String> = self
             .refused
             .iter()
-            .map(|(cr, why)| format!("{} {cr}: {why}", key.plane_type.kind()))
+            .map(|(kind, cr, why)| format!("{kind} {cr}: {why}"))
             .collect();
         format!(
             "the client certificate is not trusted by any {} with planeID {:?}: {}",
-            key.plane_type.kind(),
+            key.plane_type.kinds_phrase(),
             key.plane_id,
             reasons.join("; ")
         )
@@ -150,10 +151,13 @@ impl Snapshot {
             };
             match verdict {
                 Ok(()) => result.granted.push(entry.cr.clone()),
-                Err(why) => result.refused.push((entry.cr.clone(), why)),
+                Err(why) => result.refused.push((entry.kind, entry.cr.clone(), why)),
             }
         }
         result.granted.sort();
+        // A BuildPlane and a WorkflowPlane of one name and namespace are one CR on the
+        // wire (proxy paths do not name the kind).
+        result.granted.dedup();
         result
     }
 
@@ -178,13 +182,14 @@ impl Snapshot {
             .map(|plane| {
                 let cr = plane.cr();
                 let client_ca = resolve_client_ca(
-                    plane.plane_type(),
+                    plane.kind(),
                     cr.namespace_or_cluster(),
                     plane.client_ca(),
                     |ns, name| data.get(&(ns.to_string(), name.to_string())),
                 );
                 PlaneEntry {
                     key: plane.key(),
+                    kind: plane.kind(),
                     cr,
                     generation: plane.meta().generation,
                     client_ca: client_ca.map(Arc::new).map_err(|problem| problem.message),
@@ -210,6 +215,10 @@ pub fn secret_location(referrer_namespace: &str, value: &ValueFrom) -> Option<Se
         return None;
     }
     let reference = value.secret()?;
+    if reference.namespace.is_none() && referrer_namespace == CLUSTER_SCOPE {
+        // A cluster-scoped CR has no namespace to lend its references.
+        return None;
+    }
     Some(SecretKeyLocation {
         namespace: reference.namespace_or(referrer_namespace).to_string(),
         name: reference.name.clone(),
@@ -231,6 +240,15 @@ pub fn resolve_value<'a>(
         return Ok(inline.as_bytes().to_vec());
     }
     let Some(at) = secret_location(referrer_namespace, value) else {
+        if value.secret().is_some() {
+            return Err(Problem::new(
+                missing,
+                format!(
+                    "{field}'s secretKeyRef names no namespace, and a cluster-scoped plane has \
+                     none to lend it; add the Secret's namespace to the secretKeyRef"
+                ),
+            ));
+        }
         return Err(Problem::new(
             missing,
             format!("{field} has neither value nor secretKeyRef; give one of them"),
@@ -263,12 +281,11 @@ pub fn resolve_value<'a>(
 /// Resolves and parses a plane's `clientCA`; `secret` looks a Secret's data up by
 /// namespace and name.
 pub fn resolve_client_ca<'a>(
-    plane_type: PlaneType,
+    kind: PlaneKind,
     namespace: &str,
     client_ca: Option<&ValueFrom>,
     secret: impl Fn(&str, &str) -> Option<&'a BTreeMap<String, Vec<u8>>>,
 ) -> Result<Vec<CertificateDer<'static>>, Problem> {
-    let kind = plane_type.kind();
     let Some(client_ca) = client_ca else {
         return Err(Problem::new(
             Reason::ClientCAMissing,

@@ -19,7 +19,7 @@ use super::connection::{CaProposal, ConnectionStatus};
 use super::crd::ValueFrom;
 use super::kubernetes::plane_api;
 use super::registry::secret_location;
-use super::{PlaneType, Problem, Reason};
+use super::{PlaneKind, PlaneType, Problem, Reason};
 use crate::trust::inspect::{fingerprint, format_time};
 use crate::trust::pem::to_pem;
 
@@ -82,7 +82,7 @@ pub fn rotate_command(plane_type: PlaneType, namespace: &str, name: &str) -> Str
 /// an old one ([`UNUSED_SINCE`] records since when); never before the grace period after
 /// the new CA was added.
 pub fn next_step(
-    plane_type: PlaneType,
+    kind: PlaneKind,
     (namespace, name): (&str, &str),
     annotations: &BTreeMap<String, String>,
     current: &[CertificateDer<'static>],
@@ -161,8 +161,8 @@ pub fn next_step(
              to let the controller do it)",
             proposal.agent.as_deref().unwrap_or("(unnamed)"),
             proposal.fingerprints.join(", "),
-            plane_type.kind(),
-            rotate_command(plane_type, namespace, name),
+            kind,
+            rotate_command(kind.plane_type(), namespace, name),
         ),
     );
     Step::Proposed { proposal, problem }
@@ -239,13 +239,13 @@ pub fn bundle_pem(bundle: &[CertificateDer<'_>]) -> String {
 /// With `resource_version`, the CR is patched only if nobody changed it since it was read.
 pub async fn write(
     client: &kube::Client,
-    plane_type: PlaneType,
+    kind: PlaneKind,
     (namespace, name, resource_version): (&str, &str, Option<&str>),
     client_ca: &ValueFrom,
     bundle: Option<&[CertificateDer<'_>]>,
     annotations: &[(&str, Option<String>)],
 ) -> Result<(), kube::Error> {
-    let api = plane_api(client, plane_type, Some(namespace));
+    let api = plane_api(client, kind, Some(namespace));
     let params = PatchParams::default();
     // Where the gateway reads it: the inline value first, as `resolve_value` does.
     let secret = match client_ca.inline_value() {
@@ -336,7 +336,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         next_step(
-            PlaneType::DataPlane,
+            PlaneKind::DataPlane,
             ("ns", "dp"),
             &annotations,
             current,

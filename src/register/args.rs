@@ -94,9 +94,20 @@ pub struct ExchangeArgs {
     )]
     pub control_plane_context: Option<String>,
 
-    /// Kube context of the remote plane (where the agent runs).
+    /// Kube context of the remote plane (where the agent runs; with --direct, the
+    /// credentials the controller uses).
     #[arg(long)]
     pub remote_context: String,
+
+    /// Direct mode, no agent: the controller reaches the remote API server itself with
+    /// --remote-context's server, CA and client certificate or token (checked and tried
+    /// first), kept in Secret NAME-kubernetes-cluster of --namespace.
+    #[arg(
+        long,
+        requires = "control_plane_context",
+        conflicts_with_all = ["ca_from_secret", "ca_inline", "server_url", "remote_namespace"]
+    )]
+    pub direct: bool,
 
     /// Kubeconfig files (a list separated by `:`); the default kubeconfig when unset.
     #[arg(long, env = "KUBECONFIG")]

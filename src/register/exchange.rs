@@ -29,12 +29,12 @@ const AGENT_TLS: &str = "cluster-agent-tls";
 const DEFAULT_WAIT: Duration = Duration::from_secs(120);
 
 /// A failed step: which one, and what to do, in the words of the reference guide.
-struct Failure {
-    step: &'static str,
-    message: String,
+pub(super) struct Failure {
+    pub step: &'static str,
+    pub message: String,
 }
 
-fn fail<T>(step: &'static str, message: impl Into<String>) -> Result<T, Failure> {
+pub(super) fn fail<T>(step: &'static str, message: impl Into<String>) -> Result<T, Failure> {
     Err(Failure {
         step,
         message: message.into(),
@@ -421,15 +421,8 @@ fn plane_object(
         .secret_store(args.secret_store.as_deref())
         .observability_plane(args.observability_plane.as_deref())
         .observer_url(args.observer_url.as_deref());
-    if let (Some(public), Some(organization)) =
-        (&args.public_virtual_host, &args.organization_virtual_host)
-    {
-        builder = builder.gateway(GatewaySpec {
-            public_virtual_host: public.clone(),
-            organization_virtual_host: organization.clone(),
-            public_http_port: i32::from(args.public_http_port),
-            public_https_port: i32::from(args.public_https_port),
-        });
+    if let Some(gateway) = gateway_spec(args) {
+        builder = builder.gateway(gateway);
     }
     let secret = args.ca_from_secret.then(|| Secret {
         metadata: ObjectMeta {
@@ -452,8 +445,22 @@ fn plane_object(
     (builder.build(), secret)
 }
 
+/// A DataPlane's gateway settings, from the flags.
+pub(super) fn gateway_spec(args: &ExchangeArgs) -> Option<GatewaySpec> {
+    let (public, organization) = (
+        args.public_virtual_host.as_ref()?,
+        args.organization_virtual_host.as_ref()?,
+    );
+    Some(GatewaySpec {
+        public_virtual_host: public.clone(),
+        organization_virtual_host: organization.clone(),
+        public_http_port: i32::from(args.public_http_port),
+        public_https_port: i32::from(args.public_https_port),
+    })
+}
+
 /// An object as server-side apply takes it (typed objects serialise their apiVersion and kind).
-fn to_value<T: serde::Serialize>(object: &T) -> Value {
+pub(super) fn to_value<T: serde::Serialize>(object: &T) -> Value {
     serde_json::to_value(object).unwrap_or(Value::Null)
 }
 
@@ -538,14 +545,6 @@ fn remote_objects(remote_ns: &str, gateway_ca: &[CertificateDer<'_>]) -> (Value,
 
 async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome, Failure> {
     let kubeconfig = args.kubeconfig.as_deref();
-    let remote = kube_client(kubeconfig, Some(&args.remote_context))
-        .await
-        .or_else(|e| {
-            fail(
-                "connecting",
-                format!("remote context {}: {e:#}", args.remote_context),
-            )
-        })?;
     let control = match &args.control_plane_context {
         Some(context) => Some(kube_client(kubeconfig, Some(context)).await.or_else(|e| {
             fail(
@@ -555,6 +554,26 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         })?),
         None => None,
     };
+    if args.direct {
+        let writes = super::direct::prepare(plane_type, args).await?;
+        if args.dry_run {
+            print!("{}", to_yaml(&writes));
+            return Ok(Outcome::Ok);
+        }
+        register_plane(control.as_ref(), plane_type, args, &writes).await?;
+        if let (Some(client), Some(wait)) = (&control, args.wait) {
+            return wait_connected(client, plane_type, args, wait).await;
+        }
+        return Ok(Outcome::Ok);
+    }
+    let remote = kube_client(kubeconfig, Some(&args.remote_context))
+        .await
+        .or_else(|e| {
+            fail(
+                "connecting",
+                format!("remote context {}: {e:#}", args.remote_context),
+            )
+        })?;
     let gateway_ca = gateway_ca(control.as_ref(), args).await?;
     eprintln!(
         "step 1: control plane CA read ({} certificate(s))",
@@ -613,13 +632,32 @@ async fn wait_connected(
         &args.namespace,
         &ApiResource::from_gvk(&gvk),
     );
-    let mut progress = Progress::new("waiting for the agent to connect".into(), wait);
+    let what = if args.direct {
+        "waiting for the controller to reach the remote API server"
+    } else {
+        "waiting for the agent to connect"
+    };
+    let mut progress = Progress::new(what.into(), wait);
     let mut last =
         String::from("no status yet (is planelink's or OpenChoreo's controller running?)");
     while progress.elapsed() < wait {
         if let Ok(object) = api.get(&args.name).await {
             let status = object.data.get("status").cloned().unwrap_or(Value::Null);
-            if status["agentConnection"]["connected"] == json!(true) {
+            let connected = status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == crate::controller::CONNECTED));
+            if args.direct && connected.is_some_and(|c| c["status"] == "True") {
+                progress.done();
+                println!(
+                    "connected to the remote API server: {}: {}",
+                    args.name,
+                    connected
+                        .and_then(|c| c["message"].as_str())
+                        .unwrap_or_default()
+                );
+                return Ok(Outcome::Ok);
+            }
+            if !args.direct && status["agentConnection"]["connected"] == json!(true) {
                 progress.done();
                 println!(
                     "connected to control plane: {} ({} agent(s))",
@@ -643,9 +681,14 @@ async fn wait_connected(
     }
     progress.done();
     fail(
-        "step 5 (agent connection)",
+        "step 5 (connection)",
         format!(
-            "no agent connected within {}s; the plane says {last}",
+            "{} within {}s; the plane says {last}",
+            if args.direct {
+                "the controller did not reach the remote API server"
+            } else {
+                "no agent connected"
+            },
             wait.as_secs()
         ),
     )

@@ -2,6 +2,7 @@
 
 mod certs;
 mod check;
+mod direct;
 mod exchange;
 mod inspect;
 mod rotate;

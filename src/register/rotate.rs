@@ -19,7 +19,7 @@ use super::exchange::Progress;
 use crate::planes::crd::{AnyPlane, ValueFrom};
 use crate::planes::kubernetes::{kube_client, plane_api};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
-use crate::planes::{PlaneType, rollover, secret_data};
+use crate::planes::{PlaneKind, PlaneType, rollover, secret_data};
 use crate::trust::inspect::{fingerprint, format_time};
 use crate::trust::{self, CertInfo};
 
@@ -40,6 +40,8 @@ pub fn run(args: &RotateArgs) -> Outcome {
 
 /// The plane as it stands: its clientCA reference, the CAs it trusts, its annotations.
 struct Plane {
+    /// The kind found under the name: a build plane may be a BuildPlane or a WorkflowPlane.
+    kind: PlaneKind,
     resource_version: Option<String>,
     client_ca: ValueFrom,
     trusted: Vec<CertificateDer<'static>>,
@@ -48,20 +50,32 @@ struct Plane {
 
 async fn read_plane(client: &Client, kind: PlaneType, args: &RotateArgs) -> Result<Plane, Failed> {
     let what = format!("{} {}/{}", kind.kind(), args.namespace, args.name);
-    let object = plane_api(client, kind, Some(&args.namespace))
-        .get_opt(&args.name)
-        .await
-        .map_err(|e| format!("cannot read {what}: {e}"))?
-        .ok_or_else(|| {
-            format!(
-                "{what} does not exist; register it first with `planelink register {}`",
-                kind.as_str()
-            )
-        })?;
+    let mut found = None;
+    for candidate in kind.kinds().filter(|k| !k.cluster_scoped()) {
+        let object = plane_api(client, candidate, Some(&args.namespace))
+            .get_opt(&args.name)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read {candidate} {}/{}: {e}",
+                    args.namespace, args.name
+                )
+            })?;
+        if let Some(object) = object {
+            found = Some((candidate, object));
+            break;
+        }
+    }
+    let (found_kind, object) = found.ok_or_else(|| {
+        format!(
+            "{what} does not exist; register it first with `planelink register {}`",
+            kind.as_str()
+        )
+    })?;
     let annotations = object.annotations().clone();
     let resource_version = object.resource_version();
     let value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-    let plane = AnyPlane::from_value(kind, value).map_err(|e| format!("{what}: {e}"))?;
+    let plane = AnyPlane::from_value(found_kind, value).map_err(|e| format!("{what}: {e}"))?;
     let client_ca = plane.client_ca().cloned().ok_or_else(|| {
         format!("{what} has no spec.clusterAgent.clientCA to roll over; register the agent's CA with `planelink register {}`", kind.as_str())
     })?;
@@ -75,11 +89,12 @@ async fn read_plane(client: &Client, kind: PlaneType, args: &RotateArgs) -> Resu
             .map(|s| secret_data(&s)),
         None => None,
     };
-    let trusted = resolve_client_ca(kind, &args.namespace, Some(&client_ca), |_, _| {
+    let trusted = resolve_client_ca(found_kind, &args.namespace, Some(&client_ca), |_, _| {
         data.as_ref()
     })
     .map_err(|problem| format!("{what}: {}", problem.message))?;
     Ok(Plane {
+        kind: found_kind,
         resource_version,
         client_ca,
         trusted,
@@ -199,7 +214,7 @@ async fn rotate(args: &RotateArgs) -> Result<(), Failed> {
         let started = crate::trust::inspect::format_system_time(SystemTime::now());
         rollover::write(
             &client,
-            kind,
+            plane.kind,
             (
                 &args.namespace,
                 &args.name,

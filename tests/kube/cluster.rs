@@ -85,7 +85,16 @@ pub fn clusters() -> &'static Clusters {
         };
         let crds = root().join("packaging/crds/openchoreo.dev.yaml");
         clusters.ok(&clusters.control, &["apply", "-f", crds.to_str().unwrap()]);
-        for crd in ["dataplanes", "buildplanes", "observabilityplanes", "environments"] {
+        for crd in [
+            "dataplanes",
+            "clusterdataplanes",
+            "buildplanes",
+            "workflowplanes",
+            "clusterworkflowplanes",
+            "observabilityplanes",
+            "clusterobservabilityplanes",
+            "environments",
+        ] {
             clusters.ok(
                 &clusters.control,
                 &[

@@ -732,19 +732,7 @@ fn direct_mode_reports_connected() {
     let ns = c.namespace("direct");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let remote: serde_json::Value = serde_json::from_str(&c.ok(
-        &c.remote,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-    ))
-    .unwrap();
+    let remote = config_view(c, &c.remote);
     let server = remote["clusters"][0]["cluster"]["server"]
         .as_str()
         .unwrap()
@@ -853,6 +841,24 @@ fn direct_mode_reports_connected() {
         "APIServerUnreachable",
     );
     assert!(message.contains("Unauthorized"), "{message}");
+}
+
+/// Context `context` of the test kubeconfig as `kubectl config view --raw --minify
+/// --flatten` gives it: its one cluster and user, file contents inlined as base64.
+fn config_view(c: &Clusters, context: &str) -> serde_json::Value {
+    let view = c.ok(
+        context,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ],
+    );
+    serde_json::from_str(&view).unwrap()
 }
 
 /// The current holder of the controller's leader Lease in `ns`.
@@ -986,19 +992,7 @@ fn service_account_kubeconfig(c: &Clusters, dir: &Path, namespace: &str, account
         &c.control,
         &["create", "token", account, "-n", namespace, "--duration=1h"],
     );
-    let base: serde_json::Value = serde_json::from_str(&c.ok(
-        &c.control,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "json",
-        ],
-    ))
-    .unwrap();
+    let base = config_view(c, &c.control);
     let cluster = &base["clusters"][0]["cluster"];
     let path = dir.join(format!("{account}.kubeconfig"));
     let config = serde_json::json!({

@@ -9,7 +9,7 @@ use planelink::planes::crd::{AnyPlane, PlaneBuilder, ValueFrom};
 use planelink::planes::directory::DirectorySource;
 use planelink::planes::kubernetes::{KubernetesSource, kube_client};
 use planelink::planes::manifest::to_yaml;
-use planelink::planes::{PlaneKey, PlaneType, Registry, Snapshot};
+use planelink::planes::{PlaneKey, PlaneKind, PlaneType, Registry, Snapshot};
 
 use super::cluster::clusters;
 use super::{Pki, WAIT};
@@ -76,6 +76,18 @@ fn manifests(ns: &str, other_ns: &str, pki: &Pki) -> String {
             .build(),
         no_agent,
         disabled,
+        // OpenChoreo's newer kinds: a WorkflowPlane serves build-plane agents; a
+        // cluster-scoped plane names its Secret's namespace, or has none to read.
+        PlaneBuilder::new(PlaneKind::WorkflowPlane, ns, "workflows")
+            .client_ca(ValueFrom::inline(&c))
+            .build(),
+        PlaneBuilder::new(PlaneKind::ClusterDataPlane, "", &format!("{ns}-shared"))
+            .plane_id("cluster-wide")
+            .client_ca(ValueFrom::from_secret(Some(ns), "b-ca", "ca.crt"))
+            .build(),
+        PlaneBuilder::new(PlaneKind::ClusterWorkflowPlane, "", &format!("{ns}-builds"))
+            .client_ca(ValueFrom::from_secret(None, "b-ca", "ca.crt"))
+            .build(),
     ];
     format!("{secret}{}", to_yaml(&planes))
 }
@@ -103,9 +115,10 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        // 5 agent-enabled planes: inline, from-secret, tenant, leaf, missing-secret.
+        // 8 agent-enabled planes: inline, from-secret, tenant, leaf, missing-secret,
+        // workflows and the two cluster-scoped ones.
         let from_dir = Registry::spawn(Box::new(DirectorySource::new(&planes_dir)));
-        let directory = snapshot_with(&from_dir, 5, "planes directory").await;
+        let directory = snapshot_with(&from_dir, 8, "planes directory").await;
         let mut seen = Vec::new();
         for namespace in [&ns, &other_ns] {
             let client = kube_client(Some(&c.kubeconfig_for(&c.control)), None)
@@ -113,13 +126,41 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
                 .unwrap();
             let source = KubernetesSource::new(client, Some(namespace.clone()));
             let registry = Registry::spawn(Box::new(source));
-            let expected = if namespace == &ns { 4 } else { 1 };
+            let expected = if namespace == &ns { 5 } else { 1 };
             seen.extend(
                 snapshot_with(&registry, expected, "Kubernetes")
                     .await
                     .entries,
             );
         }
+        // Cluster-scoped planes are seen only by a source of every namespace (where the
+        // other tests' planes are too: only this test's are kept).
+        let client = kube_client(Some(&c.kubeconfig_for(&c.control)), None)
+            .await
+            .unwrap();
+        let everywhere = Registry::spawn(Box::new(KubernetesSource::new(client, None)));
+        let ours = |snapshot: &Snapshot| -> Vec<_> {
+            snapshot
+                .entries
+                .iter()
+                .filter(|e| e.cr.namespace.is_none() && e.cr.name.starts_with(&format!("{ns}-")))
+                .cloned()
+                .collect()
+        };
+        let mut changes = everywhere.subscribe();
+        let cluster_scoped = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(snapshot) = changes.borrow_and_update().clone()
+                    && ours(&snapshot).len() == 2
+                {
+                    return ours(&snapshot);
+                }
+                changes.changed().await.expect("the source runs");
+            }
+        })
+        .await
+        .expect("the cluster-scoped planes within the wait");
+        seen.extend(cluster_scoped);
         seen.sort_by(|a, b| (&a.key, &a.cr).cmp(&(&b.key, &b.cr)));
         let kubernetes = Snapshot { entries: seen };
         assert_eq!(comparable(&directory), comparable(&kubernetes));
@@ -142,6 +183,18 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
                 plane_type: PlaneType::DataPlane,
                 plane_id: "disabled".into(),
             },
+            PlaneKey {
+                plane_type: PlaneType::BuildPlane,
+                plane_id: "workflows".into(),
+            },
+            PlaneKey {
+                plane_type: PlaneType::DataPlane,
+                plane_id: "cluster-wide".into(),
+            },
+            PlaneKey {
+                plane_type: PlaneType::BuildPlane,
+                plane_id: format!("{ns}-builds"),
+            },
         ];
         for agent in ["model-a", "model-b", "model-c"] {
             let chain =
@@ -160,12 +213,37 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
                 "agent {agent} is trusted by exactly one CR of planeID shared"
             );
         }
+        let chain_of = |agent: &str| {
+            planelink::trust::load_certificates(&pki.dir.join(agent).join("tls.crt")).unwrap()
+        };
+        let granted = |key: &PlaneKey, agent: &str| -> Vec<String> {
+            kubernetes
+                .authorise(key, &chain_of(agent), now)
+                .granted
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(granted(&keys[4], "model-c"), [format!("{ns}/workflows")]);
+        assert_eq!(
+            granted(&keys[5], "model-b"),
+            [format!("_cluster/{ns}-shared")]
+        );
+        assert!(granted(&keys[5], "model-a").is_empty());
+        let unnamed = kubernetes.entries_for(&keys[6]).next().expect("listed");
+        assert_eq!(
+            unnamed.client_ca.as_ref().unwrap_err(),
+            "ClusterWorkflowPlane clientCA's secretKeyRef names no namespace, and a \
+             cluster-scoped plane has none to lend it; add the Secret's namespace to the \
+             secretKeyRef"
+        );
     });
 }
 
-/// Every field of OpenChoreo's documented DataPlane, BuildPlane and ObservabilityPlane,
-/// and fields no planelink type names (a newer OpenChoreo's), at every depth of spec and
-/// status: planelink's CRDs on a real API server keep them all, so they can replace
+/// Every field of OpenChoreo's documented plane kinds (DataPlane, BuildPlane, WorkflowPlane,
+/// ObservabilityPlane and the cluster-scoped ClusterDataPlane, ClusterWorkflowPlane and
+/// ClusterObservabilityPlane), and fields no planelink type names (a newer OpenChoreo's),
+/// at every depth of spec and status: planelink's CRDs on a real API server keep them all, so they can replace
 /// OpenChoreo's and be replaced by them again without losing data.
 #[test]
 fn openchoreo_shaped_planes_keep_every_field() {
@@ -201,7 +279,31 @@ fn openchoreo_shaped_planes_keep_every_field() {
                   "secretStoreRef": {"name": "default"}}},
         {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ObservabilityPlane",
          "metadata": {"name": "obs", "namespace": ns},
-         "spec": {"observerURL": "https://observer.example.com", "aNewerField": "kept"}}
+         "spec": {"observerURL": "https://observer.example.com", "aNewerField": "kept"}},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "WorkflowPlane",
+         "metadata": {"name": "workflows", "namespace": ns},
+         "spec": {"planeID": "workflows", "clusterAgent": {"enabled": true, "clientCA": {"value": "PEM"}},
+                  "observer": {"url": "https://observer.example.com",
+                               "authentication": {"basicAuth": {"username": "u", "password": "p"}}},
+                  "secretStoreRef": {"name": "default"},
+                  "observabilityPlaneRef": {"kind": "ClusterObservabilityPlane", "name": "shared"}}},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterDataPlane",
+         "metadata": {"name": format!("{ns}-shared")},
+         "spec": {"planeID": "shared-data",
+                  "clusterAgent": {"clientCA": {"secretKeyRef": {"name": "ca", "namespace": ns, "key": "ca.crt"}}},
+                  "gateway": {"publicVirtualHost": "api.example.com", "organizationVirtualHost": "internal.example.com",
+                              "publicHTTPPort": 80, "publicHTTPSPort": 443},
+                  "registry": {"prefix": "registry.example.com/acme", "secretRef": "registry-credentials"},
+                  "imagePullSecretRefs": ["docker-registry-credentials"],
+                  "aNewerBlock": {"kept": true}}},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterWorkflowPlane",
+         "metadata": {"name": format!("{ns}-builds")},
+         "spec": {"planeID": "shared-builds", "agent": {"enabled": false},
+                  "observer": {"url": "https://observer.example.com"}}},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterObservabilityPlane",
+         "metadata": {"name": format!("{ns}-obs")},
+         "spec": {"planeID": "shared-obs", "observerURL": "https://observer.example.com",
+                  "clusterAgent": {"clientCA": {"value": "PEM"}}}}
     ]);
     for plane in planes.as_array().unwrap() {
         c.apply(&c.control, &plane.to_string());
@@ -236,7 +338,33 @@ fn openchoreo_shaped_planes_keep_every_field() {
             &status["status"],
             &format!("{what} status"),
         );
+        // Round trip: what was read, written back, reads the same.
+        c.apply(&c.control, &stored.to_string());
+        let again = c.get(&c.control, &ns, &what).unwrap();
+        assert_eq!(
+            again["spec"], stored["spec"],
+            "{what} spec after a round trip"
+        );
+        assert_eq!(
+            again["status"], stored["status"],
+            "{what} status after a round trip"
+        );
     }
+    // OpenChoreo's gateway keys a cluster-scoped plane by planeID alone: required.
+    let out = c.kubectl_with_input(
+        &c.control,
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata: {{name: {ns}-no-id}}\n\
+             spec: {{gateway: {{publicVirtualHost: a, organizationVirtualHost: b}}}}\n"
+        )),
+    );
+    assert!(
+        !out.status.success(),
+        "a ClusterDataPlane without planeID was accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.planeID: Required value"), "{err}");
 }
 
 /// Every field of `wanted` is in `stored` with the same value (the API server may add

@@ -325,3 +325,139 @@ fn register_into_a_planes_directory_feeds_a_gateway() {
         }
     });
 }
+
+/// The server, CA and client certificate of a kubeconfig context, as `kubectl config view
+/// --raw --flatten` gives them (base64 of PEM).
+fn context_credentials(c: &Clusters, context: &str) -> serde_json::Value {
+    let view = config_view(c, context);
+    serde_json::json!({
+        "server": view["clusters"][0]["cluster"]["server"],
+        "ca": view["clusters"][0]["cluster"]["certificate-authority-data"],
+        "cert": view["users"][0]["user"]["client-certificate-data"],
+        "key": view["users"][0]["user"]["client-key-data"],
+    })
+}
+
+/// Direct mode with client certificates, which the test API servers verify against their
+/// client CA: `register dataplane --direct` builds the plane from a kubeconfig context
+/// (a client certificate, then a bearer token) and waits until the controller reaches the
+/// API server; a DataPlane with the certificate and key inline and base64-encoded (as
+/// OpenChoreo's add-default-dataplane.sh writes them) connects too; a certificate from a
+/// CA the API server does not trust is refused before anything is written.
+#[test]
+fn register_direct_mode_from_a_context() {
+    let c = clusters();
+    let ns = c.namespace("direct-mtls");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mtls = format!("{}-mtls", c.remote);
+    let remote = context_credentials(c, &mtls);
+    assert!(
+        remote["cert"].is_string(),
+        "context {mtls} has no client certificate (scripts/test-clusters.sh writes one): {remote}"
+    );
+    let (_controller, _) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
+    let direct = |name: &str, context: &str, kubeconfig: &str| {
+        planelink(&[
+            "register".into(),
+            "dataplane".into(),
+            name.into(),
+            "--direct".into(),
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--control-plane-context={}", c.control),
+            format!("--remote-context={context}"),
+            format!("--namespace={ns}"),
+            "--public-virtual-host=apps.example.com".into(),
+            "--organization-virtual-host=apps.internal".into(),
+            "--wait=60s".into(),
+        ])
+    };
+    let kubeconfig = c.kubeconfig.display().to_string();
+
+    let out = direct("by-certificate", &mtls, &kubeconfig);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("connected to the remote API server: by-certificate: "),
+        "{stdout}"
+    );
+    let dp = c.get(&c.control, &ns, "dataplane/by-certificate").unwrap();
+    let spec = &dp["spec"];
+    assert_eq!(spec["kubernetesCluster"]["server"], remote["server"]);
+    assert_eq!(
+        spec["kubernetesCluster"]["auth"]["mtls"]["clientKey"]["secretKeyRef"],
+        serde_json::json!({"name": "by-certificate-kubernetes-cluster", "namespace": ns, "key": "tls.key"})
+    );
+    assert!(
+        spec.get("clusterAgent").is_none(),
+        "direct mode has no agent: {spec}"
+    );
+    let secret = c
+        .get(&c.control, &ns, "secret/by-certificate-kubernetes-cluster")
+        .unwrap();
+    let mut keys: Vec<&String> = secret["data"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+
+    let out = direct("by-token", &c.remote, &kubeconfig);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dp = c.get(&c.control, &ns, "dataplane/by-token").unwrap();
+    assert_eq!(
+        dp["spec"]["kubernetesCluster"]["auth"]["bearerToken"]["secretKeyRef"]["key"],
+        "token"
+    );
+
+    // As OpenChoreo's script writes it: every value inline, base64 of PEM.
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: inline-mtls, namespace: {ns}}}\nspec:\n  \
+             kubernetesCluster:\n    server: {}\n    tls:\n      ca: {{value: {}}}\n    auth:\n      mtls:\n        \
+             clientCert: {{value: {}}}\n        clientKey: {{value: {}}}\n  gateway:\n    \
+             publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n",
+            remote["server"].as_str().unwrap(),
+            remote["ca"].as_str().unwrap(),
+            remote["cert"].as_str().unwrap(),
+            remote["key"].as_str().unwrap(),
+        ),
+    );
+    await_condition(
+        c,
+        &ns,
+        "dataplane/inline-mtls",
+        "Connected",
+        "True",
+        "APIServerReachable",
+    );
+
+    // A client certificate the API server's client CA did not issue.
+    pki.agent("stranger");
+    let stranger = dir.path().join("stranger.kubeconfig");
+    std::fs::write(
+        &stranger,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: stranger\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {}\nusers:\n- name: stranger\n  user:\n    client-certificate: {}\n    \
+             client-key: {}\ncontexts:\n- name: stranger\n  context: {{cluster: stranger, user: stranger}}\n",
+            remote["server"].as_str().unwrap(),
+            remote["ca"].as_str().unwrap(),
+            pki.path("stranger/tls.crt"),
+            pki.path("stranger/tls.key"),
+        ),
+    )
+    .unwrap();
+    let out = direct(
+        "stranger",
+        "stranger",
+        &format!("{}:{kubeconfig}", stranger.display()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let expected = format!(
+        "error: step 3 (reach the remote API server): {} refused context stranger's credentials \
+         (401 Unauthorized); the controller would be refused the same way: give credentials the \
+         remote cluster accepts\n",
+        remote["server"].as_str().unwrap().trim_end_matches('/')
+    );
+    assert!(stderr(&out).ends_with(&expected), "{}", stderr(&out));
+    assert!(c.get(&c.control, &ns, "dataplane/stranger").is_none());
+}

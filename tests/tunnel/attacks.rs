@@ -489,7 +489,7 @@ async fn certificate_mistakes_and_forgeries_are_refused() {
     assert!(out.ends_with("\n503"), "{out}");
     assert!(
         out.contains(
-            "no connected agent of plane dataplane/p1 is authorised for DataPlane tenant/dp1"
+            "no connected agent of plane dataplane/p1 is authorised for the plane CR tenant/dp1"
         ),
         "{out}"
     );

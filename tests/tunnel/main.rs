@@ -250,7 +250,7 @@ async fn request_ids_checks_and_errors() {
         (
             "/api/proxy/dataplane/p1/org/other/k8s/version",
             "503",
-            "is authorised for DataPlane org/other",
+            "is authorised for the plane CR org/other",
         ),
         ("/api/proxy/dataplane/p1/org/dp1/svc/x", "404", "no target"),
     ] {
