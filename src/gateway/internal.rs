@@ -357,6 +357,10 @@ fn tunnel_request(
     let upstream_tx = match upgrade {
         Some(protocol) => {
             headers.insert(UPGRADE_HEADER, protocol);
+            // The stream's body is the upgraded connection's bytes, not the request's
+            // (empty) body: a `content-length: 0` (SPDY upgrades are POSTs) would end it
+            // before the first byte.
+            headers.remove(hyper::header::CONTENT_LENGTH);
             let (tx, body) = body::channel();
             *forwarded.body_mut() = body;
             Some(tx)

@@ -188,6 +188,12 @@ fn exec_upstream(mut req: Request<Incoming>, pod: &str) -> Response<Body> {
             r#"{"kind":"Status","status":"Failure","message":"pods \"missing\" not found","code":404}"#,
         );
     }
+    if is_spdy_upgrade(&req) {
+        let query = req.uri().query().unwrap_or_default().to_string();
+        return accept_spdy(&mut req, "v4.channel.k8s.io", move |io| {
+            super::spdy::serve_exec(io, query)
+        });
+    }
     let offered = req
         .headers()
         .get("sec-websocket-protocol")
@@ -252,12 +258,71 @@ fn exec_upstream(mut req: Request<Incoming>, pod: &str) -> Response<Body> {
     accept_websocket(&mut req, key.as_bytes(), Some("v5.channel.k8s.io"), serve)
 }
 
+/// A SPDY/3.1 upgrade, as client-go's SPDY round tripper asks for it.
+fn is_spdy_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"))
+}
+
+/// The 101 to a SPDY/3.1 upgrade offering `protocol` among its
+/// `X-Stream-Protocol-Version`s (400 otherwise, as the kubelet answers); `serve` gets the
+/// connection once the upgrade is done.
+fn accept_spdy<F, Fut>(req: &mut Request<Incoming>, protocol: &str, serve: F) -> Response<Body>
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let offered = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim() == protocol);
+    if !offered {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            format!("the SPDY upgrade offers no {protocol} stream protocol"),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            serve(TokioIo::new(upgraded)).await;
+        }
+    });
+    let mut r = Response::new(tbody::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = r.headers_mut();
+    headers.insert("upgrade", "SPDY/3.1".parse().unwrap());
+    headers.insert("connection", "Upgrade".parse().unwrap());
+    headers.insert("x-stream-protocol-version", protocol.parse().unwrap());
+    r
+}
+
 async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').collect();
     if let ["", "api", "v1", "namespaces", _, "pods", pod, "exec"] = segments.as_slice() {
         let pod = pod.to_string();
         return exec_upstream(req, &pod);
+    }
+    // A port-forward takes SPDY only, as the kubelet's streaming server: kubectl's
+    // WebSocket attempt is refused and it falls back to SPDY.
+    if let ["", "api", "v1", "namespaces", _, "pods", _, "portforward"] = segments.as_slice() {
+        if !is_spdy_upgrade(&req) {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "port-forward takes a SPDY/3.1 upgrade",
+            );
+        }
+        return accept_spdy(
+            &mut req,
+            "portforward.k8s.io",
+            super::spdy::serve_port_forward,
+        );
     }
     // Discovery, as much as kubectl exec asks for: the core group with pods.
     let discovery = match path.as_str() {
@@ -274,7 +339,9 @@ async fn upstream_handle(release: Arc<Notify>, mut req: Request<Incoming>) -> Re
                 {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
                  "verbs": ["get", "list"], "shortNames": ["po"]},
                 {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions",
-                 "verbs": ["create", "get"]}]}),
+                 "verbs": ["create", "get"]},
+                {"name": "pods/portforward", "singularName": "", "namespaced": true,
+                 "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}]}),
         ),
         _ => None,
     };

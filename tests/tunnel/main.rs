@@ -7,6 +7,7 @@ mod common;
 mod harness;
 mod openchoreo;
 mod rotation;
+mod spdy;
 mod timeouts;
 
 use std::sync::Arc;
@@ -146,11 +147,12 @@ async fn websocket_upgrade_is_carried_both_ways() {
     ws.close(None).await.unwrap();
 }
 
-/// kubectl reaches the plane's API through the gateway, and execs in a pod of it; the
-/// agent authenticates with
-/// its own kubeconfig token, which the upstream requires. `--server` carries the proxy
-/// prefix for discovery (`kubectl version`); `get --raw` takes an absolute path, so it
-/// names the whole proxy path.
+/// kubectl reaches the plane's API through the gateway, and execs in a pod of it over
+/// both of the kubelet's transports (a `v5.channel.k8s.io` WebSocket, kubectl's default,
+/// and SPDY/3.1, which older servers and `KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false` use);
+/// the agent authenticates with its own kubeconfig token, which the upstream requires.
+/// `--server` carries the proxy prefix for discovery (`kubectl version`); `get --raw`
+/// takes an absolute path, so it names the whole proxy path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_through_the_gateway() {
     let topo = Topology::start(true).await;
@@ -161,30 +163,38 @@ async fn kubectl_through_the_gateway() {
         topo.pki.path("caller.crt"),
         topo.pki.path("caller.key"),
     );
-    for (command, expected) in [
-        (vec!["version", "-o", "json"], "v1.32.0-upstream-under-test"),
+    let exec = vec![
+        "exec", "-n", "dp-a", "web-1", "-c", "main", "--", "ls", "-l",
+    ];
+    let exec_output =
+        "exec command=ls&command=-l&container=main&stderr=true&stdout=true&timeout=20s\n";
+    for (command, websockets, expected) in [
+        (
+            vec!["version", "-o", "json"],
+            "true",
+            "v1.32.0-upstream-under-test",
+        ),
         (
             vec![
                 "get",
                 "--raw",
                 "/api/proxy/dataplane/p1/org/dp1/k8s/version",
             ],
+            "true",
             "v1.32.0-upstream-under-test",
         ),
         // An exec: kubectl looks the pod up, then upgrades to a v5.channel.k8s.io
         // WebSocket that the tunnel carries to the upstream's exec.
-        (
-            vec![
-                "exec", "-n", "dp-a", "web-1", "-c", "main", "--", "ls", "-l",
-            ],
-            "exec command=ls&command=-l&container=main&stderr=true&stdout=true&timeout=20s\n",
-        ),
+        (exec.clone(), "true", exec_output),
+        // The same exec over SPDY/3.1: the tunnel carries the upgraded bytes as they are.
+        (exec.clone(), "false", exec_output),
     ] {
         let (server, ca, cert, key) = (server.clone(), ca.clone(), cert.clone(), key.clone());
         let out = tokio::task::spawn_blocking(move || {
             crate::common::output_within(
                 std::process::Command::new("kubectl")
                     .env("KUBECONFIG", "/dev/null")
+                    .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
                     .args(["--server", &server, "--certificate-authority", &ca])
                     .args(["--client-certificate", &cert, "--client-key", &key])
                     .arg("--request-timeout=20s")
@@ -197,6 +207,80 @@ async fn kubectl_through_the_gateway() {
         assert!(out.status.success(), "kubectl: {}", err(&out));
         assert!(text(&out).contains(expected), "{}", text(&out));
     }
+}
+
+/// `kubectl port-forward` through the gateway to a pod of the plane: kubectl's WebSocket
+/// attempt is refused by the kubelet-like upstream, it falls back to SPDY/3.1 as it does
+/// with a kubelet, and two connections through the forwarded port each reach the pod's
+/// echo server, whole, both ways; the tunnel carries the SPDY bytes as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_through_the_gateway() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let topo = Topology::start(true).await;
+    let _agent = topo.agent("a1", "p1").await;
+    let mut kubectl = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", "/dev/null")
+        .args(["--server", &topo.proxy_url("k8s", "")])
+        .args(["--certificate-authority", &topo.pki.path("gateway/ca.crt")])
+        .args(["--client-certificate", &topo.pki.path("caller.crt")])
+        .args(["--client-key", &topo.pki.path("caller.key")])
+        .args([
+            "port-forward",
+            "-n",
+            "dp-a",
+            "pod/web-1",
+            "--address",
+            "127.0.0.1",
+            ":8080",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl is installed");
+    let mut stdout = tokio::io::BufReader::new(kubectl.stdout.take().unwrap()).lines();
+    // "Forwarding from 127.0.0.1:PORT -> 8080" once the local port listens.
+    let port: u16 = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                return rest.split(' ').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("kubectl port-forward ended without forwarding");
+    })
+    .await
+    .expect("kubectl port-forward listens within 20 s");
+    for round in 0..2u8 {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let sent: Vec<u8> = (0..200_000u32)
+            .map(|i| (i as u8).wrapping_add(round))
+            .collect();
+        let (mut read, mut write) = conn.split();
+        let echoed = async {
+            let mut echoed = vec![0u8; sent.len()];
+            read.read_exact(&mut echoed).await.map(|_| echoed)
+        };
+        let (written, echoed) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(write.write_all(&sent), echoed)
+        })
+        .await
+        .expect("the echo comes back within 20 s");
+        written.unwrap();
+        assert!(echoed.unwrap() == sent, "round {round}: the echo differs");
+    }
+    let _ = kubectl.start_kill();
+    let mut stderr = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        kubectl.stderr.take().unwrap().read_to_string(&mut stderr),
+    )
+    .await;
+    assert!(
+        !stderr.contains("error"),
+        "kubectl port-forward reported: {stderr}"
+    );
 }
 
 /// The request ID travels to the upstream; callers cannot inject planelink's
