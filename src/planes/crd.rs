@@ -507,9 +507,22 @@ pub struct EnvironmentGateway {
 /// The spec fields every plane kind shares, borrowed.
 pub struct CommonSpec<'a> {
     pub plane_id: Option<&'a str>,
+    /// The agent block in use, if any (see [`agent_in_use`]).
     pub agent: Option<&'a AgentConfig>,
     pub kubernetes_cluster: Option<&'a KubernetesClusterSpec>,
     pub observability_plane_ref: Option<&'a ObservabilityPlaneRef>,
+}
+
+/// The agent block in use: `clusterAgent` (the current spelling) unless it says
+/// `enabled: false`; the older `agent` only with `enabled: true`, its documented default
+/// being false (the CRD writes that default).
+fn agent_in_use<'a>(
+    cluster_agent: Option<&'a AgentConfig>,
+    agent: Option<&'a AgentConfig>,
+) -> Option<&'a AgentConfig> {
+    cluster_agent
+        .filter(|a| a.enabled != Some(false))
+        .or(agent.filter(|a| a.enabled == Some(true)))
 }
 
 /// What the fields of a plane type give every kind that wraps them.
@@ -525,7 +538,7 @@ impl PlaneFields for DataPlaneFields {
     fn common(&self) -> CommonSpec<'_> {
         CommonSpec {
             plane_id: self.plane_id.as_deref(),
-            agent: self.cluster_agent.as_ref().or(self.agent.as_ref()),
+            agent: agent_in_use(self.cluster_agent.as_ref(), self.agent.as_ref()),
             kubernetes_cluster: self.kubernetes_cluster.as_ref(),
             observability_plane_ref: self.observability_plane_ref.as_ref(),
         }
@@ -539,7 +552,7 @@ impl PlaneFields for BuildPlaneFields {
     fn common(&self) -> CommonSpec<'_> {
         CommonSpec {
             plane_id: self.plane_id.as_deref(),
-            agent: self.cluster_agent.as_ref().or(self.agent.as_ref()),
+            agent: agent_in_use(self.cluster_agent.as_ref(), self.agent.as_ref()),
             kubernetes_cluster: self.kubernetes_cluster.as_ref(),
             observability_plane_ref: self.observability_plane_ref.as_ref(),
         }
@@ -550,7 +563,7 @@ impl PlaneFields for ObservabilityPlaneFields {
     fn common(&self) -> CommonSpec<'_> {
         CommonSpec {
             plane_id: self.plane_id.as_deref(),
-            agent: self.cluster_agent.as_ref().or(self.agent.as_ref()),
+            agent: agent_in_use(self.cluster_agent.as_ref(), self.agent.as_ref()),
             kubernetes_cluster: self.kubernetes_cluster.as_ref(),
             observability_plane_ref: None,
         }
@@ -592,7 +605,7 @@ pub trait PlaneResource:
 
     /// The agent block under either spelling, when agents are in use.
     fn agent(&self) -> Option<&AgentConfig> {
-        self.common().agent.filter(|a| a.enabled != Some(false))
+        self.common().agent
     }
 
     /// What an agent of this CR names in its `/ws` request.
@@ -961,6 +974,9 @@ pub fn crds()
                     .and_then(|p| p.get_mut(part))
                 {
                     preserve_unknown_fields(schema);
+                    if part == "spec" {
+                        default_agent_disabled(schema);
+                    }
                     // OpenChoreo's gateway keys a cluster-scoped plane by its planeID
                     // alone: there is no namespaced name to fall back on.
                     if cluster_scoped && part == "spec" {
@@ -974,6 +990,26 @@ pub fn crds()
         }
     }
     crds
+}
+
+/// `spec.agent.enabled` defaults to false, as OpenChoreo documents it (`clusterAgent`,
+/// the current spelling, is on when given).
+fn default_agent_disabled(
+    spec: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    if let Some(enabled) = spec
+        .properties
+        .as_mut()
+        .and_then(|p| p.get_mut("agent"))
+        .and_then(|agent| agent.properties.as_mut())
+        .and_then(|p| p.get_mut("enabled"))
+    {
+        enabled.default = Some(JSON(serde_json::Value::Bool(false)));
+        enabled.description = Some(
+            "Whether agent-based communication is enabled (default false, as documented)".into(),
+        );
+    }
 }
 
 /// Marks every object of a schema to keep fields it does not name: these CRDs replace
@@ -1039,6 +1075,49 @@ mod tests {
         );
     }
 
+    /// `clusterAgent` is on when given; the older `agent` only with `enabled: true`, as
+    /// OpenChoreo documents its default (false).
+    #[test]
+    fn which_agent_block_is_in_use() {
+        let plane = |spec: serde_json::Value| -> DataPlane {
+            let mut spec = spec;
+            spec["gateway"] =
+                serde_json::json!({"publicVirtualHost": "a", "organizationVirtualHost": "b"});
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "openchoreo.dev/v1alpha1", "kind": "DataPlane",
+                "metadata": {"name": "p", "namespace": "org"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let ca = serde_json::json!({"value": "PEM"});
+        assert!(
+            plane(serde_json::json!({"clusterAgent": {"clientCA": ca}}))
+                .agent()
+                .is_some()
+        );
+        assert!(
+            plane(serde_json::json!({"clusterAgent": {"enabled": false, "clientCA": ca}}))
+                .agent()
+                .is_none()
+        );
+        assert!(
+            plane(serde_json::json!({"agent": {"clientCA": ca}}))
+                .agent()
+                .is_none()
+        );
+        assert!(
+            plane(serde_json::json!({"agent": {"enabled": false, "clientCA": ca}}))
+                .agent()
+                .is_none()
+        );
+        assert!(
+            plane(serde_json::json!({"agent": {"enabled": true, "clientCA": ca}}))
+                .agent()
+                .is_some()
+        );
+        assert!(plane(serde_json::json!({})).agent().is_none());
+    }
+
     #[test]
     fn crds_are_structural_and_name_both_spellings() {
         let yaml = crds_yaml();
@@ -1053,6 +1132,7 @@ mod tests {
             "default: 19080",
             "subresources:",
             "x-kubernetes-preserve-unknown-fields: true",
+            "default: false\n                    description: Whether agent-based communication is enabled (default false, as documented)",
         ] {
             assert!(yaml.contains(needle), "{needle} missing from:\n{yaml}");
         }
