@@ -11,6 +11,7 @@ use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
 use crate::planes::crd::{KubernetesClusterSpec, ValueFrom};
+use crate::planes::kubernetes::client_config;
 use crate::planes::registry::{resolve_value, secret_location};
 use crate::planes::{CrRef, PlaneKey, Problem, Reason, SecretKeyLocation, secret_data};
 
@@ -86,38 +87,6 @@ fn bearer_token(value: &[u8], inline: bool) -> String {
         }
         _ => text,
     }
-}
-
-fn config(
-    url: &str,
-    ca_pem: Option<&[u8]>,
-    auth: serde_json::Value,
-) -> Result<kube::Config, Problem> {
-    let uri: http::Uri = url.parse().map_err(|e| {
-        Problem::new(
-            Reason::KubernetesClusterInvalid,
-            format!("server {url:?} is not a URL ({e}); write https://HOST:6443"),
-        )
-    })?;
-    let mut config = kube::Config::new(uri);
-    if let Some(pem) = ca_pem {
-        let certs = crate::trust::parse_certificates(pem).map_err(|e| {
-            Problem::new(
-                Reason::KubernetesClusterInvalid,
-                format!("tls.ca: {e}; give the PEM of the API server's CA"),
-            )
-        })?;
-        config.root_cert = Some(certs.iter().map(|c| c.to_vec()).collect());
-    }
-    config.auth_info = serde_json::from_value(auth).map_err(|e| {
-        Problem::new(
-            Reason::KubernetesClusterInvalid,
-            format!("credentials: {e}"),
-        )
-    })?;
-    config.connect_timeout = Some(std::time::Duration::from_secs(5));
-    config.read_timeout = Some(std::time::Duration::from_secs(15));
-    Ok(config)
 }
 
 impl PlaneClients {
@@ -241,7 +210,7 @@ impl PlaneClients {
         if let Some(client) = self.cached(&key, &fingerprint) {
             return Ok(client);
         }
-        let config = config(&cluster.server, Some(&ca), auth_json)?;
+        let config = client_config(&cluster.server, Some(&ca), auth_json)?;
         let client = Client::try_from(config).map_err(|e| {
             Problem::new(
                 Reason::KubernetesClusterInvalid,
@@ -285,7 +254,7 @@ impl PlaneClients {
             }),
             _ => serde_json::json!({}),
         };
-        let config = config(&url, gateway.ca_pem.as_deref(), auth)?;
+        let config = client_config(&url, gateway.ca_pem.as_deref(), auth)?;
         let client = Client::try_from(config).map_err(|e| {
             Problem::new(
                 Reason::GatewayNotConfigured,

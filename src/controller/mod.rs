@@ -30,6 +30,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 
+use crate::planes::PlaneKind;
 use crate::planes::connection::GatewayLink;
 use crate::planes::crd::{
     BuildPlane, ClusterDataPlane, ClusterObservabilityPlane, ClusterWorkflowPlane, DataPlane,
@@ -180,7 +181,7 @@ async fn run_controllers(
 
 /// Every Secret a plane reads: its client CA, and its direct-access credentials.
 fn referenced_secrets<K: PlaneResource>(plane: &K) -> Vec<(String, String)> {
-    let namespace = plane.namespace().unwrap_or_default();
+    let cr = plane.cr();
     let common = plane.common();
     let mut values: Vec<&ValueFrom> = Vec::new();
     if let Some(ca) = common.agent.and_then(|a| a.client_ca.as_ref()) {
@@ -198,13 +199,8 @@ fn referenced_secrets<K: PlaneResource>(plane: &K) -> Vec<(String, String)> {
     }
     values
         .into_iter()
-        .filter_map(|v| v.secret())
-        .map(|r| {
-            (
-                r.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                r.name.clone(),
-            )
-        })
+        .filter_map(|v| crate::planes::registry::secret_location(cr.namespace_or_cluster(), v))
+        .map(|at| (at.namespace, at.name))
         .collect()
 }
 
@@ -267,21 +263,39 @@ async fn run_kind<K: PlaneResource>(
             let (ns, name) = (op.namespace(), op.name_any());
             planes_where(&store, |p| {
                 p.namespace() == ns
-                    && p.common()
-                        .observability_plane_ref
-                        .is_some_and(|r| r.name == name)
+                    && p.common().observability_plane_ref.is_some_and(|r| {
+                        r.name == name
+                            && r.target_kind(K::KIND) == Some(PlaneKind::ObservabilityPlane)
+                    })
             })
         },
     );
-    if K::KIND == crate::planes::PlaneKind::DataPlane {
+    let store = reader.clone();
+    controller = controller.watches(
+        Api::<ClusterObservabilityPlane>::all(ctx.client.clone()),
+        watcher::Config::default(),
+        move |op: ClusterObservabilityPlane| {
+            let name = op.name_any();
+            planes_where(&store, |p| {
+                p.common().observability_plane_ref.is_some_and(|r| {
+                    r.name == name
+                        && r.target_kind(K::KIND) == Some(PlaneKind::ClusterObservabilityPlane)
+                })
+            })
+        },
+    );
+    if matches!(K::KIND, PlaneKind::DataPlane | PlaneKind::ClusterDataPlane) {
         controller = controller.watches(
             Api::<Environment>::all(ctx.client.clone()),
             watcher::Config::default(),
             |env: Environment| {
                 let ns = env.namespace().unwrap_or_default();
-                env.spec
-                    .data_plane_ref
-                    .map(|name| ObjectRef::<K>::new(&name).within(&ns))
+                let (kind, name) = env.spec.data_plane_ref.as_ref()?.target();
+                match kind {
+                    _ if kind != K::KIND => None,
+                    PlaneKind::ClusterDataPlane => Some(ObjectRef::<K>::new(name)),
+                    _ => Some(ObjectRef::<K>::new(name).within(&ns)),
+                }
             },
         );
     }

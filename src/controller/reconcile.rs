@@ -23,7 +23,10 @@ use super::conditions;
 use super::metrics::Metrics;
 use super::status::{self, CertificateExpiry, Facts, GATEWAY_API_GROUP, GatewayProbe, Mode};
 use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
-use crate::planes::crd::{Environment, ObservabilityPlane, PlaneResource, PlaneStatus};
+use crate::planes::crd::{
+    ClusterObservabilityPlane, Environment, ObservabilityPlane, PlaneResource, PlaneStatus,
+    namespaced_api,
+};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
 use crate::planes::rollover::{self, Step};
 use crate::planes::{PlaneKind, Problem, Reason, secret_data};
@@ -200,7 +203,7 @@ async fn apply<K: PlaneResource>(plane: &K, ctx: &Context, api: &Api<K>) -> Resu
     Ok(Action::requeue(ctx.timing.resync))
 }
 
-/// Deleting: a DataPlane that Environments still name stays until they are gone.
+/// Deleting: a data plane that Environments still name stays until they are gone.
 async fn cleanup<K: PlaneResource>(
     plane: &K,
     ctx: &Context,
@@ -208,17 +211,25 @@ async fn cleanup<K: PlaneResource>(
 ) -> Result<Action, Error> {
     let namespace = plane.namespace().unwrap_or_default();
     let name = plane.name_any();
-    // Environments name a namespaced DataPlane of their own namespace.
-    if K::KIND == PlaneKind::DataPlane {
-        let environments: Vec<String> =
-            Api::<Environment>::namespaced(ctx.client.clone(), &namespace)
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .filter(|e| e.spec.data_plane_ref.as_deref() == Some(name.as_str()))
-                .map(|e| e.name_any())
-                .collect();
+    // Environments name a DataPlane of their own namespace, or a ClusterDataPlane from any.
+    if matches!(K::KIND, PlaneKind::DataPlane | PlaneKind::ClusterDataPlane) {
+        let cluster_scoped = K::KIND.cluster_scoped();
+        let environments: Vec<String> = namespaced_api::<Environment>(
+            ctx.client.clone(),
+            (!cluster_scoped).then_some(namespace.as_str()),
+        )
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.spec.data_plane_ref.as_ref().map(|r| r.target()) == Some((K::KIND, name.as_str()))
+        })
+        .map(|e| match cluster_scoped {
+            true => format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()),
+            false => e.name_any(),
+        })
+        .collect();
         if !environments.is_empty() {
             let before = plane.plane_status().cloned().unwrap_or_default();
             let status = status::decide_blocked_deletion(
@@ -331,15 +342,32 @@ async fn gather<K: PlaneResource>(plane: &K, ctx: &Context) -> Facts {
     };
     let observability_plane = match common.observability_plane_ref {
         Some(reference) => {
-            let kind = reference.kind.as_deref().unwrap_or("ObservabilityPlane");
-            let found = kind == "ObservabilityPlane"
-                && Api::<ObservabilityPlane>::namespaced(ctx.client.clone(), &namespace)
-                    .get_opt(&reference.name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some();
-            Some((format!("{namespace}/{}", reference.name), found))
+            let name = &reference.name;
+            Some(match reference.target_kind(K::KIND) {
+                Some(PlaneKind::ClusterObservabilityPlane) => (
+                    format!("ClusterObservabilityPlane {name}"),
+                    Api::<ClusterObservabilityPlane>::all(ctx.client.clone())
+                        .get_opt(name)
+                        .await
+                        .is_ok_and(|found| found.is_some()),
+                ),
+                Some(_) if !K::KIND.cluster_scoped() => (
+                    format!("ObservabilityPlane {namespace}/{name}"),
+                    Api::<ObservabilityPlane>::namespaced(ctx.client.clone(), &namespace)
+                        .get_opt(name)
+                        .await
+                        .is_ok_and(|found| found.is_some()),
+                ),
+                // A cluster-scoped plane has no namespace to find a namespaced one in.
+                Some(_) => (format!("ObservabilityPlane {name} (no namespace)"), false),
+                None => (
+                    format!(
+                        "{} {name} (not an observability plane kind)",
+                        reference.kind.as_deref().unwrap_or_default()
+                    ),
+                    false,
+                ),
+            })
         }
         None => None,
     };

@@ -57,7 +57,7 @@ pub enum GatewayProbe {
 pub struct Facts {
     pub generation: Option<i64>,
     pub mode: Mode,
-    /// `spec.observabilityPlaneRef` and whether it exists: (namespace/name, found).
+    /// `spec.observabilityPlaneRef` and whether it exists: (`Kind namespace/name`, found).
     pub observability_plane: Option<(String, bool)>,
     /// DataPlanes only: the gateway spec and what the remote cluster serves.
     pub gateway: Option<(GatewaySpec, GatewayProbe)>,
@@ -104,8 +104,8 @@ pub fn decide(before: &PlaneStatus, facts: &Facts, now: &Time) -> PlaneStatus {
         blockers.push(Problem::new(
             Reason::ObservabilityPlaneNotFound,
             format!(
-                "spec.observabilityPlaneRef names ObservabilityPlane {name} which does not exist; create \
-                 it or fix the name"
+                "spec.observabilityPlaneRef names {name} which does not exist; create it or fix \
+                 the name"
             ),
         ));
     }
@@ -224,10 +224,8 @@ fn connection(
                     let problem = Problem::new(
                         Reason::AgentNotConnected,
                         format!(
-                            "no agent of {} planeID {:?} is connected to {gateway}; check the agent's logs \
-                             in the remote cluster for \"connected to control plane\" or its error",
-                            key.plane_type.kind(),
-                            key.plane_id
+                            "no agent of plane {key} is connected to {gateway}; check the agent's logs \
+                             in the remote cluster for \"connected to control plane\" or its error"
                         ),
                     );
                     waiting.push(problem.clone());
@@ -638,13 +636,13 @@ mod tests {
     fn observability_and_gateway_reasons() {
         let none = PlaneStatus::default();
         let mut facts = agent_facts(Ok(()), Ok(gateway_status(1)));
-        facts.observability_plane = Some(("org/obs".into(), false));
+        facts.observability_plane = Some(("ObservabilityPlane org/obs".into(), false));
         let status = decide(&none, &facts, &at(1));
         assert_eq!(
             condition(&status, READY).reason,
             "ObservabilityPlaneNotFound"
         );
-        facts.observability_plane = Some(("org/obs".into(), true));
+        facts.observability_plane = Some(("ObservabilityPlane org/obs".into(), true));
 
         let good = GatewaySpec::local("apps.example.com");
         let cases = [

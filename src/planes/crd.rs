@@ -201,10 +201,25 @@ pub struct BasicAuth {
 /// Names the ObservabilityPlane a DataPlane or BuildPlane sends telemetry to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ObservabilityPlaneRef {
-    /// `ObservabilityPlane` (the default).
+    /// `ObservabilityPlane` or `ClusterObservabilityPlane`; by default the one of the
+    /// referring plane's scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
+}
+
+impl ObservabilityPlaneRef {
+    /// The kind named, or the default for a plane of `referrer`'s scope; `None` for a
+    /// kind that is no observability plane.
+    pub fn target_kind(&self, referrer: PlaneKind) -> Option<PlaneKind> {
+        match self.kind.as_deref().filter(|k| !k.is_empty()) {
+            None if referrer.cluster_scoped() => Some(PlaneKind::ClusterObservabilityPlane),
+            None => Some(PlaneKind::ObservabilityPlane),
+            Some(kind) => {
+                PlaneKind::parse(kind).filter(|k| k.plane_type() == PlaneType::ObservabilityPlane)
+            }
+        }
+    }
 }
 
 /// Connection of the plane's agents to the gateway, as the gateway last reported it.
@@ -487,13 +502,45 @@ plane_kind!(
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentSpec {
-    /// Name of the DataPlane in the same namespace this environment deploys to.
+    /// The data plane this environment deploys to: a DataPlane of its namespace by name,
+    /// or (newer OpenChoreo) `{kind, name}` naming a DataPlane or ClusterDataPlane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_plane_ref: Option<String>,
+    #[schemars(schema_with = "any_value")]
+    pub data_plane_ref: Option<DataPlaneRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_production: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<EnvironmentGateway>,
+}
+
+/// An Environment's `dataPlaneRef`, in either of OpenChoreo's shapes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DataPlaneRef {
+    Name(String),
+    Object {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+        name: String,
+    },
+}
+
+impl DataPlaneRef {
+    /// The plane named, and whether it is cluster-scoped (a ClusterDataPlane).
+    pub fn target(&self) -> (PlaneKind, &str) {
+        match self {
+            DataPlaneRef::Name(name) => (PlaneKind::DataPlane, name),
+            DataPlaneRef::Object { kind, name } => match kind.as_deref() {
+                Some("ClusterDataPlane") => (PlaneKind::ClusterDataPlane, name),
+                _ => (PlaneKind::DataPlane, name),
+            },
+        }
+    }
+}
+
+/// A value of any JSON shape, kept as given (a field OpenChoreo's releases spell two ways).
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -640,7 +687,8 @@ pub trait PlaneResource:
 /// The namespace kubectl uses for a namespaced object that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-fn namespaced_api<K>(client: kube::Client, namespace: Option<&str>) -> kube::Api<K>
+/// A namespaced kind's API for `namespace`, or for every namespace.
+pub fn namespaced_api<K>(client: kube::Client, namespace: Option<&str>) -> kube::Api<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
 {
@@ -984,6 +1032,14 @@ pub fn crds()
                             .required
                             .get_or_insert_with(Vec::new)
                             .push("planeID".to_string());
+                        if let Some(plane_id) = schema
+                            .properties
+                            .as_mut()
+                            .and_then(|p| p.get_mut("planeID"))
+                        {
+                            plane_id.nullable = None;
+                            plane_id.min_length = Some(1);
+                        }
                     }
                 }
             }
@@ -1116,6 +1172,59 @@ mod tests {
                 .is_some()
         );
         assert!(plane(serde_json::json!({})).agent().is_none());
+    }
+
+    /// An Environment's dataPlaneRef in either shape, and an observabilityPlaneRef's kind
+    /// by default the referrer's scope.
+    #[test]
+    fn references_in_every_shape() {
+        let env = |spec: serde_json::Value| -> Environment {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "openchoreo.dev/v1alpha1", "kind": "Environment",
+                "metadata": {"name": "dev", "namespace": "org"}, "spec": spec
+            }))
+            .unwrap()
+        };
+        let target = |e: Environment| {
+            let r = e.spec.data_plane_ref.unwrap();
+            let (kind, name) = r.target();
+            (kind, name.to_string())
+        };
+        assert_eq!(
+            target(env(serde_json::json!({"dataPlaneRef": "dp"}))),
+            (PlaneKind::DataPlane, "dp".into())
+        );
+        assert_eq!(
+            target(env(
+                serde_json::json!({"dataPlaneRef": {"kind": "ClusterDataPlane", "name": "shared"}})
+            )),
+            (PlaneKind::ClusterDataPlane, "shared".into())
+        );
+        assert_eq!(
+            target(env(serde_json::json!({"dataPlaneRef": {"name": "dp"}}))),
+            (PlaneKind::DataPlane, "dp".into())
+        );
+
+        let named = |kind: Option<&str>| ObservabilityPlaneRef {
+            kind: kind.map(str::to_string),
+            name: "obs".into(),
+        };
+        assert_eq!(
+            named(None).target_kind(PlaneKind::DataPlane),
+            Some(PlaneKind::ObservabilityPlane)
+        );
+        assert_eq!(
+            named(None).target_kind(PlaneKind::ClusterDataPlane),
+            Some(PlaneKind::ClusterObservabilityPlane)
+        );
+        assert_eq!(
+            named(Some("ClusterObservabilityPlane")).target_kind(PlaneKind::WorkflowPlane),
+            Some(PlaneKind::ClusterObservabilityPlane)
+        );
+        assert_eq!(
+            named(Some("DataPlane")).target_kind(PlaneKind::DataPlane),
+            None
+        );
     }
 
     #[test]

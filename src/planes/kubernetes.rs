@@ -24,6 +24,7 @@ use super::crd::{
     DataPlane, ObservabilityPlane, PlaneResource, WorkflowPlane,
 };
 use super::registry::{PlaneSource, Snapshot, secret_location};
+use super::{Problem, Reason};
 
 /// Loads a kube configuration: the kubeconfig files given (a `KUBECONFIG`-style list
 /// separated by `:` is merged in order), else the in-cluster service account, else
@@ -61,6 +62,41 @@ pub async fn kube_config(
             "no in-cluster service account and no kubeconfig; give --kubeconfig or set KUBECONFIG",
         ),
     }
+}
+
+/// A client configuration from exactly these parts (the controller's, for a remote API
+/// server or the gateway): the server, its CA (PEM) and kubeconfig-style `auth`, with
+/// short connect and read timeouts.
+pub fn client_config(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    auth: serde_json::Value,
+) -> Result<kube::Config, Problem> {
+    let uri: http::Uri = url.parse().map_err(|e| {
+        Problem::new(
+            Reason::KubernetesClusterInvalid,
+            format!("server {url:?} is not a URL ({e}); write https://HOST:6443"),
+        )
+    })?;
+    let mut config = kube::Config::new(uri);
+    if let Some(pem) = ca_pem {
+        let certs = crate::trust::parse_certificates(pem).map_err(|e| {
+            Problem::new(
+                Reason::KubernetesClusterInvalid,
+                format!("tls.ca: {e}; give the PEM of the API server's CA"),
+            )
+        })?;
+        config.root_cert = Some(certs.iter().map(|c| c.to_vec()).collect());
+    }
+    config.auth_info = serde_json::from_value(auth).map_err(|e| {
+        Problem::new(
+            Reason::KubernetesClusterInvalid,
+            format!("credentials: {e}"),
+        )
+    })?;
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
+    config.read_timeout = Some(std::time::Duration::from_secs(15));
+    Ok(config)
 }
 
 /// A kube client from [`kube_config`].
@@ -157,7 +193,7 @@ impl KubernetesSource {
 type PlanesOfKind = Box<dyn Fn() -> Vec<AnyPlane> + Send + Sync>;
 
 /// One reflector; its stream yields `true` once the initial list is complete (or, when
-/// `optional`, found the kind not served: listed, and empty until its CRD appears).
+/// `optional`, found the kind not served or not readable: listed, and empty until it is).
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -183,6 +219,17 @@ where
                     {
                         tracing::debug!(
                             "{what} are not served (no CRD); none of them until it is installed"
+                        );
+                        Some(true)
+                    }
+                    // An install upgraded before its RBAC: the planes of the other kinds
+                    // must not wait for it.
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                        if optional && status.code == 403 =>
+                    {
+                        tracing::warn!(
+                            "the gateway may not list {what}; none of them are served until it \
+                             may (packaging/kubernetes/control-plane/gateway-rbac.yaml grants it)"
                         );
                         Some(true)
                     }

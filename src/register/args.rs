@@ -49,7 +49,7 @@ pub struct RotateArgs {
     /// Name of the plane resource in the control plane.
     pub name: String,
 
-    /// Namespace of the plane resource.
+    /// Namespace of the plane resource (`_cluster` for a cluster-scoped one).
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
 
@@ -101,7 +101,8 @@ pub struct ExchangeArgs {
 
     /// Direct mode, no agent: the controller reaches the remote API server itself with
     /// --remote-context's server, CA and client certificate or token (checked and tried
-    /// first), kept in Secret NAME-kubernetes-cluster of --namespace.
+    /// first), kept in Secret NAME-kubernetes-cluster of --namespace (--dry-run shows its
+    /// values redacted).
     #[arg(
         long,
         requires = "control_plane_context",

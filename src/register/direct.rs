@@ -22,7 +22,7 @@ use crate::planes::crd::{
     AnyPlane, KubernetesAuth, KubernetesClusterSpec, KubernetesTls, MtlsAuth, PlaneBuilder,
     ValueFrom,
 };
-use crate::planes::kubernetes::kube_config;
+use crate::planes::kubernetes::{client_config, kube_config};
 use crate::trust::{self, CertInfo, Eku, Validity};
 
 const STEP_READ: &str = "step 1 (the remote context's credentials)";
@@ -82,7 +82,7 @@ fn data_or_file(
 }
 
 /// The context's server, CA and credentials, as the controller will need them.
-async fn read_credentials(args: &ExchangeArgs) -> Result<(kube::Config, Credentials), Failure> {
+async fn read_credentials(args: &ExchangeArgs) -> Result<Credentials, Failure> {
     let context = args.remote_context.as_str();
     let config = kube_config(args.kubeconfig.as_deref(), Some(context))
         .await
@@ -186,7 +186,7 @@ async fn read_credentials(args: &ExchangeArgs) -> Result<(kube::Config, Credenti
             );
         }
     };
-    Ok((config, Credentials { server, ca, auth }))
+    Ok(Credentials { server, ca, auth })
 }
 
 /// The checks the API server would make, said before the controller meets them.
@@ -278,8 +278,23 @@ fn check_credentials(credentials: &Credentials, context: &str) -> Result<(), Fai
     Ok(())
 }
 
-/// One request with exactly these credentials, as the controller will make it.
-async fn reach(config: kube::Config, context: &str, server: &str) -> Result<String, Failure> {
+/// One request with exactly these credentials, through the client the controller builds
+/// from them (the server, the CA and the one way of authenticating: nothing else of the
+/// context, such as impersonation or a proxy, reaches the controller).
+async fn reach(credentials: &Credentials, context: &str) -> Result<String, Failure> {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let server = credentials.server.as_str();
+    let auth = match &credentials.auth {
+        Auth::ClientCertificate { chain, key_pem } => serde_json::json!({
+            "client-certificate-data": b64(&trust::pem::certificates_to_pem(chain)),
+            "client-key-data": b64(key_pem),
+        }),
+        Auth::Token(token) => serde_json::json!({ "token": token }),
+    };
+    let ca = trust::pem::certificates_to_pem(&credentials.ca);
+    let config = client_config(server, Some(ca.as_bytes()), auth)
+        .or_else(|problem| fail(STEP_REACH, format!("context {context}: {problem}")))?;
     let client = Client::try_from(config)
         .or_else(|e| fail(STEP_REACH, format!("context {context}: {e}")))?;
     match tokio::time::timeout(
@@ -387,13 +402,35 @@ fn objects(plane_type: PlaneType, args: &ExchangeArgs, credentials: &Credentials
     vec![to_value(&secret), to_value(&plane)]
 }
 
+/// The objects as `--dry-run` shows them: a Secret's values (a private key, a token) are
+/// replaced by their size, which `kubectl apply` refuses rather than storing.
+pub(super) fn redacted(objects: &[Value]) -> Vec<Value> {
+    use base64::Engine as _;
+    let mut objects = objects.to_vec();
+    for object in &mut objects {
+        if object["kind"] != "Secret" {
+            continue;
+        }
+        if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+            for value in data.values_mut() {
+                let size = value
+                    .as_str()
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .map_or(0, |bytes| bytes.len());
+                *value = Value::String(format!("<redacted: {size} bytes>"));
+            }
+        }
+    }
+    objects
+}
+
 /// Steps 1-3 for direct mode: the objects to write once every check passed.
 pub(super) async fn prepare(
     plane_type: PlaneType,
     args: &ExchangeArgs,
 ) -> Result<Vec<Value>, Failure> {
     let context = args.remote_context.as_str();
-    let (config, credentials) = read_credentials(args).await?;
+    let credentials = read_credentials(args).await?;
     let how = match &credentials.auth {
         Auth::ClientCertificate { chain, .. } => chain
             .first()
@@ -409,7 +446,7 @@ pub(super) async fn prepare(
     );
     check_credentials(&credentials, context)?;
     eprintln!("step 2: the CA is a CA; the credentials are complete and current");
-    let version = reach(config, context, &credentials.server).await?;
+    let version = reach(&credentials, context).await?;
     eprintln!(
         "step 3: {} answered with these credentials (Kubernetes {version})",
         credentials.server
@@ -522,6 +559,22 @@ mod tests {
              certificate (only O=planelink, CN=admin); give the API server's CA \
              (certificate-authority-data)"
         );
+    }
+
+    /// A dry run shows what would be written, never the key or token itself.
+    #[test]
+    fn dry_runs_redact_secret_values() {
+        let objects = vec![
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                "data": {"tls.key": "c2VjcmV0LWtleQ==", "token": "dG9rZW4="}}),
+            serde_json::json!({"kind": "DataPlane", "metadata": {"name": "dp"}, "spec": {"planeID": "dp"}}),
+        ];
+        let shown = redacted(&objects);
+        assert_eq!(
+            shown[0]["data"],
+            serde_json::json!({"tls.key": "<redacted: 10 bytes>", "token": "<redacted: 5 bytes>"})
+        );
+        assert_eq!(shown[1], objects[1]);
     }
 
     #[test]

@@ -557,7 +557,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
     if args.direct {
         let writes = super::direct::prepare(plane_type, args).await?;
         if args.dry_run {
-            print!("{}", to_yaml(&writes));
+            print!("{}", to_yaml(&super::direct::redacted(&writes)));
             return Ok(Outcome::Ok);
         }
         register_plane(control.as_ref(), plane_type, args, &writes).await?;

@@ -51,7 +51,12 @@ struct Plane {
 async fn read_plane(client: &Client, kind: PlaneType, args: &RotateArgs) -> Result<Plane, Failed> {
     let what = format!("{} {}/{}", kind.kind(), args.namespace, args.name);
     let mut found = None;
-    for candidate in kind.kinds().filter(|k| !k.cluster_scoped()) {
+    // `_cluster`, as proxy paths and messages spell it, names a cluster-scoped plane.
+    let cluster_scoped = args.namespace == crate::planes::registry::CLUSTER_SCOPE;
+    for candidate in kind
+        .kinds()
+        .filter(|k| k.cluster_scoped() == cluster_scoped)
+    {
         let object = plane_api(client, candidate, Some(&args.namespace))
             .get_opt(&args.name)
             .await

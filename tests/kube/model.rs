@@ -303,7 +303,15 @@ fn openchoreo_shaped_planes_keep_every_field() {
         {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterObservabilityPlane",
          "metadata": {"name": format!("{ns}-obs")},
          "spec": {"planeID": "shared-obs", "observerURL": "https://observer.example.com",
-                  "clusterAgent": {"clientCA": {"value": "PEM"}}}}
+                  "clusterAgent": {"clientCA": {"value": "PEM"}}}},
+        // Environments name their data plane in both of OpenChoreo's shapes.
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "Environment",
+         "metadata": {"name": "development", "namespace": ns},
+         "spec": {"dataPlaneRef": "agent-dataplane", "isProduction": false}},
+        {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "Environment",
+         "metadata": {"name": "production", "namespace": ns},
+         "spec": {"dataPlaneRef": {"kind": "ClusterDataPlane", "name": format!("{ns}-shared")},
+                  "isProduction": true, "gateway": {"dnsPrefix": "prod"}}}
     ]);
     for plane in planes.as_array().unwrap() {
         c.apply(&c.control, &plane.to_string());
@@ -316,6 +324,13 @@ fn openchoreo_shaped_planes_keep_every_field() {
             .get(&c.control, &ns, &what)
             .expect("the plane was created");
         assert_contains(&stored["spec"], &plane["spec"], &format!("{what} spec"));
+        if plane["kind"] == "Environment" {
+            // Kept whole, and decodable by the controller in either shape.
+            let environment: planelink::planes::crd::Environment =
+                serde_json::from_value(stored.clone()).expect("the controller reads it");
+            assert!(environment.spec.data_plane_ref.is_some(), "{what}");
+            continue;
+        }
         // Status written by OpenChoreo's controllers, with fields planelink does not know.
         let status = serde_json::json!({"status": {"observedGeneration": 1,
             "aNewerStatus": {"phase": "Ready", "counts": [1, 2]}}});

@@ -460,4 +460,8 @@ fn register_direct_mode_from_a_context() {
     );
     assert!(stderr(&out).ends_with(&expected), "{}", stderr(&out));
     assert!(c.get(&c.control, &ns, "dataplane/stranger").is_none());
+    assert!(
+        c.get(&c.control, &ns, "secret/stranger-kubernetes-cluster")
+            .is_none()
+    );
 }

@@ -259,7 +259,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
 }
 
 /// A pod exec over SPDY (`v4.channel.k8s.io`): once every stream the query asks for is
-/// open, the exec's query on stdout (then, with stdin, stdin echoed on stdout until
+/// open, `spdy exec` and the exec's query on stdout (the WebSocket exec says `exec`, so a
+/// test knows which transport ran) (then, with stdin, stdin echoed on stdout until
 /// stdin ends), and the `Success` status on the error stream.
 pub async fn serve_exec<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, query: String) {
     let mut conn = Connection::new(io);
@@ -291,7 +292,7 @@ pub async fn serve_exec<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, query: Strin
     }
     let stdout = streams["stdout"];
     if conn
-        .data(stdout, format!("exec {query}\n").as_bytes(), false)
+        .data(stdout, format!("spdy exec {query}\n").as_bytes(), false)
         .await
         .is_err()
     {
