@@ -189,9 +189,42 @@ async fn read_credentials(args: &ExchangeArgs) -> Result<Credentials, Failure> {
     Ok(Credentials { server, ca, auth })
 }
 
+/// When a JWT bearer token (a service account's) expires: its `exp` claim, if it has one.
+fn token_expiry(token: &str) -> Option<SystemTime> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?,
+    )
+    .ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(exp))
+}
+
+/// A token that expires within this is refused: the controller would lose the plane soon
+/// after it was registered.
+const SHORT_LIVED_TOKEN: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The checks the API server would make, said before the controller meets them.
 fn check_credentials(credentials: &Credentials, context: &str) -> Result<(), Failure> {
     let now = SystemTime::now();
+    if let Auth::Token(token) = &credentials.auth
+        && let Some(expiry) = token_expiry(token)
+        && expiry < now + SHORT_LIVED_TOKEN
+    {
+        let when = trust::inspect::format_system_time(expiry);
+        let state = if expiry <= now { "expired" } else { "expires" };
+        return fail(
+            STEP_CHECK,
+            format!(
+                "context {context}: its token {state} on {when}, and the controller would lose the \
+                 plane then; give a long-lived token (a Secret of type \
+                 kubernetes.io/service-account-token, or kubectl create token --duration=8760h)"
+            ),
+        );
+    }
     // A bundle may hold the server's own certificate next to its CA (kube-apiserver's
     // self-signed apiserver.crt does): one CA among them is what verification needs.
     let mut subjects = Vec::new();
@@ -558,6 +591,47 @@ mod tests {
             "step 2 (check the credentials): context ctx: the certificate authority holds no CA \
              certificate (only O=planelink, CN=admin); give the API server's CA \
              (certificate-authority-data)"
+        );
+    }
+
+    /// A short-lived service-account token (what `kubectl create token` gives by default)
+    /// is refused with the fix; a token without `exp` is taken as it is.
+    #[test]
+    fn short_lived_tokens_are_refused() {
+        use base64::Engine as _;
+        let jwt = |claims: serde_json::Value| {
+            let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+            format!(
+                "{}.{}.c2ln",
+                b64(br#"{"alg":"RS256"}"#),
+                b64(claims.to_string().as_bytes())
+            )
+        };
+        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let with_token = |token: String| Credentials {
+            server: "https://k8s.example.com".into(),
+            ca: vec![new_ca(&CaOptions::gateway()).unwrap().cert_der().unwrap()],
+            auth: Auth::Token(token),
+        };
+        let in_an_hour = jwt(serde_json::json!({"exp": unix(SystemTime::now()) + 3600}));
+        let said = message(check_credentials(&with_token(in_an_hour), "ctx"));
+        assert!(
+            said.starts_with("step 2 (check the credentials): context ctx: its token expires on ")
+                && said.ends_with(
+                    ", and the controller would lose the plane then; give a long-lived token (a \
+                     Secret of type kubernetes.io/service-account-token, or kubectl create token \
+                     --duration=8760h)"
+                ),
+            "{said}"
+        );
+        let in_a_year = jwt(serde_json::json!({"exp": unix(SystemTime::now()) + 365 * 86400}));
+        assert_eq!(
+            message(check_credentials(&with_token(in_a_year), "ctx")),
+            "ok"
+        );
+        assert_eq!(
+            message(check_credentials(&with_token("static-token".into()), "ctx")),
+            "ok"
         );
     }
 
