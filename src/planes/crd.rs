@@ -1146,32 +1146,25 @@ mod tests {
             .unwrap()
         };
         let ca = serde_json::json!({"value": "PEM"});
-        assert!(
-            plane(serde_json::json!({"clusterAgent": {"clientCA": ca}}))
-                .agent()
-                .is_some()
-        );
-        assert!(
-            plane(serde_json::json!({"clusterAgent": {"enabled": false, "clientCA": ca}}))
-                .agent()
-                .is_none()
-        );
-        assert!(
-            plane(serde_json::json!({"agent": {"clientCA": ca}}))
-                .agent()
-                .is_none()
-        );
-        assert!(
-            plane(serde_json::json!({"agent": {"enabled": false, "clientCA": ca}}))
-                .agent()
-                .is_none()
-        );
-        assert!(
-            plane(serde_json::json!({"agent": {"enabled": true, "clientCA": ca}}))
-                .agent()
-                .is_some()
-        );
-        assert!(plane(serde_json::json!({})).agent().is_none());
+        for (spec, in_use) in [
+            (serde_json::json!({"clusterAgent": {"clientCA": ca}}), true),
+            (
+                serde_json::json!({"clusterAgent": {"enabled": false, "clientCA": ca}}),
+                false,
+            ),
+            (serde_json::json!({"agent": {"clientCA": ca}}), false),
+            (
+                serde_json::json!({"agent": {"enabled": false, "clientCA": ca}}),
+                false,
+            ),
+            (
+                serde_json::json!({"agent": {"enabled": true, "clientCA": ca}}),
+                true,
+            ),
+            (serde_json::json!({}), false),
+        ] {
+            assert_eq!(plane(spec.clone()).agent().is_some(), in_use, "{spec}");
+        }
     }
 
     /// An Environment's dataPlaneRef in either shape, and an observabilityPlaneRef's kind
