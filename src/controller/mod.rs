@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use crate::planes::PlaneKind;
 use crate::planes::connection::GatewayLink;
 use crate::planes::crd::{
-    BuildPlane, ClusterDataPlane, ClusterObservabilityPlane, ClusterWorkflowPlane, DataPlane,
-    Environment, ObservabilityPlane, PlaneResource, ValueFrom, WorkflowPlane,
+    ClusterObservabilityPlane, Environment, ForEachKind, ObservabilityPlane, PlaneResource,
+    ValueFrom,
 };
 use clients::PlaneClients;
 use reconcile::{Context, GatewayCa};
@@ -148,15 +148,11 @@ async fn run_controllers(
     tracing::info!(gateway = %ctx.link.describe(), namespace = ?config.namespace, "controller running");
     let stop = CancellationToken::new();
     let namespace = &config.namespace;
-    let controllers = futures_util::future::join_all([
-        run_kind::<DataPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-        run_kind::<ClusterDataPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-        run_kind::<BuildPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-        run_kind::<WorkflowPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-        run_kind::<ClusterWorkflowPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-        run_kind::<ObservabilityPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-        run_kind::<ClusterObservabilityPlane>(ctx.clone(), namespace.clone(), stop.clone()).boxed(),
-    ]);
+    let controllers = futures_util::future::join_all(PlaneKind::for_each(&mut RunKind {
+        ctx: &ctx,
+        namespace,
+        stop: &stop,
+    }));
     tokio::pin!(controllers);
     let lost_leadership = tokio::select! {
         _ = &mut controllers => false,
@@ -224,6 +220,20 @@ fn relevant<K: PlaneResource>(plane: &K) -> Option<u64> {
     plane.meta().deletion_timestamp.is_some().hash(&mut hasher);
     plane.finalizers().hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// Starts the controller of each plane kind.
+struct RunKind<'a> {
+    ctx: &'a Arc<Context>,
+    namespace: &'a Option<String>,
+    stop: &'a CancellationToken,
+}
+
+impl ForEachKind for RunKind<'_> {
+    type Output = futures_util::future::BoxFuture<'static, ()>;
+    fn kind<K: PlaneResource>(&mut self) -> Self::Output {
+        run_kind::<K>(self.ctx.clone(), self.namespace.clone(), self.stop.clone()).boxed()
+    }
 }
 
 async fn run_kind<K: PlaneResource>(

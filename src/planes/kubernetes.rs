@@ -19,10 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use super::crd::{
-    AnyPlane, BuildPlane, ClusterDataPlane, ClusterObservabilityPlane, ClusterWorkflowPlane,
-    DataPlane, ObservabilityPlane, PlaneResource, WorkflowPlane,
-};
+use super::crd::{AnyPlane, ForEachKind, PlaneKind, PlaneResource};
 use super::registry::{PlaneSource, Snapshot, secret_location};
 use super::{Problem, Reason};
 
@@ -166,9 +163,10 @@ impl KubernetesSource {
     }
 
     /// Follows one kind: a function giving its CRs now, and a stream yielding `true` once
-    /// listed. OpenChoreo's newer kinds are `optional`: a cluster without their CRD (an
-    /// older install) has none of them rather than a gateway that never becomes ready.
-    fn follow<K: PlaneResource>(&self, optional: bool) -> (PlanesOfKind, BoxStream<'static, bool>) {
+    /// listed. Every kind is optional: a cluster without its CRD (OpenChoreo has dropped
+    /// BuildPlane, older installs lack the newer kinds) has none of them rather than a
+    /// gateway that never becomes ready.
+    fn follow<K: PlaneResource>(&self) -> (PlanesOfKind, BoxStream<'static, bool>) {
         if K::KIND.cluster_scoped() && self.namespace.is_some() {
             // Watching one namespace: cluster-scoped planes are not in it.
             return (
@@ -177,7 +175,7 @@ impl KubernetesSource {
             );
         }
         let api = K::api(self.client.clone(), self.namespace.as_deref());
-        let (store, stream) = reflect(api, watcher::Config::default(), optional);
+        let (store, stream) = reflect(api, watcher::Config::default());
         let planes = move || {
             store
                 .state()
@@ -189,16 +187,22 @@ impl KubernetesSource {
     }
 }
 
+/// Follows every plane kind of a source.
+struct Follow<'a>(&'a KubernetesSource);
+
+impl ForEachKind for Follow<'_> {
+    type Output = (PlanesOfKind, BoxStream<'static, bool>);
+    fn kind<K: PlaneResource>(&mut self) -> Self::Output {
+        self.0.follow::<K>()
+    }
+}
+
 /// The CRs of one kind as they stand.
 type PlanesOfKind = Box<dyn Fn() -> Vec<AnyPlane> + Send + Sync>;
 
-/// One reflector; its stream yields `true` once the initial list is complete (or, when
-/// `optional`, found the kind not served or not readable: listed, and empty until it is).
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    optional: bool,
-) -> (Store<K>, BoxStream<'static, bool>)
+/// One reflector; its stream yields `true` once the initial list is complete, or found
+/// the kind not served or not readable (listed, and empty until it is).
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, BoxStream<'static, bool>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -215,7 +219,7 @@ where
                     Ok(watcher::Event::InitDone) => Some(true),
                     Ok(_) => Some(false),
                     Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                        if optional && status.code == 404 =>
+                        if status.code == 404 =>
                     {
                         tracing::debug!(
                             "{what} are not served (no CRD); none of them until it is installed"
@@ -225,7 +229,7 @@ where
                     // An install upgraded before its RBAC: the planes of the other kinds
                     // must not wait for it.
                     Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
-                        if optional && status.code == 403 =>
+                        if status.code == 403 =>
                     {
                         tracing::warn!(
                             "the gateway may not list {what}; none of them are served until it \
@@ -381,17 +385,8 @@ impl PlaneSource for KubernetesSource {
         publish: watch::Sender<Option<Arc<Snapshot>>>,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let (kinds, streams): (Vec<PlanesOfKind>, Vec<_>) = [
-                self.follow::<DataPlane>(false),
-                self.follow::<BuildPlane>(false),
-                self.follow::<ObservabilityPlane>(false),
-                self.follow::<WorkflowPlane>(true),
-                self.follow::<ClusterDataPlane>(true),
-                self.follow::<ClusterWorkflowPlane>(true),
-                self.follow::<ClusterObservabilityPlane>(true),
-            ]
-            .into_iter()
-            .unzip();
+            let (kinds, streams): (Vec<PlanesOfKind>, Vec<_>) =
+                PlaneKind::for_each(&mut Follow(&self)).into_iter().unzip();
             let all_planes = || kinds.iter().flat_map(|planes| planes()).collect::<Vec<_>>();
             let (changed, secret_changes) = tokio::sync::mpsc::unbounded_channel();
             let mut secrets = ReferencedSecrets {

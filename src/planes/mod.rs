@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 
+pub use crd::PlaneKind;
 pub use reason::Reason;
 pub use registry::{
     Authorisation, CrRef, PlaneEntry, PlaneKey, PlaneSource, Registry, SecretKeyLocation, Snapshot,
@@ -120,88 +121,6 @@ impl PlaneType {
             Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
             None => String::new(),
         }
-    }
-}
-
-/// The custom resource kinds of remote planes. Each serves one [`PlaneType`]:
-/// `WorkflowPlane` is the newer name of `BuildPlane`, and the `Cluster*` kinds are
-/// cluster-scoped twins (OpenChoreo's gateway reads all of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PlaneKind {
-    DataPlane,
-    ClusterDataPlane,
-    BuildPlane,
-    WorkflowPlane,
-    ClusterWorkflowPlane,
-    ObservabilityPlane,
-    ClusterObservabilityPlane,
-}
-
-impl PlaneKind {
-    pub const ALL: [PlaneKind; 7] = [
-        PlaneKind::DataPlane,
-        PlaneKind::ClusterDataPlane,
-        PlaneKind::BuildPlane,
-        PlaneKind::WorkflowPlane,
-        PlaneKind::ClusterWorkflowPlane,
-        PlaneKind::ObservabilityPlane,
-        PlaneKind::ClusterObservabilityPlane,
-    ];
-
-    /// The Kubernetes kind.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            PlaneKind::DataPlane => "DataPlane",
-            PlaneKind::ClusterDataPlane => "ClusterDataPlane",
-            PlaneKind::BuildPlane => "BuildPlane",
-            PlaneKind::WorkflowPlane => "WorkflowPlane",
-            PlaneKind::ClusterWorkflowPlane => "ClusterWorkflowPlane",
-            PlaneKind::ObservabilityPlane => "ObservabilityPlane",
-            PlaneKind::ClusterObservabilityPlane => "ClusterObservabilityPlane",
-        }
-    }
-
-    pub const fn plane_type(self) -> PlaneType {
-        match self {
-            PlaneKind::DataPlane | PlaneKind::ClusterDataPlane => PlaneType::DataPlane,
-            PlaneKind::BuildPlane | PlaneKind::WorkflowPlane | PlaneKind::ClusterWorkflowPlane => {
-                PlaneType::BuildPlane
-            }
-            PlaneKind::ObservabilityPlane | PlaneKind::ClusterObservabilityPlane => {
-                PlaneType::ObservabilityPlane
-            }
-        }
-    }
-
-    pub const fn cluster_scoped(self) -> bool {
-        matches!(
-            self,
-            PlaneKind::ClusterDataPlane
-                | PlaneKind::ClusterWorkflowPlane
-                | PlaneKind::ClusterObservabilityPlane
-        )
-    }
-
-    /// The kind named exactly (Kubernetes kinds are case-sensitive).
-    pub fn parse(kind: &str) -> Option<PlaneKind> {
-        PlaneKind::ALL.into_iter().find(|k| k.as_str() == kind)
-    }
-}
-
-/// A plane type's namespaced kind (`BuildPlane` for build planes).
-impl From<PlaneType> for PlaneKind {
-    fn from(plane_type: PlaneType) -> PlaneKind {
-        match plane_type {
-            PlaneType::DataPlane => PlaneKind::DataPlane,
-            PlaneType::BuildPlane => PlaneKind::BuildPlane,
-            PlaneType::ObservabilityPlane => PlaneKind::ObservabilityPlane,
-        }
-    }
-}
-
-impl std::fmt::Display for PlaneKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
