@@ -503,7 +503,7 @@ async fn wait_agents(internal: u16, client: &HttpsClient, count: usize) {
 /// of an upgrade request that never ends (what an unauthenticated peer can hold open
 /// until the header deadline).
 async fn rss_per_unfinished_upgrade(dir: &Path, port: u16, gateway_pid: u32, count: usize) -> f64 {
-    use planelink::agent::dial;
+    use planelink::tunnel::dial;
     use tokio::io::AsyncWriteExt as _;
     let identity = dial::TlsIdentity {
         server_ca: planelink::trust::load_certificates(&dir.join("gw/ca.crt")).unwrap(),

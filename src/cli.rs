@@ -5,16 +5,14 @@
 
 use std::ffi::OsString;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::agent::AgentArgs;
 use crate::controller::ControllerArgs;
 use crate::gateway::GatewayArgs;
+use crate::logging::LogArgs;
 use crate::register::RegisterArgs;
 use crate::up::UpArgs;
-
-/// Exit code for invalid usage or configuration (EX_USAGE), before anything is bound.
-pub const EXIT_USAGE: u8 = 64;
 
 /// The names the binary answers to, and the role each selects (`None`: the multi-call
 /// `planelink` itself).
@@ -111,31 +109,6 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct LogArgs {
-    /// Log level. RUST_LOG, when set, overrides it with a full filter (e.g. planelink=debug,hyper=info).
-    #[arg(long, env = "LOG_LEVEL", value_enum, default_value_t = LogLevel::Info, global = true, ignore_case = true)]
-    pub log_level: LogLevel,
-
-    /// Log format on stderr: human-readable text, or one JSON object per line.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
 }
 
 /// Parses one role's flags from `argv` (argv[0] first) with the role's own defaults,

@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::trust::{self, Purpose, Severity};
 
+/// Exit code for invalid usage or configuration (EX_USAGE), before anything is bound.
+pub const EXIT_USAGE: u8 = 64;
+
 /// A configuration problem: which flag, what is wrong, and how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {flag}: {problem}")]
@@ -149,46 +152,6 @@ pub fn byte_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s} is too large"))
 }
 
-/// A parser's error message with every double-quoted value replaced by `"…"`: errors
-/// about configuration files name the file, line, column and problem, never a value
-/// (which may be a token or a private key).
-pub fn redact_values(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut chars = message.chars();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c == '"' {
-            let mut escaped = false;
-            for inner in chars.by_ref() {
-                match (escaped, inner) {
-                    (false, '\\') => escaped = true,
-                    (false, '"') => break,
-                    _ => escaped = false,
-                }
-            }
-            out.push_str("…\"");
-        }
-    }
-    out
-}
-
-/// YAML parsing options for configuration files: no source snippets in errors (they
-/// would print the lines around a mistake, secrets included).
-pub fn yaml_options() -> serde_saphyr::Options {
-    let mut options = serde_saphyr::Options::default();
-    options.with_snippet = false;
-    options
-}
-
-/// A YAML error as a configuration error text: line and column, the problem, no values.
-pub fn yaml_error(e: &serde_saphyr::Error) -> String {
-    let problem = redact_values(&e.without_snippet().to_string());
-    match e.location() {
-        Some(at) => format!("line {}, column {}: {problem}", at.line(), at.column()),
-        None => problem,
-    }
-}
-
 pub fn check_existing_file(flag: &str, path: &Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
@@ -223,18 +186,6 @@ pub fn check_existing_dir(flag: &str, path: &Path) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn values_are_redacted() {
-        assert_eq!(
-            redact_values(r#"invalid type: string "s3cr3t \"x\"", expected u16 at line 3"#),
-            r#"invalid type: string "…", expected u16 at line 3"#
-        );
-        assert_eq!(
-            redact_values("missing field `gateway`"),
-            "missing field `gateway`"
-        );
-    }
 
     #[test]
     fn sizes() {

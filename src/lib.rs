@@ -24,6 +24,7 @@ pub mod overview;
 pub mod planes;
 pub mod register;
 pub mod replicas;
+pub mod safe_text;
 pub mod server;
 pub mod signals;
 pub mod trust;

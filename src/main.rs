@@ -4,8 +4,9 @@
 
 use std::process::ExitCode;
 
-use planelink::cli::{self, Command, EXIT_USAGE, Invocation};
+use planelink::cli::{self, Command, Invocation};
 use planelink::config::ConfigError;
+use planelink::config::EXIT_USAGE;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

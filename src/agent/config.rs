@@ -12,6 +12,7 @@ use super::upstream::{self, Upstream};
 use crate::config::{self, ConfigError};
 use crate::planes::PlaneType;
 use crate::trust::Purpose;
+use crate::tunnel::dial::{DialError, TlsIdentity};
 use crate::tunnel::protocol::Heartbeat;
 
 /// The agent's TLS material, followed by [`super::identity`] (renewed files are picked up).
@@ -22,6 +23,13 @@ pub struct TlsFiles {
     pub server_ca: PathBuf,
     /// The agent's own CA, proposed to the gateway when it changes; may not exist.
     pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files once, as they are now.
+    pub fn load(&self) -> Result<TlsIdentity, DialError> {
+        TlsIdentity::load(&self.server_ca, &self.client_cert, &self.client_key)
+    }
 }
 
 /// Reconnect delays: exponential from `base` up to `max`, with jitter.

@@ -178,8 +178,8 @@ async fn forward(
         .unwrap_or("/")
         .to_owned();
     // The path at info; the query (tokens, exec commands) only at debug, masked.
-    let path = crate::logging::escape(req.uri().path());
-    let query = req.uri().query().map(crate::logging::redacted_query);
+    let path = crate::safe_text::escape(req.uri().path());
+    let query = req.uri().query().map(crate::safe_text::redacted_query);
     let uri = upstream
         .uri_for(&path_and_query)
         .map_err(|e| ProxyError::BadRequest(format!("bad path: {e}")))?;

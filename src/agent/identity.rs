@@ -11,8 +11,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::config::TlsFiles;
-use super::dial::{DialError, TlsIdentity};
 use crate::trust;
+use crate::tunnel::dial::{DialError, TlsIdentity};
 
 /// One loaded set of certificate files.
 pub struct Identity {

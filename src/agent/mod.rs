@@ -25,6 +25,7 @@ pub use config::Config;
 
 use crate::health::{self, Health};
 use crate::tunnel::body::{self, Body};
+use crate::tunnel::dial as wire;
 use crate::tunnel::protocol;
 use crate::tunnel::proxy::Target;
 use identity::Identity;
@@ -277,16 +278,16 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 
 /// A tunnel dialled, and with which identity.
 struct Dial {
-    dialled: dial::Dialled,
+    dialled: wire::Dialled,
     identity: Arc<Identity>,
     /// Set when the current identity was refused and this tunnel uses the previous one.
-    renewal_refused: Option<dial::DialError>,
+    renewal_refused: Option<wire::DialError>,
 }
 
 /// One dial, counted by its result, with the current identity; when the gateway refuses
 /// a renewed certificate the agent dials again with the one it accepted before
 /// (make-before-break: the agent keeps serving until its renewal is trusted).
-async fn dial(state: &State) -> Result<Dial, dial::DialError> {
+async fn dial(state: &State) -> Result<Dial, wire::DialError> {
     let identity = state.identity.borrow().clone();
     if let Some(leaf) = identity.chain().and_then(|chain| chain.first())
         && let Ok(info) = crate::trust::inspect::CertInfo::from_der(leaf)
@@ -295,7 +296,7 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
             .metrics
             .client_certificate_expires(info.not_after.into());
     }
-    let introduction = dial::Introduction {
+    let introduction = wire::Introduction {
         instance: Some(state.instance.clone()),
         held: state.renewed_replicas(),
         proposal: None,
@@ -335,7 +336,7 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
         }),
         (
             Err(
-                refused @ dial::DialError::Refused {
+                refused @ wire::DialError::Refused {
                     status: 401 | 403, ..
                 },
             ),
@@ -346,7 +347,7 @@ async fn dial(state: &State) -> Result<Dial, dial::DialError> {
                 "the gateway does not trust the renewed certificate yet; the tunnels keep the previous one: {refused}"
             );
             // The renewed certificate's CA goes with the dial the gateway still trusts.
-            let introduction = dial::Introduction {
+            let introduction = wire::Introduction {
                 held: state.held_replicas(),
                 proposal: identity.proposal(),
                 ..introduction
@@ -622,7 +623,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
                             }
                         }
                     }
-                    Err(dial::DialError::AlreadyHeld { replica, membership }) => {
+                    Err(wire::DialError::AlreadyHeld { replica, membership }) => {
                         state.learn(membership);
                         let delay = pacing.missed();
                         tracing::debug!(%replica, delay = ?delay, "the dial reached a replica already held");
@@ -653,7 +654,7 @@ async fn connect_loop(state: Arc<State>, shutdown: CancellationToken) {
 /// (HTTP/2 GOAWAY: the gateway sends nothing new).
 async fn serve_tunnel(
     state: Arc<State>,
-    dialled: dial::Dialled,
+    dialled: wire::Dialled,
     (tunnel, replica): (u64, String),
     retire: CancellationToken,
     ended: tokio::sync::mpsc::UnboundedSender<TunnelEnd>,

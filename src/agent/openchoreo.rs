@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::logging::escape;
+use crate::safe_text::escape;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::kube_exec;
 use crate::tunnel::openchoreo::{

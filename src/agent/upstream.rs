@@ -296,9 +296,9 @@ pub fn load_routes(path: &Path) -> anyhow::Result<BTreeMap<String, Upstream>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: RoutesFile =
-        serde_saphyr::from_str_with_options(&text, crate::config::yaml_options()).map_err(|e| {
-            anyhow::anyhow!("{}: {}", path.display(), crate::config::yaml_error(&e))
-        })?;
+        serde_saphyr::from_str_with_options(&text, crate::safe_text::yaml_options()).map_err(
+            |e| anyhow::anyhow!("{}: {}", path.display(), crate::safe_text::yaml_error(&e)),
+        )?;
     let mut routes = BTreeMap::new();
     for spec in file.routes {
         let name = spec.name.clone();

@@ -4,7 +4,6 @@
 
 pub mod args;
 mod clients;
-mod conditions;
 pub mod config;
 mod leader;
 mod metrics;
@@ -13,7 +12,6 @@ mod remote;
 mod status;
 
 pub use args::{ControllerArgs, ControllerCommand};
-pub use conditions::{CONNECTED, GATEWAY_PROVISIONED, READY};
 pub use config::{Config, GatewayMode};
 pub use status::GATEWAY_API_GROUP;
 

@@ -19,9 +19,9 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use super::clients::{PlaneClients, read_secret};
-use super::conditions;
 use super::metrics::Metrics;
 use super::status::{self, CertificateExpiry, Facts, GATEWAY_API_GROUP, GatewayProbe, Mode};
+use crate::planes::conditions;
 use crate::planes::connection::{ConnectionStatus, GatewayLink, Notification};
 use crate::planes::crd::{
     ClusterObservabilityPlane, Environment, ObservabilityPlane, PlaneResource, PlaneStatus,
@@ -187,7 +187,7 @@ async fn apply<K: PlaneResource>(plane: &K, ctx: &Context, api: &Api<K>) -> Resu
     let ready = status
         .conditions
         .iter()
-        .find(|c| c.type_ == super::conditions::READY);
+        .find(|c| c.type_ == conditions::READY);
     let (is_ready, reason) = match ready {
         Some(c) => (c.status == "True", c.reason.clone()),
         None => (false, String::new()),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::conditions::{self, CERTIFICATES_CURRENT, CONNECTED, GATEWAY_PROVISIONED, READY, Truth};
+use crate::planes::conditions::{
+    self, CERTIFICATES_CURRENT, CONNECTED, GATEWAY_PROVISIONED, READY, Truth,
+};
 use crate::planes::connection::ConnectionStatus;
 use crate::planes::crd::{AgentConnectionStatus, GatewaySpec, PlaneStatus};
 use crate::planes::rollover::Step;

@@ -246,7 +246,7 @@ async fn proxy(
         Ok(agent) => agent,
         Err(e) => {
             tracing::info!(request_id = %id, plane = %route.key, target = %route.target,
-                status = e.status().as_u16(), "proxy request refused: {}", crate::logging::escape(&e.to_string()));
+                status = e.status().as_u16(), "proxy request refused: {}", crate::safe_text::escape(&e.to_string()));
             if let ProxyError::NoAgent(_) = e {
                 record(core, &route, e.status(), started);
             }
@@ -263,7 +263,7 @@ async fn proxy(
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (forwarded, upstream_tx) = tunnel_request(core, req, &route, id, streaming, upgrade)?;
     tracing::debug!(request_id = %id, agent = agent.id, plane = %route.key, target = %route.target,
-        path = %crate::logging::escape(&route.path), streaming, "proxying");
+        path = %crate::safe_text::escape(&route.path), streaming, "proxying");
     let open = OpenStream::new(core, agent.stream_guard());
     let what = format!("the agent of plane {}", route.key);
     let sent = agent.sender().send_request(forwarded);

@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::logging::escape;
+use crate::safe_text::escape;
 use crate::tunnel::body::{self, Body};
 use crate::tunnel::openchoreo::{
     self, FromAgent, MAX_FRAME, MAX_REQUEST_BODY, StreamChunk, TunnelRequest, TunnelResponse,

@@ -167,7 +167,7 @@ fn subject_of(chain: &[CertificateDer<'_>]) -> String {
     chain
         .first()
         .and_then(|c| CertInfo::from_der(c).ok())
-        .map(|info| crate::logging::escape(&info.subject))
+        .map(|info| crate::safe_text::escape(&info.subject))
         .unwrap_or_else(|| "(no certificate)".into())
 }
 
@@ -356,7 +356,7 @@ fn take_proposal(
         }
         Err(e) => {
             core.metrics.ca_proposal("invalid");
-            tracing::warn!(plane = %key, instance, "CA proposal refused: {}", crate::logging::escape(&e));
+            tracing::warn!(plane = %key, instance, "CA proposal refused: {}", crate::safe_text::escape(&e));
         }
     }
 }
@@ -446,7 +446,7 @@ fn upgrade_request(
             core.metrics.reject(reason);
             let logged = why.as_deref().unwrap_or(&message);
             tracing::warn!(%remote, subject = %subject_of(&chain), %status, reason,
-                "agent refused: {}", crate::logging::escape(logged));
+                "agent refused: {}", crate::safe_text::escape(logged));
             return plain(status, message);
         }
     };
@@ -601,7 +601,7 @@ async fn run_agent(
     };
     if let Err(e) = answered {
         core.metrics.reject("tunnel_handshake");
-        tracing::warn!(%remote, "agent dropped: {}", crate::logging::escape(&e));
+        tracing::warn!(%remote, "agent dropped: {}", crate::safe_text::escape(&e));
         return;
     }
     let agent = core.hub.register(new_agent, sender);
@@ -625,7 +625,7 @@ async fn run_agent(
     }
     let crs: Vec<String> = agent.granted().iter().map(ToString::to_string).collect();
     tracing::info!(agent = agent.id, plane = %agent.key, %remote, subject = %agent.subject,
-        version = %crate::logging::escape(&agent.hello.version),
+        version = %crate::safe_text::escape(&agent.hello.version),
         instance = agent.hello.instance.as_deref().unwrap_or("-"),
         authorised_for = %crs.join(","), "agent connected");
     // Over WebSocket (either protocol), the transport itself says "going away" (a Close

@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use super::facts::{self, GATEWAY_CA, Mode, PlaneFacts};
 use super::{CheckArgs, CheckFormat, Style, default_remote_namespace};
-use crate::planes::{PlaneType, secret_data};
-use crate::trust::{self, CertInfo, ExpiryState, Usage};
+use crate::planes::{PlaneType, conditions, secret_data};
+use crate::trust::{self, CertInfo, ExpiryState, Severity, Usage, diagnose};
 
 const GATEWAY_DEPLOYMENT: &str = "cluster-gateway";
 const GATEWAY_TLS: &str = "cluster-gateway-tls";
@@ -78,6 +78,20 @@ impl Findings {
 
     fn fail(&mut self, message: impl Into<String>, fix: impl Into<String>) {
         self.add(Verdict::Fail, message, Some(fix.into()));
+    }
+
+    /// Renders a verdict of the trust diagnosis; `fix`, when given, replaces its own
+    /// with this check's concrete command.
+    fn diagnosed(&mut self, finding: diagnose::Finding, fix: Option<String>) {
+        let verdict = match finding.severity {
+            Severity::Info => Verdict::Pass,
+            Severity::Warning => Verdict::Warn,
+            Severity::Error => Verdict::Fail,
+        };
+        let fix = (verdict != Verdict::Pass)
+            .then(|| fix.unwrap_or(finding.fix))
+            .filter(|fix| !fix.is_empty());
+        self.add(verdict, finding.message, fix);
     }
 }
 
@@ -250,7 +264,7 @@ async fn checks(ctx: &mut Context<'_>, findings: &mut Findings) -> Result<(), St
     for invalid in &inventory.undecodable {
         findings.section("plane resources");
         findings.fail(
-            format!("not a valid plane: {}", crate::logging::escape(invalid)),
+            format!("not a valid plane: {}", crate::safe_text::escape(invalid)),
             "fix the resource so that it matches the CRD (kubectl explain dataplane.spec)",
         );
     }
@@ -406,19 +420,19 @@ async fn gateway_ca(ctx: &mut Context<'_>, findings: &mut Findings) {
             );
         }
     };
+    let ca_crt = format!("ca.crt of {origin}");
+    let bundle = diagnose::Bundle {
+        certificates: &certs,
+        origin: &ca_crt,
+    };
+    if let Some(leaf) = diagnose::leaf(bundle, diagnose::Role::GatewayCa) {
+        let fix = "ca.crt must be the CA that signs the gateway's serving certificate";
+        return findings.diagnosed(leaf, Some(fix.into()));
+    }
     let infos: Vec<CertInfo> = certs
         .iter()
         .filter_map(|c| CertInfo::from_der(c).ok())
         .collect();
-    if let Some(leaf) = infos.iter().find(|i| !i.can_issue()) {
-        return findings.fail(
-            format!(
-                "{origin} ca.crt holds a leaf certificate ({}), not a CA",
-                leaf.subject
-            ),
-            "ca.crt must be the CA that signs the gateway's serving certificate",
-        );
-    }
     expiry_finding(
         findings,
         &format!("gateway CA ({origin})"),
@@ -434,38 +448,22 @@ async fn gateway_ca(ctx: &mut Context<'_>, findings: &mut Findings) {
         .get_opt(GATEWAY_CA)
         .await;
     if let Ok(Some(map)) = map {
-        let origin_map = format!("ConfigMap {ns}/{GATEWAY_CA}");
         let published = map
             .data
             .as_ref()
             .and_then(|d| d.get("ca.crt"))
             .map(|s| s.as_bytes());
-        match certificates(published) {
-            Ok(published) if published == ctx.gateway_ca => {
-                findings.pass(format!("{origin_map} matches the Secret"));
-            }
-            Ok(published) if overlaps(&published, &ctx.gateway_ca) => {
-                findings.pass(format!(
-                    "{origin_map} holds the Secret's CA and {} more (a CA rollover's overlap)",
-                    published.len() - ctx.gateway_ca.len()
-                ));
-            }
-            Ok(_) => findings.fail(
-                format!("{origin_map} differs from Secret {ns}/{GATEWAY_CA}"),
-                publish_fix(ctx, &ns),
-            ),
-            Err(e) => findings.fail(
-                format!("{origin_map} holds no CA ({e}): a placeholder"),
-                publish_fix(ctx, &ns),
-            ),
-        }
+        let published = certificates(published);
+        let finding = diagnose::published_gateway_ca(
+            diagnose::Published {
+                certificates: published.as_deref().map_err(String::as_str),
+                origin: &format!("ConfigMap {ns}/{GATEWAY_CA}"),
+                compared_with: "the Secret",
+            },
+            &ctx.gateway_ca,
+        );
+        findings.diagnosed(finding, Some(publish_fix(ctx, &ns)));
     }
-}
-
-/// Whether a published bundle trusts every CA of `current` and more: the overlap of a
-/// rollover, in which agents trust the old and the new gateway CA.
-fn overlaps(published: &[CertificateDer<'_>], current: &[CertificateDer<'_>]) -> bool {
-    published.len() > current.len() && current.iter().all(|ca| published.contains(ca))
 }
 
 fn publish_fix(ctx: &Context<'_>, ns: &str) -> String {
@@ -625,8 +623,8 @@ fn covers(ctx: &Context<'_>, findings: &mut Findings, url: &str, from: &str) {
     let Some(leaf) = ctx.gateway_cert.first() else {
         return;
     };
-    let host = match crate::register::server_url(url) {
-        Ok(parsed) => crate::agent::dial::host_port(&parsed).0,
+    let host = match crate::tunnel::dial::server_url(url) {
+        Ok(parsed) => crate::tunnel::dial::host_port(&parsed).0,
         Err(e) => return findings.fail(format!("{from}: {e}"), "agents dial wss://HOST:PORT/ws"),
     };
     match trust::check_host(leaf, &host) {
@@ -694,7 +692,7 @@ fn plane_checks(ctx: &Context<'_>, findings: &mut Findings, plane: &PlaneFacts) 
             "no Ready condition: no controller has reconciled the plane",
             controller_logs,
         ),
-        Some(ready) if ready.status == "True" => findings.pass("Ready"),
+        Some(ready) if ready.status == conditions::Truth::True.as_str() => findings.pass("Ready"),
         Some(ready) => {
             let fix = plane
                 .ready_reason()
@@ -703,7 +701,7 @@ fn plane_checks(ctx: &Context<'_>, findings: &mut Findings, plane: &PlaneFacts) 
                 format!(
                     "not Ready: {} ({})",
                     ready.reason,
-                    crate::logging::escape(&ready.message)
+                    crate::safe_text::escape(&ready.message)
                 ),
                 fix,
             );
@@ -783,8 +781,8 @@ fn rollover_findings(findings: &mut Findings, plane: &PlaneFacts) {
             format!(
                 "a client CA rollover is under way since {}: the old CA ({}) is removed once no \
                  connected agent uses it",
-                crate::logging::escape(annotations.get(STARTED).map_or("-", String::as_str)),
-                crate::logging::escape(retiring)
+                crate::safe_text::escape(annotations.get(STARTED).map_or("-", String::as_str)),
+                crate::safe_text::escape(retiring)
             ),
             "if it lasts, renew the agents' certificates from the new CA (planelink status shows \
              their expiry) and check that planelink's controller runs",
@@ -966,22 +964,24 @@ async fn remote_checks(
                 .as_ref()
                 .and_then(|d| d.get("ca.crt"))
                 .map(|s| s.as_bytes());
+            let fix =
+                format!("copy ca.crt of Secret {GATEWAY_CA} from the control plane: {register}");
             match certificates(published) {
-                Err(e) => findings.fail(
-                    format!("{origin} holds no CA ({e}): a placeholder, so the agent cannot verify the gateway"),
-                    format!("copy ca.crt of Secret {GATEWAY_CA} from the control plane: {register}"),
-                ),
-                Ok(certs) if !ctx.gateway_ca.is_empty() && overlaps(&certs, &ctx.gateway_ca) && certs != ctx.gateway_ca => {
-                    findings.pass(format!(
-                        "{origin} holds the control plane's gateway CA and {} more (a CA rollover's overlap)",
-                        certs.len() - ctx.gateway_ca.len()
-                    ))
+                // The control plane's CA is unknown (its own check says why): nothing to compare.
+                Ok(_) if ctx.gateway_ca.is_empty() => findings.pass(format!(
+                    "{origin} holds a CA (not compared: the control plane's gateway CA is unknown)"
+                )),
+                published => {
+                    let finding = diagnose::published_gateway_ca(
+                        diagnose::Published {
+                            certificates: published.as_deref().map_err(String::as_str),
+                            origin: &origin,
+                            compared_with: "the control plane's gateway CA",
+                        },
+                        &ctx.gateway_ca,
+                    );
+                    findings.diagnosed(finding, Some(fix));
                 }
-                Ok(certs) if !ctx.gateway_ca.is_empty() && certs != ctx.gateway_ca => findings.fail(
-                    format!("{origin} is not the control plane's gateway CA (Secret {GATEWAY_CA})"),
-                    format!("copy ca.crt of Secret {GATEWAY_CA} from the control plane: {register}"),
-                ),
-                Ok(_) => findings.pass(format!("{origin} holds the control plane's gateway CA")),
             }
         }
         Ok(None) => findings.fail(format!("{origin} does not exist"), register.clone()),
@@ -1046,7 +1046,7 @@ async fn remote_checks(
         Some(id) => findings.fail(
             format!(
                 "the agent sends planeID {}, the plane's is {}: the gateway never authorises it for this plane",
-                crate::logging::escape(&id),
+                crate::safe_text::escape(&id),
                 plane.plane_id
             ),
             format!("set PLANE_ID (ConfigMap {AGENT_DEPLOYMENT}) to {}, or spec.planeID to the agent's", plane.plane_id),
@@ -1077,26 +1077,6 @@ fn agent_secret(
             );
         }
     };
-    let infos: Vec<CertInfo> = ca
-        .iter()
-        .filter_map(|c| CertInfo::from_der(c).ok())
-        .collect();
-    if let Some(leaf) = infos.iter().find(|i| !i.can_issue()) {
-        return findings.fail(
-            format!(
-                "ca.crt of {origin} holds a leaf certificate ({}), not a CA",
-                leaf.subject
-            ),
-            "issue the agent's certificate from a CA and keep that CA in ca.crt",
-        );
-    }
-    if ca.iter().any(|c| ctx.gateway_ca.contains(c)) {
-        return findings.fail(
-            format!("ca.crt of {origin} is the control plane's gateway CA, not the agent's own CA"),
-            "install the remote plane with its own agent CA (clusterAgent.tls.generateCerts=true, caSecretName=\"\")",
-        );
-    }
-    findings.pass(format!("ca.crt of {origin} is a CA of the agent's own"));
     let chain = match certificates(data.get("tls.crt").map(Vec::as_slice)) {
         Ok(chain) => chain,
         Err(e) => {
@@ -1106,34 +1086,41 @@ fn agent_secret(
             );
         }
     };
-    if let Err(e) = trust::verify_chain(&chain, &ca, Usage::ClientAuth, ctx.now) {
-        return findings.fail(
-            format!("tls.crt of {origin} does not verify against its ca.crt as a client certificate: {e}"),
-            "reissue the agent's certificate from the CA in ca.crt",
-        );
+    let verdicts = diagnose::agent_secret(origin, &ca, Some(&chain), &ctx.gateway_ca, ctx.now);
+    let mistaken = verdicts.iter().any(diagnose::Finding::is_error);
+    for verdict in verdicts {
+        findings.diagnosed(verdict, None);
     }
+    if mistaken {
+        return;
+    }
+    let tls_crt = format!("tls.crt of {origin}");
     let leaf: Vec<CertInfo> = chain
         .first()
         .and_then(|c| CertInfo::from_der(c).ok())
         .into_iter()
         .collect();
-    expiry_finding(
-        findings,
-        &format!("tls.crt of {origin}"),
-        &leaf,
-        ctx.now,
-        ctx.warn,
-    );
+    expiry_finding(findings, &tls_crt, &leaf, ctx.now, ctx.warn);
     let Some(Ok(client_ca)) = &plane.client_ca else {
         return;
     };
-    match trust::verify_chain(&chain, client_ca, Usage::ClientAuth, ctx.now) {
-        Ok(()) => findings.pass(format!("the plane's clientCA trusts the agent's certificate ({origin})")),
-        Err(_) => findings.fail(
-            format!("the plane's clientCA does not trust the agent's certificate ({origin}): another CA is registered"),
-            format!("register ca.crt of {origin} as the plane's clientCA: {register}"),
-        ),
-    }
+    let verdict = diagnose::client_ca_trusts_agent(
+        diagnose::Bundle {
+            certificates: &chain,
+            origin,
+        },
+        diagnose::Bundle {
+            certificates: client_ca,
+            origin: "the plane's clientCA",
+        },
+        diagnose::Bundle {
+            certificates: &ca,
+            origin: &format!("ca.crt of {origin}"),
+        },
+        ctx.now,
+    );
+    let fix = format!("{}: {register}", verdict.fix);
+    findings.diagnosed(verdict, Some(fix));
 }
 
 /// The agent's ServiceAccount may do what the control plane needs there.

@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::planes::crd::{AgentConnectionStatus, AnyPlane};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
-use crate::planes::{PlaneKind, Problem, Reason, secret_data};
+use crate::planes::{PlaneKind, Problem, Reason, conditions, secret_data};
 use crate::trust;
 
 /// The Secret holding the control plane's gateway CA (`ca.crt`).
@@ -187,7 +187,12 @@ fn facts_of(plane: AnyPlane) -> PlaneFacts {
     };
     let plane_id = plane.key().plane_id;
     let status = plane.plane_status();
-    let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+    let ready = status.and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)
+            .cloned()
+    });
     let connection = status.and_then(|s| s.agent_connection.clone());
     PlaneFacts {
         namespace: cr.namespace_or_cluster().to_string(),

@@ -222,7 +222,7 @@ fn cells(row: &PlaneRow, now: SystemTime) -> Vec<Cell> {
             // Whoever may write the CR's status must not write to the operator's terminal.
             row.reason
                 .as_deref()
-                .map_or("-".to_string(), crate::logging::escape),
+                .map_or("-".to_string(), crate::safe_text::escape),
             Tone::Plain,
         ),
         agents,
@@ -298,7 +298,7 @@ pub fn table(report: &StatusReport, now: SystemTime, style: Style) -> String {
             out,
             "{} not a valid plane: {}",
             style.warn("warning:"),
-            crate::logging::escape(invalid)
+            crate::safe_text::escape(invalid)
         );
     }
     out

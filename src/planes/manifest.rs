@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::PlaneKind;
 use super::crd::{AnyPlane, DEFAULT_NAMESPACE};
-use crate::config::{redact_values, yaml_error, yaml_options};
+use crate::safe_text::{redact_values, yaml_error, yaml_options};
 
 pub const API_GROUP: &str = "openchoreo.dev";
 pub const API_VERSION: &str = "openchoreo.dev/v1alpha1";

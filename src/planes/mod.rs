@@ -2,6 +2,7 @@
 //! trusts. Two sources feed the same [`Snapshot`]: a directory of manifests (bare
 //! hosts, `--planes-dir`) and the Kubernetes API (the controller issue).
 
+pub mod conditions;
 pub mod connection;
 pub mod crd;
 pub mod directory;

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::crd::{AnyPlane, DEFAULT_NAMESPACE, ValueFrom};
 use super::{PlaneKind, PlaneType, Problem, Reason, secret_data};
-use crate::trust::{self, Usage};
+use crate::trust::{self, Usage, diagnose};
 
 /// What an agent names in its `/ws` request: `planeType` and `planeID`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,7 +31,7 @@ impl std::fmt::Display for PlaneKey {
             f,
             "{}/{}",
             self.plane_type,
-            crate::logging::escape(&self.plane_id)
+            crate::safe_text::escape(&self.plane_id)
         )
     }
 }
@@ -309,21 +309,10 @@ pub fn resolve_client_ca<'a>(
             format!("clientCA: {e}; give the PEM of the agent's ca.crt"),
         )
     })?;
-    if let Some(leaf) = certs
-        .iter()
-        .filter_map(|c| trust::CertInfo::from_der(c).ok())
-        .find(|info| !info.can_issue())
-    {
-        return Err(Problem::new(
-            Reason::ClientCAIsLeaf,
-            format!(
-                "clientCA holds a leaf certificate ({}), not a CA: register ca.crt of Secret \
-                 cluster-agent-tls, not tls.crt",
-                leaf.subject
-            ),
-        ));
+    match diagnose::leaf(client_ca_bundle(&certs), diagnose::Role::ClientCa) {
+        Some(leaf) => Err(client_ca_problem(leaf)),
+        None => Ok(certs),
     }
-    Ok(certs)
 }
 
 /// The checks beyond parsing that only the controller can make: every CA expired, or the
@@ -333,38 +322,36 @@ pub fn check_client_ca(
     gateway_cas: &[CertificateDer<'_>],
     at: SystemTime,
 ) -> Result<(), Problem> {
-    if let Some(same) = certs.iter().find(|c| gateway_cas.iter().any(|g| g == *c)) {
-        let subject = trust::CertInfo::from_der(same)
-            .map(|i| i.subject)
-            .unwrap_or_default();
-        return Err(Problem::new(
-            Reason::ClientCAIsGatewayCA,
-            format!(
-                "clientCA is the gateway's own server CA ({subject}), not the agent's client CA: \
-                 register ca.crt of Secret cluster-agent-tls from the remote plane, not \
-                 cluster-gateway-ca"
-            ),
-        ));
+    let findings = diagnose::ca_bundle(
+        client_ca_bundle(certs),
+        diagnose::Role::ClientCa,
+        gateway_cas,
+        at,
+    );
+    match diagnose::first_error(findings) {
+        Some(mistake) => Err(client_ca_problem(mistake)),
+        None => Ok(()),
     }
-    let infos: Vec<trust::CertInfo> = certs
-        .iter()
-        .filter_map(|c| trust::CertInfo::from_der(c).ok())
-        .collect();
-    if !infos.is_empty()
-        && infos
-            .iter()
-            .all(|i| i.validity_at(at) == trust::Validity::Expired)
-    {
-        let latest = infos.iter().map(|i| i.not_after).max().expect("not empty");
-        return Err(Problem::new(
-            Reason::ClientCAExpired,
-            format!(
-                "clientCA expired on {}; the agent's CA was renewed: register its current ca.crt",
-                trust::inspect::format_time(latest)
-            ),
-        ));
+}
+
+fn client_ca_bundle<'a>(certs: &'a [CertificateDer<'a>]) -> diagnose::Bundle<'a> {
+    diagnose::Bundle {
+        certificates: certs,
+        origin: "clientCA",
     }
-    Ok(())
+}
+
+/// The trust diagnosis's verdict on a plane's client CA, as the reason its conditions
+/// report.
+fn client_ca_problem(mistake: diagnose::Finding) -> Problem {
+    let reason = match mistake.code {
+        diagnose::Code::CaIsLeaf => Reason::ClientCAIsLeaf,
+        diagnose::Code::CaIsGatewayCa => Reason::ClientCAIsGatewayCA,
+        diagnose::Code::CaExpired => Reason::ClientCAExpired,
+        // A client CA bundle yields no other error; a new one would still be refused.
+        _ => Reason::ClientCAUnparseable,
+    };
+    Problem::new(reason, mistake.sentence())
 }
 
 /// A source of snapshots. It publishes a first snapshot once loaded (the gateway is

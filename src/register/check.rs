@@ -7,13 +7,13 @@ use rustls_pki_types::CertificateDer;
 
 use super::Outcome;
 use super::args::CheckArgs;
-use crate::agent::dial::{self, DialError, TlsIdentity};
 use crate::planes::PlaneType;
 use crate::trust::{self, CertInfo, Purpose, Severity};
+use crate::tunnel::dial::{self, DialError, TlsIdentity};
 
 pub fn run(args: &CheckArgs) -> Outcome {
     super::block_on(async {
-        let url = match url(&args.server_url) {
+        let url = match dial::server_url(&args.server_url) {
             Ok(url) => url,
             Err(e) => {
                 eprintln!("error: --server-url: {e}");
@@ -48,23 +48,6 @@ pub struct CheckInput {
     pub plane_type: PlaneType,
     pub plane_id: Option<String>,
     pub timeout: Duration,
-}
-
-/// A `wss://` (or `https://`) URL with a host.
-pub fn url(text: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(text).map_err(|e| {
-        format!("{text:?} is not a URL ({e}); write it like wss://cluster-gateway.example.com/ws")
-    })?;
-    if !matches!(url.scheme(), "wss" | "https") {
-        return Err(format!(
-            "scheme {}:// carries no TLS; agents dial wss://HOST:PORT/ws",
-            url.scheme()
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("the URL names no host".into());
-    }
-    Ok(url)
 }
 
 fn step(name: &str, message: impl AsRef<str>) {

@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 
 use super::Outcome;
 use super::args::ExchangeArgs;
-use crate::agent::dial::TlsIdentity;
 use crate::planes::crd::{AnyPlane, GatewaySpec, PlaneBuilder, ValueFrom};
 use crate::planes::kubernetes::kube_client;
 use crate::planes::manifest::{API_GROUP, to_yaml};
 use crate::planes::{PlaneType, secret_data};
-use crate::trust::{self, CertInfo, Usage};
+use crate::trust::{self, diagnose};
+use crate::tunnel::dial::{self, TlsIdentity};
 
 const FIELD_MANAGER: &str = "planelink-register";
 const GATEWAY_CA: &str = "cluster-gateway-ca";
@@ -149,18 +149,7 @@ async fn gateway_ca(
                 .get_opt(GATEWAY_CA)
                 .await
             {
-                let same = map
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("ca.crt"))
-                    .map(|v| v.trim())
-                    == std::str::from_utf8(&ca).ok().map(str::trim);
-                if !same {
-                    eprintln!(
-                        "warning: ConfigMap {ns}/{GATEWAY_CA} differs from the Secret (its extractor Job may \
-                         have copied a placeholder); planelink uses the Secret"
-                    );
-                }
+                published_copy(ns, &map, &ca);
             }
             (ca, origin)
         }
@@ -168,29 +157,48 @@ async fn gateway_ca(
     };
     let certs =
         trust::parse_certificates(&bytes).or_else(|e| fail(STEP, format!("{origin}: {e}")))?;
-    for cert in &certs {
-        let info = CertInfo::from_der(cert).or_else(|e| fail(STEP, format!("{origin}: {e}")))?;
-        if !info.can_issue() {
-            return fail(
-                STEP,
-                format!(
-                    "{origin} holds a leaf certificate ({}), not the CA that signs the gateway's serving \
-                     certificate; take ca.crt of Secret {GATEWAY_CA}",
-                    info.subject
-                ),
-            );
-        }
+    let bundle = diagnose::Bundle {
+        certificates: &certs,
+        origin: &origin,
+    };
+    if let Some(leaf) = diagnose::leaf(bundle, diagnose::Role::GatewayCa) {
+        return fail(STEP, leaf.sentence());
     }
     Ok(certs)
+}
+
+/// Warns when the ConfigMap copy of the gateway CA, which OpenChoreo's docs copy to
+/// remote planes, is not the Secret's (a rollover's overlap is fine).
+fn published_copy(ns: &str, map: &ConfigMap, secret_ca: &[u8]) {
+    let Ok(secret_ca) = trust::parse_certificates(secret_ca) else {
+        return; // the caller reports the Secret itself
+    };
+    let published = map
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .ok_or_else(|| "it has no ca.crt".to_string())
+        .and_then(|pem| trust::parse_certificates(pem.as_bytes()).map_err(|e| e.to_string()));
+    let finding = diagnose::published_gateway_ca(
+        diagnose::Published {
+            certificates: published.as_deref().map_err(String::as_str),
+            origin: &format!("ConfigMap {ns}/{GATEWAY_CA}"),
+            compared_with: "the Secret",
+        },
+        &secret_ca,
+    );
+    if finding.is_error() {
+        eprintln!("warning: {}; planelink uses the Secret", finding.message);
+    }
 }
 
 /// Step 1 also: the gateway's serving certificate must cover --server-url's host.
 async fn check_server_url(url: &str, ca: &[CertificateDer<'static>]) -> Result<(), Failure> {
     const STEP: &str = "step 1 (gateway certificate)";
-    let parsed = super::check::url(url).or_else(|e| fail(STEP, format!("--server-url: {e}")))?;
+    let parsed = dial::server_url(url).or_else(|e| fail(STEP, format!("--server-url: {e}")))?;
     // The gateway may not be exposed yet when planes are registered: check what can be.
-    let (host, port) = crate::agent::dial::host_port(&parsed);
-    if crate::agent::dial::connect(&host, port, Duration::from_secs(5))
+    let (host, port) = dial::host_port(&parsed);
+    if dial::connect(&host, port, Duration::from_secs(5))
         .await
         .is_err()
     {
@@ -367,38 +375,22 @@ async fn agent_ca(
     };
     let ca = trust::parse_certificates(ca_bytes)
         .or_else(|e| fail(STEP, format!("{origin} ca.crt: {e}")))?;
-    for cert in &ca {
-        let info =
-            CertInfo::from_der(cert).or_else(|e| fail(STEP, format!("{origin} ca.crt: {e}")))?;
-        if !info.can_issue() {
-            return fail(
-                STEP,
-                format!(
-                    "ca.crt of {origin} holds a leaf certificate ({}), not a CA; the gateway could not build \
-                     a trust chain (websocket: bad handshake)",
-                    info.subject
-                ),
-            );
-        }
-    }
-    if ca.iter().any(|c| gateway_ca.iter().any(|g| g == c)) {
-        return fail(
-            STEP,
-            format!(
-                "ca.crt of {origin} is the control plane's gateway CA, not the agent's own client CA; install \
-                 the remote plane with clusterAgent.tls.generateCerts=true and caSecretName=\"\""
-            ),
-        );
-    }
-    if let Some(leaf) = data.get("tls.crt") {
-        let chain = trust::parse_certificates(leaf)
-            .or_else(|e| fail(STEP, format!("{origin} tls.crt: {e}")))?;
-        trust::verify_chain(&chain, &ca, Usage::ClientAuth, SystemTime::now()).or_else(|e| {
-            fail(
-                STEP,
-                format!("tls.crt of {origin} does not verify against its ca.crt as a client certificate: {e}"),
-            )
-        })?;
+    let chain = match data.get("tls.crt") {
+        Some(pem) => Some(
+            trust::parse_certificates(pem)
+                .or_else(|e| fail(STEP, format!("{origin} tls.crt: {e}")))?,
+        ),
+        None => None,
+    };
+    let verdicts = diagnose::agent_secret(
+        &origin,
+        &ca,
+        chain.as_deref(),
+        gateway_ca,
+        SystemTime::now(),
+    );
+    if let Some(mistake) = diagnose::first_error(verdicts) {
+        return fail(STEP, mistake.sentence());
     }
     Ok(ca)
 }
@@ -643,9 +635,10 @@ async fn wait_connected(
     while progress.elapsed() < wait {
         if let Ok(object) = api.get(&args.name).await {
             let status = object.data.get("status").cloned().unwrap_or(Value::Null);
-            let connected = status["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == crate::controller::CONNECTED));
+            let connected = status["conditions"].as_array().and_then(|c| {
+                c.iter()
+                    .find(|c| c["type"] == crate::planes::conditions::CONNECTED)
+            });
             if args.direct && connected.is_some_and(|c| c["status"] == "True") {
                 progress.done();
                 println!(
@@ -665,10 +658,10 @@ async fn wait_connected(
                 );
                 return Ok(Outcome::Ok);
             }
-            if let Some(ready) = status["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-            {
+            if let Some(ready) = status["conditions"].as_array().and_then(|c| {
+                c.iter()
+                    .find(|c| c["type"] == crate::planes::conditions::READY)
+            }) {
                 last = format!(
                     "{}: {}",
                     ready["reason"].as_str().unwrap_or(""),

@@ -11,7 +11,6 @@ mod secrets;
 pub mod args;
 
 pub use args::{CertsCommand, RegisterArgs, RegisterCommand};
-pub use check::url as server_url;
 
 /// Outcome of a register command, mapped to the process exit code by main.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +28,7 @@ impl Outcome {
         match self {
             Outcome::Ok => 0,
             Outcome::Failed => 1,
-            Outcome::Usage => crate::cli::EXIT_USAGE,
+            Outcome::Usage => crate::config::EXIT_USAGE,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::planes::kubernetes::{kube_client, plane_api};
 use crate::planes::registry::{check_client_ca, resolve_client_ca, secret_location};
 use crate::planes::{PlaneKind, PlaneType, rollover, secret_data};
 use crate::trust::inspect::{fingerprint, format_time};
-use crate::trust::{self, CertInfo};
+use crate::trust::{self, CertInfo, diagnose};
 
 /// A failure: what to print.
 type Failed = String;
@@ -163,14 +163,12 @@ async fn rotate(args: &RotateArgs) -> Result<(), Failed> {
     let plane = read_plane(&client, kind, args).await?;
     let new = new_cas(args, &plane, &what)?;
     let now = SystemTime::now();
-    for ca in &new {
-        let info = CertInfo::from_der(ca).map_err(|e| e.to_string())?;
-        if !info.can_issue() {
-            return Err(format!(
-                "{} is not a CA; give ca.crt of Secret cluster-agent-tls, not tls.crt",
-                info.subject
-            ));
-        }
+    let proposed = diagnose::Bundle {
+        certificates: &new,
+        origin: "the new CA bundle",
+    };
+    if let Some(leaf) = diagnose::leaf(proposed, diagnose::Role::ClientCa) {
+        return Err(leaf.sentence());
     }
     let added: Vec<CertificateDer<'static>> = new
         .iter()

@@ -257,7 +257,7 @@ fn refuse_foreign(existing: &Secret, at: &ObjectRef) -> Result<(), Failure> {
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(MANAGED_BY_LABEL))
-                .map(|m| format!(" (managed by {})", crate::logging::escape(m)))
+                .map(|m| format!(" (managed by {})", crate::safe_text::escape(m)))
         })
         .unwrap_or_default();
     Err(Failure::Refused(format!(

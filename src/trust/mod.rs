@@ -7,6 +7,7 @@
 //! use it the same way.
 
 pub mod danger;
+pub mod diagnose;
 mod error;
 pub mod hostname;
 pub mod inspect;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 
+use super::diagnose;
 use super::inspect::format_time;
 use super::pem::PemContents;
 use super::{CertInfo, Eku, PrivateKey, TrustError, Validity};
@@ -163,19 +164,11 @@ fn validity_findings(report: &mut Report, info: &CertInfo, at: SystemTime) {
 
 fn ca_findings(report: &mut Report, first: &CertInfo, purpose: Purpose) {
     if !first.is_ca {
-        let fix = match purpose {
-            Purpose::ClientCa => format!(
-                "this is tls.crt, the leaf; register ca.crt, the CA that issued it ({}). \
-                 Take it from Secret cluster-agent-tls, key ca.crt, in the remote plane",
-                first.issuer
-            ),
-            _ => format!(
-                "this is tls.crt, the gateway's leaf certificate; trust ca.crt, the CA that issued it ({}), \
-                 from Secret cluster-gateway-ca in the control plane",
-                first.issuer
-            ),
+        let role = match purpose {
+            Purpose::ClientCa => diagnose::Role::ClientCa,
+            _ => diagnose::Role::GatewayCa,
         };
-        report.push(Severity::Error, fix);
+        report.push(Severity::Error, diagnose::leaf_fix(role, &first.issuer));
         return;
     }
     if !first.can_issue() {
@@ -289,14 +282,13 @@ pub fn gateway_ca_finding(
     client_ca: &[CertificateDer<'_>],
     gateway_ca: &[CertificateDer<'_>],
 ) -> Option<Finding> {
-    let same = client_ca
-        .iter()
-        .any(|c| gateway_ca.iter().any(|g| g.as_ref() == c.as_ref()));
-    same.then(|| Finding {
-        severity: Severity::Error,
-        message: "this is the gateway's server CA (Secret cluster-gateway-ca), not the agent's client CA; \
-                  register ca.crt from Secret cluster-agent-tls in the remote plane"
-            .into(),
+    let bundle = diagnose::Bundle {
+        certificates: client_ca,
+        origin: "this file",
+    };
+    diagnose::gateway_ca_in(bundle, diagnose::Role::ClientCa, gateway_ca).map(|mistake| Finding {
+        severity: mistake.severity,
+        message: mistake.fix,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod client;
+pub mod dial;
 pub mod headers;
 pub mod kube_exec;
 pub mod openchoreo;

@@ -439,7 +439,7 @@ fn status_and_check(operator: &Operator, kubelet: &Kubelet, clusters: &Clusters,
         "  ✔ the gateway's serving certificate covers gateway.planelink.test (publicHost of ConfigMap cluster-gateway)",
         "  ✔ Ready",
         "  ✔ 1 agent(s) connected, to 2/2 gateway replicas",
-        "  ✔ ConfigMap openchoreo-data-plane/cluster-gateway-ca holds the control plane's gateway CA",
+        "  ✔ ConfigMap openchoreo-data-plane/cluster-gateway-ca matches the control plane's gateway CA",
         "  ✔ ca.crt of Secret openchoreo-data-plane/cluster-agent-tls is a CA of the agent's own",
         "  ✔ the plane's clientCA trusts the agent's certificate (Secret openchoreo-data-plane/cluster-agent-tls)",
         "  ✔ agent Deployment openchoreo-data-plane/cluster-agent: 1/1 replicas ready",
@@ -584,7 +584,7 @@ fn status_and_check(operator: &Operator, kubelet: &Kubelet, clusters: &Clusters,
     operator.ok(kubelet, &register, Duration::from_secs(60));
     has_line(
         &exits(operator, kubelet, check, 0),
-        "  ✔ ConfigMap openchoreo-data-plane/cluster-gateway-ca holds the control plane's gateway CA",
+        "  ✔ ConfigMap openchoreo-data-plane/cluster-gateway-ca matches the control plane's gateway CA",
     );
 
     // The agent's leaf registered as its CA: refused, and the agent disconnected.

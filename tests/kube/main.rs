@@ -517,7 +517,7 @@ fn remote_gateway_and_every_bad_ca_reason() {
             "leaf",
             "ClientCAIsLeaf",
             value(&leaf),
-            "register ca.crt of Secret cluster-agent-tls, not tls.crt",
+            "register ca.crt, the CA that issued it (",
         ),
         (
             "expired",

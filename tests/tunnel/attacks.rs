@@ -75,7 +75,7 @@ async fn agents_beyond_the_per_plane_limit_are_refused() {
     let topo = Topology::start_with(false, &["--max-agents-per-plane=1"]).await;
     let _first = topo.agent("a1", "p1").await;
     let config = topo.agent_config("a1", "p1");
-    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let identity = config.tls.as_ref().unwrap().load().unwrap();
     let refused = match dial(&config.dial_url, &identity).await {
         Ok(_) => panic!("a second agent was accepted"),
         Err(e) => e.to_string(),
@@ -118,7 +118,7 @@ async fn unknown_plane_ids_do_not_mint_metric_series() {
 async fn an_agent_that_never_speaks_http2_is_not_registered() {
     let topo = Topology::start(false).await;
     let config = topo.agent_config("a1", "p1");
-    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let identity = config.tls.as_ref().unwrap().load().unwrap();
     let _silent = dial(&config.dial_url, &identity)
         .await
         .expect("the upgrade itself succeeds");
@@ -154,9 +154,9 @@ async fn an_agent_that_never_speaks_http2_is_not_registered() {
 /// The agent's three dial steps, as a test peer that then does what it likes.
 async fn dial(
     url: &url::Url,
-    identity: &planelink::agent::dial::TlsIdentity,
-) -> Result<planelink::agent::dial::Dialled, planelink::agent::dial::DialError> {
-    use planelink::agent::dial;
+    identity: &planelink::tunnel::dial::TlsIdentity,
+) -> Result<planelink::tunnel::dial::Dialled, planelink::tunnel::dial::DialError> {
+    use planelink::tunnel::dial;
     let (host, port) = dial::host_port(url);
     let tcp = dial::connect(&host, port, dial::STEP_TIMEOUT).await?;
     let (tls, _) = dial::tls(tcp, &host, identity, b"http/1.1", dial::STEP_TIMEOUT).await?;
@@ -280,7 +280,7 @@ async fn a_malicious_agent_gets_nothing_and_breaks_nothing() {
     agent_identity(&topo.pki.dir, "evil");
     let _honest = topo.agent("a1", "p1").await;
     let config = topo.agent_config("a1", "p1");
-    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let identity = config.tls.as_ref().unwrap().load().unwrap();
     for payload in [
         b"GET / HTTP/1.1\r\n\r\n garbage, not HTTP/2".to_vec(),
         vec![0x42; 1 << 20],
@@ -321,19 +321,19 @@ async fn oversized_and_slow_upgrade_requests_are_cut() {
     let topo = Topology::start(false).await;
     let _agent = topo.agent("a1", "p1").await;
     let config = topo.agent_config("a1", "p1");
-    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
-    let (host, port) = planelink::agent::dial::host_port(&config.dial_url);
+    let identity = config.tls.as_ref().unwrap().load().unwrap();
+    let (host, port) = planelink::tunnel::dial::host_port(&config.dial_url);
     let open = || async {
         let tcp =
-            planelink::agent::dial::connect(&host, port, planelink::agent::dial::STEP_TIMEOUT)
+            planelink::tunnel::dial::connect(&host, port, planelink::tunnel::dial::STEP_TIMEOUT)
                 .await
                 .unwrap();
-        planelink::agent::dial::tls(
+        planelink::tunnel::dial::tls(
             tcp,
             &host,
             &identity,
             b"http/1.1",
-            planelink::agent::dial::STEP_TIMEOUT,
+            planelink::tunnel::dial::STEP_TIMEOUT,
         )
         .await
         .unwrap()
@@ -425,7 +425,7 @@ async fn certificate_mistakes_and_forgeries_are_refused() {
         issue::write_bundle(&id, &ca, false, &issued).unwrap();
         // Dialled as an attacker would, past the agent's own validation (which refuses
         // most of these files before dialling).
-        let identity = planelink::agent::dial::TlsIdentity {
+        let identity = planelink::tunnel::dial::TlsIdentity {
             server_ca: planelink::trust::load_certificates(&dir.join("gateway/ca.crt")).unwrap(),
             client: Some((
                 planelink::trust::load_certificates(&id.join("tls.crt")).unwrap(),
@@ -474,7 +474,7 @@ async fn certificate_mistakes_and_forgeries_are_refused() {
         .await
         .expect("planes reloaded");
     let config = topo.agent_config("a1", "leafplane");
-    let identity = planelink::agent::dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let identity = config.tls.as_ref().unwrap().load().unwrap();
     assert!(
         dial(&config.dial_url, &identity).await.is_err(),
         "leaf as CA accepted an agent"
@@ -603,7 +603,7 @@ async fn peer_values_cannot_forge_log_lines() {
     let url: url::Url = format!("wss://127.0.0.1:{port}/ws?planeType=dataplane&planeID=p1")
         .parse()
         .unwrap();
-    let identity = planelink::agent::dial::TlsIdentity {
+    let identity = planelink::tunnel::dial::TlsIdentity {
         server_ca: planelink::trust::load_certificates(&dir.join("gateway/ca.crt")).unwrap(),
         client: Some((
             planelink::trust::load_certificates(&id.join("tls.crt")).unwrap(),

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use planelink::agent::dial;
 use planelink::planes::{PlaneKey, PlaneType};
+use planelink::tunnel::dial;
 use planelink::tunnel::openchoreo::{self, FromGateway, ResponseError, TunnelResponse};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -189,10 +189,10 @@ async fn dial_proposing(
     topo: &Topology,
     name: &str,
     proposal: planelink::trust::rollover::Proposal,
-) -> Result<planelink::agent::dial::Dialled, planelink::agent::dial::DialError> {
-    use planelink::agent::dial;
+) -> Result<planelink::tunnel::dial::Dialled, planelink::tunnel::dial::DialError> {
+    use planelink::tunnel::dial;
     let config = topo.agent_config(name, "p1");
-    let identity = dial::TlsIdentity::load(config.tls.as_ref().unwrap()).unwrap();
+    let identity = config.tls.as_ref().unwrap().load().unwrap();
     let (host, port) = dial::host_port(&config.dial_url);
     let tcp = dial::connect(&host, port, dial::STEP_TIMEOUT).await?;
     let (tls, _) = dial::tls(tcp, &host, &identity, b"http/1.1", dial::STEP_TIMEOUT).await?;
@@ -247,7 +247,7 @@ async fn ca_proposals_are_taken_only_from_authorised_agents_for_their_own_crs() 
     // An agent no CR trusts: its dial is refused and its proposal not taken.
     let (_, _stranger_ca) = agent_identity(&topo.pki.dir, "stranger");
     match dial_proposing(&topo, "stranger", proposal.clone()).await {
-        Err(planelink::agent::dial::DialError::Refused { status: 401, .. }) => {}
+        Err(planelink::tunnel::dial::DialError::Refused { status: 401, .. }) => {}
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a stranger was let in"),
     }
