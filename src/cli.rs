@@ -8,11 +8,11 @@ use std::ffi::OsString;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::agent::AgentArgs;
-use crate::controller::ControllerArgs;
+use crate::compose::ControllerLine;
+use crate::compose::up::UpArgs;
 use crate::gateway::GatewayArgs;
 use crate::logging::LogArgs;
 use crate::register::RegisterArgs;
-use crate::up::UpArgs;
 
 /// The names the binary answers to, and the role each selects (`None`: the multi-call
 /// `planelink` itself).
@@ -93,7 +93,7 @@ pub enum Command {
     #[command(about = Role::Agent.about())]
     Agent(AgentArgs),
     #[command(about = Role::Controller.about())]
-    Controller(ControllerArgs),
+    Controller(ControllerLine),
     #[command(about = Role::Register.about())]
     Register(RegisterArgs),
     /// Every plane of the control plane in one table: mode, readiness, agents, gateway replicas, certificate expiry.
@@ -142,16 +142,17 @@ pub fn role_for_program(argv0: &std::path::Path) -> Result<Option<Role>, String>
 /// The clap command of one role, named as the binary was called.
 pub fn role_command(role: Role, bin_name: &str) -> clap::Command {
     let cmd = clap::Command::new(bin_name.to_string())
-        .about(role.about())
         .version(env!("CARGO_PKG_VERSION"))
         .disable_help_subcommand(true);
     let cmd = LogArgs::augment_args(cmd);
-    go_style(match role {
+    let cmd = match role {
         Role::Gateway => GatewayArgs::augment_args(cmd),
         Role::Agent => AgentArgs::augment_args(cmd),
-        Role::Controller => ControllerArgs::augment_args(cmd),
+        Role::Controller => ControllerLine::augment_args(cmd),
         Role::Register => RegisterArgs::augment_args(cmd),
-    })
+    };
+    // After the flags: a flattened struct's doc comment would otherwise name the role.
+    go_style(cmd.about(role.about()).long_about(None))
 }
 
 /// The top-level command with every subcommand.
@@ -199,7 +200,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
                 Role::Gateway => Command::Gateway(GatewayArgs::from_arg_matches(&matches)?),
                 Role::Agent => Command::Agent(AgentArgs::from_arg_matches(&matches)?),
                 Role::Controller => {
-                    Command::Controller(ControllerArgs::from_arg_matches(&matches)?)
+                    Command::Controller(ControllerLine::from_arg_matches(&matches)?)
                 }
                 Role::Register => Command::Register(RegisterArgs::from_arg_matches(&matches)?),
             };

@@ -53,16 +53,16 @@ fn run(command: Command) -> ExitCode {
             planelink::agent::Config::try_from(args),
             planelink::agent::run,
         ),
-        Command::Up(args) => serve("up", Ok(args), planelink::up::run),
-        Command::Controller(args) => match args.command {
-            Some(planelink::controller::ControllerCommand::Crds) => {
+        Command::Up(args) => serve("up", Ok(args), planelink::compose::up::run),
+        Command::Controller(line) => match line.command {
+            Some(planelink::compose::ControllerCommand::Crds) => {
                 print!("{}", planelink::planes::crd::crds_yaml());
                 ExitCode::SUCCESS
             }
             None => serve(
                 "controller",
-                planelink::controller::Config::try_from(args),
-                planelink::controller::run,
+                planelink::compose::ControllerPlan::try_from(line),
+                planelink::compose::run_controller,
             ),
         },
         Command::Register(args) => ExitCode::from(planelink::register::run(args).exit_code()),

@@ -1,28 +1,18 @@
-//! The controller's flags. With `--with-gateway` it embeds a gateway, whose serving
-//! flags ([`ServerArgs`]) it then reads; its own Kubernetes client and health listener
-//! have their own `--kubeconfig` and `--bind-address`.
+//! The controller's own flags. The command line adds `--with-gateway` and the embedded
+//! gateway's serving flags beside them (`crate::compose`); the controller's Kubernetes
+//! client and health listener have their own `--kubeconfig` and `--bind-address`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Subcommand};
+use clap::{ArgAction, Args};
 
 use crate::config::duration;
-use crate::gateway::ServerArgs;
 
 #[derive(Debug, Clone, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct ControllerArgs {
-    #[command(subcommand)]
-    pub command: Option<ControllerCommand>,
-
-    /// Run the gateway in this process too; the flags under "Embedded gateway" then apply.
-    #[arg(long, env = "WITH_GATEWAY", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
-    pub with_gateway: bool,
-
     /// Internal URL of a separately running gateway, for agent status and notify calls.
     #[arg(
         long,
@@ -106,14 +96,4 @@ pub struct ControllerArgs {
         help_heading = "Controller"
     )]
     pub bind_address: IpAddr,
-
-    #[command(flatten, next_help_heading = "Embedded gateway (with --with-gateway)")]
-    pub gateway: ServerArgs,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum ControllerCommand {
-    /// Print the CustomResourceDefinitions (DataPlane, BuildPlane, ObservabilityPlane,
-    /// Environment) as YAML, for `kubectl apply -f -`.
-    Crds,
 }

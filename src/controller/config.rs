@@ -1,4 +1,5 @@
-//! The controller's validated configuration: `Config::try_from(ControllerArgs)`.
+//! The controller's validated configuration: `Config::try_from(ControllerArgs)` with a
+//! gateway elsewhere, [`Config::beside_gateway`] with one in this process.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,25 +8,14 @@ use std::time::Duration;
 use super::args::ControllerArgs;
 use super::clients::GatewayAccess;
 use crate::config::{self, ConfigError};
-use crate::gateway::ServerConfig;
-
-/// How the controller reaches the gateway.
-#[derive(Debug, Clone)]
-pub enum GatewayMode {
-    /// `--with-gateway`: a gateway in this process, watching Kubernetes.
-    Embedded(Box<ServerConfig>),
-    /// A gateway elsewhere, through its plane API at `--gateway-url`.
-    Remote,
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Only this namespace's planes (all when `None`).
     pub namespace: Option<String>,
-    pub gateway: GatewayMode,
-    /// The gateway's internal listener, for agent status and the proxy (in remote mode
-    /// the URL; embedded, filled in once the gateway is bound).
+    /// The gateway's internal listener, for agent status and the proxy (`--gateway-url`,
+    /// or the address of the gateway in this process once it is bound).
     pub access: GatewayAccess,
     /// The gateway CA file, to catch it registered as a client CA.
     pub gateway_ca: Option<PathBuf>,
@@ -56,16 +46,17 @@ fn read(path: Option<&Path>, flag: &str) -> Result<Option<Vec<u8>>, ConfigError>
 impl TryFrom<ControllerArgs> for Config {
     type Error = ConfigError;
 
+    /// A controller whose gateway runs elsewhere, reached at `--gateway-url`.
     fn try_from(args: ControllerArgs) -> Result<Config, ConfigError> {
-        let gateway = if args.with_gateway {
-            GatewayMode::Embedded(Box::new(ServerConfig::new(
-                &args.gateway,
-                args.bind_address,
-            )?))
-        } else {
-            check_remote(&args)?;
-            GatewayMode::Remote
-        };
+        check_remote(&args)?;
+        Config::beside_gateway(args)
+    }
+}
+
+impl Config {
+    /// A controller whose gateway runs in this process: `--gateway-url` and its
+    /// credentials are not used.
+    pub fn beside_gateway(args: ControllerArgs) -> Result<Config, ConfigError> {
         if let Some(kubeconfig) = &args.kubeconfig {
             config::check_existing_file("--kubeconfig", kubeconfig)?;
         }
@@ -85,7 +76,6 @@ impl TryFrom<ControllerArgs> for Config {
         Ok(Config {
             kubeconfig: args.kubeconfig,
             namespace: args.namespace,
-            gateway,
             access,
             gateway_ca: args.gateway_ca,
             leader_election: args.leader_elect.then_some(args.leader_election_id),

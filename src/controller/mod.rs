@@ -1,6 +1,8 @@
 //! The controller role: reconciles DataPlane, BuildPlane and ObservabilityPlane (one
 //! kube-runtime Controller per kind), keeps their status true from the gateway, and elects
-//! one active replica with a Lease.
+//! one active replica with a Lease. It reaches the gateway through a [`GatewayLink`]:
+//! [`run`] builds the remote one; `crate::compose` passes the gateway's own when both run
+//! in one process.
 
 pub mod args;
 mod clients;
@@ -11,9 +13,8 @@ mod reconcile;
 mod remote;
 mod status;
 
-pub use args::{ControllerArgs, ControllerCommand};
-pub use config::{Config, GatewayMode};
-pub use status::GATEWAY_API_GROUP;
+pub use args::ControllerArgs;
+pub use config::Config;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
@@ -21,11 +22,12 @@ use std::sync::Arc;
 
 use futures_util::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client, ResourceExt as _};
+use kube::{Api, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::planes::PlaneKind;
@@ -37,73 +39,49 @@ use crate::planes::crd::{
 use clients::PlaneClients;
 use reconcile::{Context, GatewayCa};
 
-/// Runs the controller until SIGTERM; with `--with-gateway`, the gateway too, in this
-/// process (they meet through the gateway's public [`GatewayLink`]).
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(crate::signals::cancel_on_terminate(shutdown.clone()));
-    let health = crate::server::bind(
-        config.health.ip(),
-        config.health.port(),
-        "--controller-health-port",
-    )
-    .await?;
-    let client = crate::planes::kubernetes::kube_client(config.kubeconfig.as_deref(), None).await?;
-    let mut gateway = None;
-    let link: Arc<dyn GatewayLink> = match &config.gateway {
-        GatewayMode::Embedded(server) => {
-            let listeners = crate::gateway::Listeners::bind(server).await?;
-            let registry = crate::planes::Registry::spawn(Box::new(
-                crate::planes::kubernetes::KubernetesSource::new(
-                    client.clone(),
-                    config.namespace.clone(),
-                ),
-            ));
-            let started =
-                crate::gateway::start(server, listeners, registry, shutdown.clone()).await?;
-            let internal = started.internal_addr;
-            let ip = if internal.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                internal.ip()
-            };
-            config.access.url =
-                format!("https://{}", std::net::SocketAddr::new(ip, internal.port()));
-            let link = started.link();
-            gateway = Some(started);
-            link
-        }
-        GatewayMode::Remote => remote::link(
-            &config.access,
-            Some(Api::namespaced(
-                client.clone(),
-                &config.control_plane_namespace,
-            )),
-        )?,
-    };
-    let result = run_controllers(&config, client, health, link, shutdown.clone()).await;
-    shutdown.cancel();
-    if let Some(gateway) = gateway {
-        gateway.wait().await;
-    }
-    result
+/// The listener the controller serves: health, readiness and metrics.
+pub struct Listeners {
+    pub health: tokio::net::TcpListener,
 }
 
-async fn run_controllers(
-    config: &Config,
-    client: Client,
-    health_listener: tokio::net::TcpListener,
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let at = config.health;
+        Ok(Listeners {
+            health: crate::server::bind(at.ip(), at.port(), "--controller-health-port").await?,
+        })
+    }
+}
+
+/// Runs the controller until SIGTERM, with the gateway elsewhere (`--gateway-url`).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::signals::cancel_on_terminate(shutdown.clone()));
+    let listeners = Listeners::bind(&config).await?;
+    let client = crate::planes::kubernetes::kube_client(config.kubeconfig.as_deref(), None).await?;
+    let secrets = Api::namespaced(client, &config.control_plane_namespace);
+    let link = remote::link(&config.access, Some(secrets))?;
+    start(config, listeners, link, shutdown).await
+}
+
+/// Reconciles every plane kind on `listeners` until `shutdown`, talking to the gateway
+/// through `link`; an error when the leader Lease is lost.
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
     link: Arc<dyn GatewayLink>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let client = crate::planes::kubernetes::kube_client(config.kubeconfig.as_deref(), None).await?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
+    let readiness = Readiness::default();
     let health = crate::health::Health {
-        ready: Arc::new(|| Ok(())),
+        ready: readiness.check(),
         metrics: Arc::new(registry),
     };
     tokio::spawn(crate::health::serve(
-        health_listener,
+        listeners.health,
         health,
         shutdown.clone(),
     ));
@@ -116,6 +94,7 @@ async fn run_controllers(
             &config.control_plane_namespace,
             lease,
         ));
+        readiness.set(Phase::Standby);
         if !le.acquire(&shutdown).await {
             return Ok(());
         }
@@ -146,10 +125,12 @@ async fn run_controllers(
     tracing::info!(gateway = %ctx.link.describe(), namespace = ?config.namespace, "controller running");
     let stop = CancellationToken::new();
     let namespace = &config.namespace;
+    readiness.set(Phase::Listing(PlaneKind::ALL.len()));
     let controllers = futures_util::future::join_all(PlaneKind::for_each(&mut RunKind {
         ctx: &ctx,
         namespace,
         stop: &stop,
+        readiness: &readiness,
     }));
     tokio::pin!(controllers);
     let lost_leadership = tokio::select! {
@@ -220,17 +201,66 @@ fn relevant<K: PlaneResource>(plane: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// Where the controller is, as `/ready` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the leader Lease: ready, to take over when it frees (a standby that
+    /// reported unready would stall every rolling update).
+    Standby,
+    /// Leading, with this many plane kinds not yet listed.
+    Listing(usize),
+}
+
+#[derive(Clone)]
+struct Readiness(Arc<std::sync::Mutex<Phase>>);
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness(Arc::new(std::sync::Mutex::new(Phase::Listing(
+            PlaneKind::ALL.len(),
+        ))))
+    }
+}
+
+impl Readiness {
+    fn set(&self, phase: Phase) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = phase;
+    }
+
+    /// One more plane kind listed (or found not installed).
+    fn listed(&self) {
+        let mut phase = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Phase::Listing(left) = *phase {
+            *phase = Phase::Listing(left.saturating_sub(1));
+        }
+    }
+
+    fn check(&self) -> crate::health::ReadyCheck {
+        let phase = self.0.clone();
+        Arc::new(
+            move || match *phase.lock().unwrap_or_else(|p| p.into_inner()) {
+                Phase::Standby | Phase::Listing(0) => Ok(()),
+                Phase::Listing(left) => Err(format!(
+                    "{left} plane kinds not listed from the Kubernetes API yet"
+                )),
+            },
+        )
+    }
+}
+
 /// Starts the controller of each plane kind.
 struct RunKind<'a> {
     ctx: &'a Arc<Context>,
     namespace: &'a Option<String>,
     stop: &'a CancellationToken,
+    readiness: &'a Readiness,
 }
 
 impl ForEachKind for RunKind<'_> {
     type Output = futures_util::future::BoxFuture<'static, ()>;
     fn kind<K: PlaneResource>(&mut self) -> Self::Output {
-        run_kind::<K>(self.ctx.clone(), self.namespace.clone(), self.stop.clone()).boxed()
+        let (ctx, namespace) = (self.ctx.clone(), self.namespace.clone());
+        run_kind::<K>(ctx, namespace, self.stop.clone(), self.readiness.clone()).boxed()
     }
 }
 
@@ -238,14 +268,34 @@ async fn run_kind<K: PlaneResource>(
     ctx: Arc<Context>,
     namespace: Option<String>,
     stop: CancellationToken,
+    readiness: Readiness,
 ) {
     if K::KIND.cluster_scoped() && namespace.is_some() {
         // Watching one namespace: cluster-scoped planes are not in it (and the
         // controller's Role may not read them).
+        readiness.listed();
         return;
     }
     let api = K::api(ctx.client.clone(), namespace.as_deref());
+    if let Err(kube::Error::Api(e)) = api.list_metadata(&ListParams::default().limit(1)).await
+        && e.code == 404
+    {
+        tracing::warn!(
+            kind = %K::KIND,
+            "the {} CRD is not installed: its planes are not reconciled (restart the controller \
+             after installing it)",
+            K::KIND
+        );
+        readiness.listed();
+        return;
+    }
     let (reader, writer) = reflector::store();
+    let synced = reader.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            readiness.listed();
+        }
+    });
     let planes = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)

@@ -62,8 +62,14 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-fn path_arg(p: &Path) -> String {
-    p.display().to_string()
+/// A role's flags as its defaults and the environment set them, for `up` to fill in
+/// the fields it decides.
+fn role_defaults<T: clap::Args + clap::FromArgMatches>(role: &'static str) -> anyhow::Result<T> {
+    let command = T::augment_args(clap::Command::new(role));
+    let matches = command
+        .try_get_matches_from([role])
+        .with_context(|| format!("the {role}'s defaults and environment"))?;
+    Ok(T::from_arg_matches(&matches)?)
 }
 
 /// Loads the CA in `dir` or creates one, then issues a fresh leaf when `tls.crt` is
@@ -169,21 +175,17 @@ async fn start_gateway(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<crate::gateway::Gateway> {
     let planes = state.join("planes");
-    let gateway_args: GatewayArgs = crate::cli::args_from(vec![
-        "gateway".into(),
-        format!("--port={}", args.port),
-        format!("--internal-port={}", args.internal_port),
-        format!("--health-port={}", args.health_port),
-        format!("--bind-address={}", args.bind_address),
-        format!("--server-cert={}", path_arg(&state.join("gateway/tls.crt"))),
-        format!("--server-key={}", path_arg(&state.join("gateway/tls.key"))),
-        format!(
-            "--internal-client-ca-cert={}",
-            path_arg(&state.join("gateway/ca.crt"))
-        ),
-        format!("--planes-dir={}", path_arg(&planes)),
-        "--shutdown-timeout=5s".into(),
-    ])?;
+    let mut gateway_args: GatewayArgs = role_defaults("gateway")?;
+    gateway_args.bind_address = args.bind_address;
+    gateway_args.planes_dir = Some(planes.clone());
+    let server = &mut gateway_args.server;
+    server.port = args.port;
+    server.internal_port = args.internal_port;
+    server.health_port = args.health_port;
+    server.server_cert = state.join("gateway/tls.crt");
+    server.server_key = state.join("gateway/tls.key");
+    server.internal_client_ca_cert = Some(state.join("gateway/ca.crt"));
+    server.shutdown_timeout = Duration::from_secs(5);
     let config = crate::gateway::Config::try_from(gateway_args)?;
     let listeners = crate::gateway::Listeners::bind(&config.server).await?;
     let registry = Registry::spawn(Box::new(DirectorySource::new(&planes)));
@@ -196,25 +198,22 @@ async fn start_agent(
     gateway: &crate::gateway::Gateway,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<crate::agent::Agent> {
-    let mut argv = vec![
-        "agent".into(),
-        format!(
-            "--server-url=wss://{}:{}/ws",
-            host_name(args.bind_address),
-            gateway.public_addr.port()
-        ),
-        "--plane-type=dataplane".into(),
-        format!("--plane-id={}", args.plane_id),
-        format!("--client-cert={}", path_arg(&state.join("agent/tls.crt"))),
-        format!("--client-key={}", path_arg(&state.join("agent/tls.key"))),
-        format!("--server-ca={}", path_arg(&state.join("gateway/ca.crt"))),
-        "--reconnect-delay=1s".into(),
-        "--health-port=0".into(),
-    ];
+    let mut agent_args: AgentArgs = role_defaults("agent")?;
+    agent_args.server_url = format!(
+        "wss://{}:{}/ws",
+        host_name(args.bind_address),
+        gateway.public_addr.port()
+    );
+    agent_args.plane_type = PlaneType::DataPlane;
+    agent_args.plane_id = Some(args.plane_id.clone());
+    agent_args.client_cert = state.join("agent/tls.crt");
+    agent_args.client_key = state.join("agent/tls.key");
+    agent_args.server_ca = state.join("gateway/ca.crt");
+    agent_args.reconnect_delay = Duration::from_secs(1);
+    agent_args.health_port = 0;
     if let Some(kubeconfig) = &args.kubeconfig {
-        argv.push(format!("--kubeconfig={}", path_arg(kubeconfig)));
+        agent_args.kubeconfig = Some(kubeconfig.clone());
     }
-    let agent_args: AgentArgs = crate::cli::args_from(argv)?;
     let config = crate::agent::Config::try_from(agent_args)?;
     let agent = crate::agent::start(config, None, shutdown.clone()).await?;
     if !agent.wait_connected(CONNECT_WAIT).await {
