@@ -11,7 +11,7 @@ use crate::planes::conditions::{
     self, CERTIFICATES_CURRENT, CONNECTED, GATEWAY_PROVISIONED, READY, Truth,
 };
 use crate::planes::connection::ConnectionStatus;
-use crate::planes::crd::{AgentConnectionStatus, GatewaySpec, PlaneStatus};
+use crate::planes::crd::{AgentConnectionStatus, GatewayShape, GatewaySpec, PlaneStatus};
 use crate::planes::rollover::Step;
 use crate::planes::{PlaneKey, Problem, Reason};
 use crate::trust::inspect::{Expiry, ExpiryState, format_time};
@@ -416,33 +416,74 @@ fn valid_host(host: &str) -> bool {
 }
 
 fn check_gateway_spec(gateway: &GatewaySpec) -> Result<(), Problem> {
-    for (field, host) in [
-        ("publicVirtualHost", &gateway.public_virtual_host),
-        (
-            "organizationVirtualHost",
-            &gateway.organization_virtual_host,
-        ),
-    ] {
-        if !valid_host(host) {
-            return Err(Problem::new(
-                Reason::GatewaySpecInvalid,
-                format!(
-                    "spec.gateway.{field} {host:?} is not a DNS name; write e.g. apps.example.com"
+    let invalid = |message: String| Err(Problem::new(Reason::GatewaySpecInvalid, message));
+    match gateway.shape() {
+        GatewayShape::Empty => Ok(()),
+        GatewayShape::Endpoints => {
+            for (at, endpoint) in gateway.endpoints() {
+                for (field, value) in [("name", &endpoint.name), ("namespace", &endpoint.namespace)]
+                {
+                    if !valid_dns_label(value) {
+                        return invalid(format!(
+                            "spec.gateway.{at}.{field} {value:?} is not a Kubernetes name; name the \
+                             Gateway API Gateway of the data plane"
+                        ));
+                    }
+                }
+                for (listener, l) in endpoint.listeners() {
+                    if !valid_host(&l.host) {
+                        return invalid(format!(
+                            "spec.gateway.{at}.{listener}.host {:?} is not a DNS name; write e.g. \
+                             apps.example.com",
+                            l.host
+                        ));
+                    }
+                    if !(1..=65535).contains(&l.port) {
+                        return invalid(format!(
+                            "spec.gateway.{at}.{listener}.port {} is not a port (1-65535)",
+                            l.port
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        GatewayShape::VirtualHosts => {
+            for (field, host) in [
+                ("publicVirtualHost", &gateway.public_virtual_host),
+                (
+                    "organizationVirtualHost",
+                    &gateway.organization_virtual_host,
                 ),
-            ));
+            ] {
+                let host = host.as_deref().unwrap_or_default();
+                if !valid_host(host) {
+                    return invalid(format!(
+                        "spec.gateway.{field} {host:?} is not a DNS name; write e.g. apps.example.com"
+                    ));
+                }
+            }
+            if gateway.http_port() == gateway.https_port() {
+                return invalid(format!(
+                    "spec.gateway.publicHTTPPort and publicHTTPSPort are both {}; give the ports the \
+                     data plane's gateway is reachable on (defaults 19080 and 19443)",
+                    gateway.http_port()
+                ));
+            }
+            Ok(())
         }
     }
-    if gateway.public_http_port == gateway.public_https_port {
-        return Err(Problem::new(
-            Reason::GatewaySpecInvalid,
-            format!(
-                "spec.gateway.publicHTTPPort and publicHTTPSPort are both {}; give the ports the data \
-                 plane's gateway is reachable on (defaults 19080 and 19443)",
-                gateway.public_http_port
-            ),
-        ));
-    }
-    Ok(())
+}
+
+/// A Kubernetes object name or namespace (RFC 1123 label).
+fn valid_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 #[cfg(test)]
@@ -684,10 +725,46 @@ mod tests {
             assert_eq!(condition(&status, READY).status, ready, "{reason}");
         }
         let mut bad = good.clone();
-        bad.public_virtual_host = "not a host".into();
+        bad.public_virtual_host = Some("not a host".into());
         facts.gateway = Some((bad, GatewayProbe::Groups(Ok(true))));
         let status = decide(&none, &facts, &at(1));
         assert_eq!(condition(&status, READY).reason, "GatewaySpecInvalid");
+
+        // The current shape: a listener's host and an endpoint's Gateway name are checked.
+        let endpoint = |name: &str, host: &str| GatewaySpec {
+            ingress: Some(crate::planes::crd::GatewayEndpoints {
+                external: Some(crate::planes::crd::GatewayEndpoint {
+                    name: name.into(),
+                    namespace: "openchoreo-data-plane".into(),
+                    http: Some(crate::planes::crd::GatewayListener {
+                        listener_name: Some("http".into()),
+                        port: 19080,
+                        host: host.into(),
+                    }),
+                    ..Default::default()
+                }),
+                internal: None,
+            }),
+            ..GatewaySpec::default()
+        };
+        for (spec, reason) in [
+            (
+                endpoint("gateway-default", "openchoreoapis.localhost"),
+                "GatewayAPIAvailable",
+            ),
+            (
+                endpoint("gateway-default", "not a host"),
+                "GatewaySpecInvalid",
+            ),
+            (
+                endpoint("Gateway_Default", "openchoreoapis.localhost"),
+                "GatewaySpecInvalid",
+            ),
+        ] {
+            facts.gateway = Some((spec, GatewayProbe::Groups(Ok(true))));
+            let status = decide(&none, &facts, &at(1));
+            assert_eq!(condition(&status, GATEWAY_PROVISIONED).reason, reason);
+        }
         let mut same_ports = good;
         same_ports.public_https_port = same_ports.public_http_port;
         facts.gateway = Some((same_ports, GatewayProbe::Groups(Ok(true))));

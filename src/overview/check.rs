@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::facts::{self, GATEWAY_CA, Mode, PlaneFacts};
 use super::{CheckArgs, CheckFormat, Style, default_remote_namespace};
+use crate::planes::crd::{DEFAULT_PUBLIC_HTTP_PORT, DEFAULT_PUBLIC_HTTPS_PORT};
 use crate::planes::{PlaneType, conditions, secret_data};
 use crate::trust::{self, CertInfo, ExpiryState, Severity, Usage, diagnose};
 
@@ -816,16 +817,20 @@ fn register_command(ctx: &Context<'_>, plane: &PlaneFacts, remote: &str) -> Stri
             kube.control_plane_namespace
         );
     }
-    if let Some(gateway) = plane.plane.gateway_spec() {
-        command += &format!(
-            " --public-virtual-host {} --organization-virtual-host {}",
-            gateway.public_virtual_host, gateway.organization_virtual_host
-        );
-        if gateway.public_http_port != 19080 {
-            command += &format!(" --public-http-port {}", gateway.public_http_port);
+    // Only the older shape has flags; register leaves a current-shape gateway as it is.
+    if let Some(gateway) = plane.plane.gateway_spec()
+        && let (Some(public), Some(organization)) = (
+            &gateway.public_virtual_host,
+            &gateway.organization_virtual_host,
+        )
+    {
+        command +=
+            &format!(" --public-virtual-host {public} --organization-virtual-host {organization}");
+        if gateway.http_port() != DEFAULT_PUBLIC_HTTP_PORT {
+            command += &format!(" --public-http-port {}", gateway.http_port());
         }
-        if gateway.public_https_port != 19443 {
-            command += &format!(" --public-https-port {}", gateway.public_https_port);
+        if gateway.https_port() != DEFAULT_PUBLIC_HTTPS_PORT {
+            command += &format!(" --public-https-port {}", gateway.https_port());
         }
     }
     if plane

@@ -3,8 +3,7 @@
 //! so that a changed CR or CA Secret reaches the gateway within moments, with no polling,
 //! restart or notify call. Also the one place kube clients are configured.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt::Debug;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,15 +12,16 @@ use anyhow::Context as _;
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{StreamExt as _, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::DynamicObject;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, Client, Resource, ResourceExt as _};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::watch;
 
 use super::crd::{AnyPlane, ForEachKind, PlaneKind, PlaneResource};
 use super::registry::{PlaneSource, Snapshot, secret_location};
 use super::{Problem, Reason};
+use crate::safe_text::{escape, redact_values};
 
 /// Loads a kube configuration: the kubeconfig files given (a `KUBECONFIG`-style list
 /// separated by `:` is merged in order), else the in-cluster service account, else
@@ -165,25 +165,60 @@ impl KubernetesSource {
     /// Follows one kind: a function giving its CRs now, and a stream yielding `true` once
     /// listed. Every kind is optional: a cluster without its CRD (OpenChoreo has dropped
     /// BuildPlane, older installs lack the newer kinds) has none of them rather than a
-    /// gateway that never becomes ready.
-    fn follow<K: PlaneResource>(&self) -> (PlanesOfKind, BoxStream<'static, bool>) {
-        if K::KIND.cluster_scoped() && self.namespace.is_some() {
+    /// gateway that never becomes ready. Objects are watched untyped and decoded one by
+    /// one, so that a CR this gateway cannot read is left out (and logged once per
+    /// version) while every other plane is served.
+    fn follow(&self, kind: PlaneKind) -> (PlanesOfKind, BoxStream<'static, bool>) {
+        if kind.cluster_scoped() && self.namespace.is_some() {
             // Watching one namespace: cluster-scoped planes are not in it.
             return (
                 Box::new(Vec::new),
                 futures_util::stream::once(async { true }).boxed(),
             );
         }
-        let api = K::api(self.client.clone(), self.namespace.as_deref());
-        let (store, stream) = reflect(api, watcher::Config::default());
+        let api = plane_api(&self.client, kind, self.namespace.as_deref());
+        let (store, stream) = reflect(api, kind, watcher::Config::default());
+        let unreadable = std::sync::Mutex::new(HashSet::new());
         let planes = move || {
             store
                 .state()
                 .into_iter()
-                .map(|k| K::clone(&k).into_any())
+                .filter_map(|object| decode(kind, &object, &unreadable))
                 .collect()
         };
         (Box::new(planes), stream)
+    }
+}
+
+/// One watched object as its plane kind; `None` (logged once per resourceVersion in
+/// `unreadable`) for an object that does not decode.
+fn decode(
+    kind: PlaneKind,
+    object: &DynamicObject,
+    unreadable: &std::sync::Mutex<HashSet<(String, String)>>,
+) -> Option<AnyPlane> {
+    let value = serde_json::to_value(object).ok()?;
+    match AnyPlane::from_value(kind, value) {
+        Ok(plane) => Some(plane),
+        Err(e) => {
+            let name = match &object.metadata.namespace {
+                Some(ns) => format!("{ns}/{}", object.name_any()),
+                None => object.name_any(),
+            };
+            let version = object.metadata.resource_version.clone().unwrap_or_default();
+            let first = unreadable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((name.clone(), version));
+            if first {
+                tracing::warn!(
+                    "{kind} {} is not served: {}; its other planes are",
+                    escape(&name),
+                    escape(&redact_values(&e.to_string()))
+                );
+            }
+            None
+        }
     }
 }
 
@@ -193,7 +228,7 @@ struct Follow<'a>(&'a KubernetesSource);
 impl ForEachKind for Follow<'_> {
     type Output = (PlanesOfKind, BoxStream<'static, bool>);
     fn kind<K: PlaneResource>(&mut self) -> Self::Output {
-        self.0.follow::<K>()
+        self.0.follow(K::KIND)
     }
 }
 
@@ -202,15 +237,18 @@ type PlanesOfKind = Box<dyn Fn() -> Vec<AnyPlane> + Send + Sync>;
 
 /// One reflector; its stream yields `true` once the initial list is complete, or found
 /// the kind not served or not readable (listed, and empty until it is).
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> (Store<K>, BoxStream<'static, bool>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let what = K::plural(&()).to_string();
+fn reflect(
+    api: Api<DynamicObject>,
+    kind: PlaneKind,
+    config: watcher::Config,
+) -> (Store<DynamicObject>, BoxStream<'static, bool>) {
+    let resource = plane_resource(kind);
+    let writer = reflector::store::Writer::new(resource.clone());
+    let store = writer.as_reader();
+    let what = resource.plural;
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .modify(|object: &mut DynamicObject| object.managed_fields_mut().clear())
         .reflect(writer)
         .filter_map(move |event| {
             let what = what.clone();
@@ -451,6 +489,13 @@ impl PlaneSource for KubernetesSource {
     }
 }
 
+/// The API resource of a plane kind.
+fn plane_resource(kind: super::PlaneKind) -> kube::discovery::ApiResource {
+    let gvk =
+        kube::core::GroupVersionKind::gvk(super::manifest::API_GROUP, "v1alpha1", kind.as_str());
+    kube::discovery::ApiResource::from_gvk(&gvk)
+}
+
 /// The plane API of one kind, namespaced or across namespaces.
 pub fn plane_api(
     client: &kube::Client,
@@ -458,9 +503,7 @@ pub fn plane_api(
     namespace: Option<&str>,
 ) -> kube::Api<kube::core::DynamicObject> {
     let kind = kind.into();
-    let gvk =
-        kube::core::GroupVersionKind::gvk(super::manifest::API_GROUP, "v1alpha1", kind.as_str());
-    let resource = kube::discovery::ApiResource::from_gvk(&gvk);
+    let resource = plane_resource(kind);
     match namespace {
         Some(ns) if !kind.cluster_scoped() => {
             kube::Api::namespaced_with(client.clone(), ns, &resource)

@@ -306,13 +306,14 @@ stringData: {extra: plain}
             "{err}"
         );
         let err = parse_file(
-            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: a}\nspec: {}\n",
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: a}\n\
+             spec: {gateway: {ingress: {external: {namespace: ns1}}}}\n",
             false,
         )
         .unwrap_err();
-        assert!(
-            err.starts_with("document 1: DataPlane a: missing field `gateway`"),
-            "{err}"
+        assert_eq!(
+            err,
+            "document 1: DataPlane a: spec.gateway.ingress.external: missing field `name`"
         );
         let err = parse_file(
             "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata: {name: a}\n\

@@ -443,12 +443,12 @@ pub(super) fn gateway_spec(args: &ExchangeArgs) -> Option<GatewaySpec> {
         args.public_virtual_host.as_ref()?,
         args.organization_virtual_host.as_ref()?,
     );
-    Some(GatewaySpec {
-        public_virtual_host: public.clone(),
-        organization_virtual_host: organization.clone(),
-        public_http_port: i32::from(args.public_http_port),
-        public_https_port: i32::from(args.public_https_port),
-    })
+    Some(GatewaySpec::virtual_hosts(
+        public,
+        organization,
+        i32::from(args.public_http_port),
+        i32::from(args.public_https_port),
+    ))
 }
 
 /// An object as server-side apply takes it (typed objects serialise their apiVersion and kind).

@@ -29,8 +29,11 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Code {
-    /// A CA role holds a certificate that cannot issue (a leaf).
+    /// A CA role holds a certificate that cannot issue (a leaf issued by another).
     CaIsLeaf,
+    /// A client CA role holds a self-signed end-entity certificate: pinned, accepted for
+    /// the agent that presents exactly it (OpenChoreo's charts issue agents so).
+    PinnedSelfSigned,
     /// A client CA role holds the gateway's own CA.
     CaIsGatewayCa,
     /// Every CA of a client CA bundle has expired.
@@ -125,8 +128,11 @@ pub fn ca_bundle(
                 .then(|| expired(bundle, at))
                 .flatten()
         });
-    match (mistake, role) {
-        (Some(mistake), _) => vec![mistake],
+    if let Some(mistake) = mistake {
+        return vec![mistake];
+    }
+    match (pinned(bundle, role), role) {
+        (Some(pinned), _) => vec![pinned],
         (None, Role::AgentSecretCa) => vec![Finding::pass(
             Code::AgentCaOwn,
             format!("{} is a CA of the agent's own", bundle.origin),
@@ -135,9 +141,36 @@ pub fn ca_bundle(
     }
 }
 
-/// A certificate of `bundle` that cannot issue, where `role` wants a CA.
+/// A self-signed end-entity certificate in a role that accepts one pinned (the agent's
+/// client CA and its own Secret's `ca.crt`): what it is, and what its renewal needs.
+pub fn pinned(bundle: Bundle<'_>, role: Role) -> Option<Finding> {
+    if role == Role::GatewayCa {
+        return None;
+    }
+    let pinned = infos(bundle).into_iter().find(CertInfo::is_pinnable)?;
+    Some(Finding::new(
+        Code::PinnedSelfSigned,
+        Severity::Warning,
+        format!(
+            "{} holds a pinned self-signed certificate ({}, until {}): only the agent that \
+             presents exactly it, and proves its key, is accepted",
+            bundle.origin,
+            pinned.subject,
+            format_time(pinned.not_after)
+        ),
+        "its renewal replaces it (cert-manager, under OpenChoreo's chart: on day 75 of 90), and \
+         the plane pins it by value: annotate the plane planelink.dev/ca-rotation=agent so that \
+         the agent carries the renewal over, or run planelink register rotate after each one",
+    ))
+}
+
+/// A certificate of `bundle` that cannot issue, where `role` wants a CA (a pinned
+/// self-signed one aside, where the role takes it).
 pub fn leaf(bundle: Bundle<'_>, role: Role) -> Option<Finding> {
-    let leaf = infos(bundle).into_iter().find(|i| !i.can_issue())?;
+    let pinning = role != Role::GatewayCa;
+    let leaf = infos(bundle)
+        .into_iter()
+        .find(|i| !(i.can_issue() || pinning && i.is_pinnable()))?;
     Some(Finding::new(
         Code::CaIsLeaf,
         Severity::Error,
@@ -424,6 +457,36 @@ mod tests {
             let findings = ca_bundle(bundle(certs, "clientCA"), role, &gateway, now);
             assert_eq!(codes(&findings), want, "{role:?}: {findings:?}");
         }
+        let pinned = vec![
+            issue::self_signed_leaf(&LeafOptions::client("default"))
+                .unwrap()
+                .cert_der()
+                .unwrap(),
+        ];
+        for role in [Role::ClientCa, Role::AgentSecretCa] {
+            let findings = ca_bundle(bundle(&pinned, "clientCA"), role, &gateway, now);
+            assert_eq!(
+                codes(&findings),
+                vec![(Code::PinnedSelfSigned, Severity::Warning)],
+                "{role:?}"
+            );
+            assert!(
+                findings[0]
+                    .message
+                    .starts_with("clientCA holds a pinned self-signed certificate (O=OpenChoreo, CN=default, until "),
+                "{}",
+                findings[0].message
+            );
+        }
+        assert_eq!(
+            codes(&ca_bundle(
+                bundle(&pinned, "ca.crt"),
+                Role::GatewayCa,
+                &[],
+                now
+            )),
+            vec![(Code::CaIsLeaf, error)]
+        );
         let leaf_as_client_ca = ca_bundle(bundle(&leaf, "clientCA"), Role::ClientCa, &[], now);
         assert!(
             leaf_as_client_ca[0]

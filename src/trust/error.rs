@@ -80,6 +80,12 @@ pub enum TrustError {
     )]
     LeafAsCa { subject: String, issuer: String },
     #[error(
+        "certificate {subject} is not the pinned self-signed certificate the plane registered \
+         ({pinned}); register the agent's current certificate (ca.crt of Secret cluster-agent-tls), \
+         or let its CA rollover carry the renewal"
+    )]
+    NotPinned { subject: String, pinned: String },
+    #[error(
         "certificate {subject} was issued by {issuer}, which is not the trusted CA ({trusted}); \
          {fix}"
     )]

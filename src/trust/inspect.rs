@@ -61,7 +61,7 @@ pub struct CertInfo {
     pub extended_key_usages: Vec<Eku>,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
-    /// Subject equals issuer (and the key identifiers agree where both are present).
+    /// Subject equals issuer and the certificate's own key verifies its signature.
     pub self_signed: bool,
     pub public_key_algorithm: String,
 }
@@ -115,8 +115,9 @@ impl CertInfo {
                 }
             }
         }
+        // Decided by the signature: names and key IDs can be copied from any CA.
         let same_name = cert.subject().as_raw() == cert.issuer().as_raw();
-        let self_signed = same_name && key_ids_agree(cert);
+        let self_signed = same_name && cert.verify_signature(None).is_ok();
         CertInfo {
             subject: display_name(&cert.subject().to_string()),
             issuer: display_name(&cert.issuer().to_string()),
@@ -157,6 +158,13 @@ impl CertInfo {
     /// A CA that may sign certificates: CA:TRUE, and keyCertSign when key usage is present.
     pub fn can_issue(&self) -> bool {
         self.is_ca && (!self.key_usage_present || self.key_usage.contains(&"keyCertSign"))
+    }
+
+    /// A self-signed end-entity certificate: trusted only as itself (pinned), never as an
+    /// issuer. OpenChoreo's charts issue agent certificates so (cert-manager `selfSigned`,
+    /// `isCA: false`) and register them as `clientCA`.
+    pub fn is_pinnable(&self) -> bool {
+        !self.is_ca && self.self_signed
     }
 
     pub fn eku_list(&self) -> String {
@@ -270,25 +278,6 @@ pub fn fingerprint(der: &CertificateDer<'_>) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn key_ids_agree(cert: &X509Certificate<'_>) -> bool {
-    use x509_parser::extensions::ParsedExtension;
-    let mut ski = None;
-    let mut aki = None;
-    for ext in cert.extensions() {
-        match ext.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0),
-            ParsedExtension::AuthorityKeyIdentifier(a) => {
-                aki = a.key_identifier.as_ref().map(|k| k.0)
-            }
-            _ => {}
-        }
-    }
-    match (ski, aki) {
-        (Some(s), Some(a)) => s == a,
-        _ => true,
-    }
 }
 
 fn key_usage_names(ku: &x509_parser::extensions::KeyUsage) -> Vec<&'static str> {

@@ -218,8 +218,26 @@ pub fn issue_leaf(ca: &Issued, opts: &LeafOptions) -> Result<Issued, TrustError>
     })?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(issue_err)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue_err)?;
+    let mut params = leaf_params(opts, "planelink")?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).map_err(issue_err)?;
+    Ok(Issued::new(cert.pem(), key.serialize_pem()))
+}
+
+/// A self-signed end-entity certificate, as cert-manager's `selfSigned` issuer writes
+/// the agent certificates of OpenChoreo's charts (`isCA: false`, O=OpenChoreo): a pinned
+/// identity, never an issuer.
+pub fn self_signed_leaf(opts: &LeafOptions) -> Result<Issued, TrustError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue_err)?;
+    let cert = leaf_params(opts, "OpenChoreo")?
+        .self_signed(&key)
+        .map_err(issue_err)?;
+    Ok(Issued::new(cert.pem(), key.serialize_pem()))
+}
+
+fn leaf_params(opts: &LeafOptions, organization: &str) -> Result<CertificateParams, TrustError> {
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(&opts.common_name, "planelink");
+    params.distinguished_name = name(&opts.common_name, organization);
     params.not_before = opts.window.not_before.into();
     params.not_after = opts.window.not_after.into();
     params.is_ca = IsCa::ExplicitNoCa;
@@ -235,7 +253,6 @@ pub fn issue_leaf(ca: &Issued, opts: &LeafOptions) -> Result<Issued, TrustError>
             Usage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
         })
         .collect();
-    params.use_authority_key_identifier_extension = true;
     for dns in &opts.dns_names {
         let ia5 = dns
             .clone()
@@ -246,8 +263,7 @@ pub fn issue_leaf(ca: &Issued, opts: &LeafOptions) -> Result<Issued, TrustError>
     for ip in &opts.ip_addresses {
         params.subject_alt_names.push(SanType::IpAddress(*ip));
     }
-    let cert = params.signed_by(&key, &issuer).map_err(issue_err)?;
-    Ok(Issued::new(cert.pem(), key.serialize_pem()))
+    Ok(params)
 }
 
 fn ca_params(opts: &CaOptions) -> CertificateParams {

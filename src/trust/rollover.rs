@@ -66,10 +66,21 @@ impl Proposal {
     }
 
     /// Every proposed CA can issue and is valid now, and the renewed certificate verifies
-    /// against them as a client certificate.
+    /// against them as a client certificate. A renewed pinned self-signed certificate is
+    /// proposed as itself: exactly one, the same as the certificate.
     pub fn verify(&self, at: SystemTime) -> Result<(), String> {
+        let renewed_pin = self.cas.len() == 1 && self.chain.len() == 1 && self.cas == self.chain;
         for ca in &self.cas {
             let info = CertInfo::from_der(ca).map_err(|e| e.to_string())?;
+            if renewed_pin && info.is_pinnable() {
+                if info.validity_at(at) != Validity::Valid {
+                    return Err(format!(
+                        "the certificate {:?} is not valid now",
+                        info.subject
+                    ));
+                }
+                continue;
+            }
             if !info.can_issue() {
                 return Err(format!("{:?} is not a CA", info.subject));
             }

@@ -76,17 +76,25 @@ pub fn verify_chain(
         return Err(TrustError::NoCertificate);
     }
     let leaf = CertInfo::from_der(leaf_der)?;
-    let anchors_info = trusted
-        .iter()
-        .map(CertInfo::from_der)
-        .collect::<Result<Vec<_>, _>>()?;
-
-    // A leaf in the CA bundle can never verify anything: say so before anything else.
-    if let Some(not_ca) = anchors_info.iter().find(|a| !a.is_ca) {
-        return Err(TrustError::LeafAsCa {
-            subject: not_ca.subject.clone(),
-            issuer: not_ca.issuer.clone(),
-        });
+    let mut anchors = Vec::new();
+    let mut anchors_info = Vec::new();
+    let mut pinned = Vec::new();
+    for der in trusted {
+        let info = CertInfo::from_der(der)?;
+        if info.is_ca {
+            anchors.push(der);
+            anchors_info.push(info);
+        } else if usage == Usage::ClientAuth && info.is_pinnable() {
+            // Never an anchor: webpki ignores an anchor's basicConstraints, so its key
+            // could mint more agents.
+            pinned.push((der, info));
+        } else {
+            // A leaf in the CA bundle can never verify anything: say so before anything else.
+            return Err(TrustError::LeafAsCa {
+                subject: info.subject,
+                issuer: info.issuer,
+            });
+        }
     }
     if leaf.is_ca {
         return Err(TrustError::CaAsLeaf {
@@ -94,9 +102,35 @@ pub fn verify_chain(
         });
     }
     check_validity(&leaf, at, EXPIRED_LEAF_FIX)?;
-
-    let anchors = trusted
+    // A pinned certificate trusts exactly itself; the handshake proved its key.
+    if pinned
         .iter()
+        .any(|(der, _)| der.as_ref() == leaf_der.as_ref())
+    {
+        if !leaf.extended_key_usages.is_empty() && !leaf.extended_key_usages.contains(&usage.eku())
+        {
+            return Err(TrustError::MissingEku {
+                subject: leaf.subject.clone(),
+                usage: usage.name(),
+                present: leaf.eku_list(),
+            });
+        }
+        return Ok(());
+    }
+    if anchors.is_empty() {
+        return Err(TrustError::NotPinned {
+            subject: leaf.subject,
+            pinned: join(
+                &pinned
+                    .into_iter()
+                    .map(|(_, i)| i.subject)
+                    .collect::<Vec<_>>(),
+            ),
+        });
+    }
+
+    let anchors = anchors
+        .into_iter()
         .map(|c| {
             webpki::anchor_from_trusted_cert(c)
                 .map_err(|e| TrustError::BadCertificate(e.to_string()))
@@ -127,7 +161,10 @@ pub fn verify_chain(
             // webpki does not check trust anchors' own validity; an expired CA is a
             // problem operators need to hear about.
             let anchor_subject = path.anchor().subject.as_ref().to_vec();
-            for (der, info) in trusted.iter().zip(&anchors_info) {
+            let anchor_ders = trusted
+                .iter()
+                .filter(|der| CertInfo::from_der(der).is_ok_and(|info| info.is_ca));
+            for (der, info) in anchor_ders.zip(&anchors_info) {
                 if webpki::anchor_from_trusted_cert(der)
                     .map(|a| a.subject.as_ref() == anchor_subject.as_slice())
                     .unwrap_or(false)
@@ -222,6 +259,51 @@ mod tests {
 
     fn der(i: &issue::Issued) -> CertificateDer<'static> {
         i.cert_der().unwrap()
+    }
+
+    /// OpenChoreo's chart registers the agent's self-signed certificate itself: exactly
+    /// that certificate is accepted, and nothing it could sign.
+    #[test]
+    fn a_pinned_self_signed_certificate_trusts_exactly_itself() {
+        let now = SystemTime::now();
+        let pinned = issue::self_signed_leaf(&LeafOptions::client("default")).unwrap();
+        let trusted = [der(&pinned)];
+        assert_eq!(
+            verify_chain(&[der(&pinned)], &trusted, Usage::ClientAuth, now).ok(),
+            Some(())
+        );
+        // Another self-signed certificate of the same name: refused.
+        let impostor = issue::self_signed_leaf(&LeafOptions::client("default")).unwrap();
+        let err = verify_chain(&[der(&impostor)], &trusted, Usage::ClientAuth, now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "certificate O=OpenChoreo, CN=default is not the pinned self-signed certificate the plane \
+             registered (O=OpenChoreo, CN=default); register the agent's current certificate (ca.crt of \
+             Secret cluster-agent-tls), or let its CA rollover carry the renewal"
+        );
+        // A certificate the pinned key signed: the pin is no anchor, so refused too.
+        let minted = issue::issue_leaf(&pinned, &LeafOptions::client("other")).unwrap();
+        assert!(matches!(
+            verify_chain(&[der(&minted)], &trusted, Usage::ClientAuth, now),
+            Err(TrustError::NotPinned { .. })
+        ));
+        // Beside a CA, the CA still verifies its own leaves.
+        let (ca, leaf) = agent();
+        let both = [der(&pinned), der(&ca)];
+        assert_eq!(
+            verify_chain(&[der(&leaf)], &both, Usage::ClientAuth, now).ok(),
+            Some(())
+        );
+        // A leaf some CA issued is no pin: the documented tls.crt mistake stays refused.
+        assert!(matches!(
+            verify_chain(&[der(&leaf)], &[der(&leaf)], Usage::ClientAuth, now),
+            Err(TrustError::LeafAsCa { .. })
+        ));
+        // And a pin is no server CA.
+        assert!(matches!(
+            verify_chain(&[der(&pinned)], &trusted, Usage::ServerAuth, now),
+            Err(TrustError::LeafAsCa { .. })
+        ));
     }
 
     fn agent() -> (issue::Issued, issue::Issued) {

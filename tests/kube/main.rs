@@ -140,10 +140,12 @@ fn dataplane_builder(ns: &str, name: &str, client_ca: ValueFrom) -> PlaneBuilder
     PlaneBuilder::new(PlaneType::DataPlane, ns, name)
         .plane_id(&format!("{name}-{ns}"))
         .client_ca(client_ca)
-        .gateway(GatewaySpec {
-            organization_virtual_host: "apps.internal".into(),
-            ..GatewaySpec::local("apps.example.com")
-        })
+        .gateway(GatewaySpec::virtual_hosts(
+            "apps.example.com",
+            "apps.internal",
+            19080,
+            19443,
+        ))
 }
 
 fn dataplane(ns: &str, name: &str, client_ca: ValueFrom) -> String {
@@ -244,17 +246,34 @@ fn crds_install_and_every_example_applies() {
         .unwrap();
     assert_eq!(dp["spec"]["gateway"]["publicHTTPPort"], 19080);
     assert_eq!(dp["spec"]["gateway"]["publicHTTPSPort"], 19443);
-    // A DataPlane without its required gateway settings is refused by the API server.
+    // OpenChoreo's current shape is accepted beside the older one; an endpoint without
+    // its Gateway's name is refused by the API server.
+    c.apply(
+        &c.control,
+        "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: current, namespace: my-org}\n\
+         spec: {planeID: current, clusterAgent: {clientCA: {value: PEM}}, gateway: {ingress: {external: \
+         {name: gateway-default, namespace: openchoreo-data-plane, http: {host: openchoreoapis.localhost, \
+         listenerName: http, port: 19080}}}}}\n",
+    );
+    let current = c.get(&c.control, "my-org", "dataplane/current").unwrap();
+    assert_eq!(
+        current["spec"]["gateway"]["ingress"]["external"]["http"]["port"],
+        19080
+    );
     let out = c.kubectl_with_input(
         &c.control,
         &["apply", "-f", "-"],
-        Some("apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: bad, namespace: my-org}\nspec: {}\n"),
+        Some("apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {name: bad, namespace: my-org}\n\
+              spec: {gateway: {ingress: {external: {namespace: openchoreo-data-plane}}}}\n"),
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     // The API server's own validation (the CRDs keep unknown fields, so kubectl's
     // client-side schema check no longer speaks first).
-    assert!(err.contains("spec.gateway: Required value"), "{err}");
+    assert!(
+        err.contains("spec.gateway.ingress.external.name: Required value"),
+        "{err}"
+    );
 }
 
 /// The whole agent-mode path on two API servers: the gateway (in the controller's
@@ -1322,4 +1341,75 @@ fn expiring_certificates_are_reported_and_renewals_clear_them() {
         "AgentConnected",
     );
     callers.finish_without_failures(100);
+}
+
+/// OpenChoreo's shape as its charts and installer write it today: a DataPlane with
+/// `gateway.ingress` and `clusterAgent`, and as `clientCA` the agent's own self-signed
+/// end-entity certificate (cert-manager's `selfSigned` issuer, `isCA: false`: Secret
+/// `cluster-agent-tls` holds it as both `ca.crt` and `tls.crt`). The agent presenting
+/// exactly that certificate is accepted, the plane is Ready, and an agent with another
+/// self-signed certificate of the same name is not.
+#[test]
+fn openchoreo_current_shape_with_a_pinned_agent_certificate() {
+    let c = clusters();
+    let ns = c.namespace("oc-shape");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let plane_id = format!("dp-{ns}");
+    let write_identity = |name: &str| {
+        let pinned = issue::self_signed_leaf(&LeafOptions::client(&plane_id)).unwrap();
+        let id = dir.path().join(name);
+        std::fs::create_dir_all(&id).unwrap();
+        std::fs::write(id.join("tls.crt"), &pinned.cert_pem).unwrap();
+        std::fs::write(id.join("ca.crt"), &pinned.cert_pem).unwrap();
+        std::fs::write(id.join("tls.key"), pinned.key_pem()).unwrap();
+        pinned.cert_pem
+    };
+    let pinned = write_identity("chart-agent");
+    write_identity("impostor");
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: dp, namespace: {ns}}}\n\
+             spec:\n  planeID: {plane_id}\n  secretStoreRef: {{name: default}}\n  clusterAgent:\n    clientCA:\n      value: |\n{}\
+             \x20 gateway:\n    ingress:\n      external:\n        name: gateway-default\n        namespace: openchoreo-data-plane\n        \
+             http: {{host: openchoreoapis.localhost, listenerName: http, port: 19080}}\n",
+            indent(&pinned, 8)
+        ),
+    );
+    let (controller, ports) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
+    let remote = c.kubeconfig_for(&c.remote);
+    let _agent = start_agent(&pki, &ports, "chart-agent", &plane_id, &remote);
+    await_condition(
+        c,
+        &ns,
+        "dataplane/dp",
+        "Connected",
+        "True",
+        "AgentConnected",
+    );
+    let dp = c.get(&c.control, &ns, "dataplane/dp").unwrap();
+    assert_eq!(
+        dp["status"]["agentConnection"]["connectedAgents"], 1,
+        "{dp}"
+    );
+
+    // Same subject, another key: not the pinned certificate, so refused.
+    let _impostor = start_agent(&pki, &ports, "impostor", &plane_id, &remote);
+    let refusal = "is not the pinned self-signed certificate the plane registered";
+    eventually("the impostor refused", WAIT, || {
+        let log = controller.log_text();
+        match log
+            .lines()
+            .any(|l| l.contains("agent refused") && l.contains(refusal))
+        {
+            true => Ok(()),
+            false => Err(log.lines().last().unwrap_or_default().to_string()),
+        }
+    });
+    let dp = c.get(&c.control, &ns, "dataplane/dp").unwrap();
+    assert_eq!(
+        dp["status"]["agentConnection"]["connectedAgents"], 1,
+        "{dp}"
+    );
 }

@@ -25,7 +25,8 @@ pub struct DataPlaneFields {
     pub agent: Option<AgentConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_cluster: Option<KubernetesClusterSpec>,
-    pub gateway: GatewaySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secret_refs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,10 +135,12 @@ impl PlaneFields for DataPlaneFields {
             cluster_agent: parts.cluster_agent.clone(),
             agent: None,
             kubernetes_cluster: parts.kubernetes_cluster.clone(),
-            gateway: parts
-                .gateway
-                .clone()
-                .unwrap_or_else(|| GatewaySpec::local("localhost")),
+            gateway: Some(
+                parts
+                    .gateway
+                    .clone()
+                    .unwrap_or_else(|| GatewaySpec::local("localhost")),
+            ),
             image_pull_secret_refs: Vec::new(),
             registry: None,
             secret_store_ref: parts.secret_store_ref.clone(),
@@ -154,7 +157,7 @@ impl PlaneFields for DataPlaneFields {
         }
     }
     fn gateway(&self) -> Option<&GatewaySpec> {
-        Some(&self.gateway)
+        self.gateway.as_ref()
     }
 }
 
@@ -213,7 +216,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(dp.plane_id(), "prod");
-        assert_eq!(dp.spec.gateway.public_http_port, 19080);
+        assert_eq!(dp.spec.gateway.as_ref().unwrap().http_port(), 19080);
         assert!(dp.agent().is_some());
         assert_eq!(dp.client_ca().unwrap().secret().unwrap().name, "ca");
 
@@ -228,6 +231,34 @@ mod tests {
             bp.agent().is_some(),
             "a clusterAgent block without enabled is on"
         );
+    }
+
+    /// OpenChoreo's current shape: `gateway.ingress` endpoints, `clusterAgent`, the
+    /// cluster-scoped kind without `kubernetesCluster`; read and written back unchanged.
+    #[test]
+    fn the_current_shape_round_trips() {
+        let spec = serde_json::json!({
+            "planeID": "default",
+            "clusterAgent": {"clientCA": {"value": "PEM"}},
+            "secretStoreRef": {"name": "default"},
+            "gateway": {"ingress": {"external": {
+                "name": "gateway-default", "namespace": "openchoreo-data-plane",
+                "http": {"host": "openchoreoapis.localhost", "listenerName": "http", "port": 19080}
+            }}}
+        });
+        let object = serde_json::json!({
+            "apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterDataPlane",
+            "metadata": {"name": "default"}, "spec": spec
+        });
+        let plane: crate::planes::crd::ClusterDataPlane =
+            serde_json::from_value(object.clone()).unwrap();
+        let gateway = plane.spec.0.gateway.as_ref().unwrap();
+        assert_eq!(gateway.shape(), crate::planes::crd::GatewayShape::Endpoints);
+        let endpoints = gateway.endpoints();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].0, "ingress.external");
+        assert_eq!(endpoints[0].1.listeners()[0].1.port, 19080);
+        assert_eq!(serde_json::to_value(&plane).unwrap()["spec"], spec);
     }
 
     /// `clusterAgent` is on when given; the older `agent` only with `enabled: true`, as

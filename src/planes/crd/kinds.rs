@@ -235,13 +235,14 @@ macro_rules! plane_kinds {
         }
 
         impl AnyPlane {
-            /// Decodes one plane object of `kind` from its JSON form.
+            /// Decodes one plane object of `kind` from its JSON form; an error names the
+            /// field path (`spec.gateway.ingress.external: missing field `name``).
             pub fn from_value(
                 kind: PlaneKind,
                 value: serde_json::Value,
-            ) -> serde_json::Result<AnyPlane> {
+            ) -> Result<AnyPlane, serde_path_to_error::Error<serde_json::Error>> {
                 Ok(match kind {
-                    $(PlaneKind::$kind => AnyPlane::$kind(serde_json::from_value(value)?),)+
+                    $(PlaneKind::$kind => AnyPlane::$kind(serde_path_to_error::deserialize(value)?),)+
                 })
             }
 

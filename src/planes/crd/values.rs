@@ -129,47 +129,170 @@ pub struct SecretStoreRef {
     pub name: String,
 }
 
-/// Gateway settings of a DataPlane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Gateway settings of a data plane, in either of OpenChoreo's shapes: the current one
+/// (`ingress` and `egress`, each with `external` and `internal` endpoints naming a Gateway
+/// API Gateway and its listeners) or the documented older one (two virtual hosts and their
+/// ports). One type reads both and writes back what it read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
-    /// Public virtual host for external traffic.
-    pub public_virtual_host: String,
-    /// Organization-specific virtual host for internal traffic.
-    pub organization_virtual_host: String,
-    /// Port the data plane gateway is externally reachable on for HTTP.
-    #[serde(default = "default_public_http_port", rename = "publicHTTPPort")]
+    /// Where traffic enters the data plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<GatewayEndpoints>,
+    /// Where traffic leaves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<GatewayEndpoints>,
+    /// Older shape: public virtual host for external traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_virtual_host: Option<String>,
+    /// Older shape: organization-specific virtual host for internal traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_virtual_host: Option<String>,
+    /// Older shape: the port the data plane gateway is reachable on for HTTP (19080 when unset).
+    #[serde(
+        default,
+        rename = "publicHTTPPort",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 65535), extend("default" = 19080))]
+    pub public_http_port: Option<i32>,
+    /// Older shape: the port for HTTPS (19443 when unset).
+    #[serde(
+        default,
+        rename = "publicHTTPSPort",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 65535), extend("default" = 19443))]
+    pub public_https_port: Option<i32>,
+}
+
+/// The external and internal endpoints of one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GatewayEndpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<GatewayEndpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<GatewayEndpoint>,
+}
+
+/// A Gateway API Gateway in the data plane and the listeners it offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GatewayEndpoint {
+    /// Name of the Gateway object.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<GatewayListener>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<GatewayListener>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayListener>,
+}
+
+/// One listener of a Gateway: where it is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayListener {
+    /// The listener's name on the Gateway object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_name: Option<String>,
     #[schemars(range(min = 1, max = 65535))]
-    pub public_http_port: i32,
-    /// Port the data plane gateway is externally reachable on for HTTPS.
-    #[serde(default = "default_public_https_port", rename = "publicHTTPSPort")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub public_https_port: i32,
+    pub port: i32,
+    pub host: String,
+}
+
+/// Which shape a [`GatewaySpec`] is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayShape {
+    /// `ingress`/`egress` (OpenChoreo today).
+    Endpoints,
+    /// `publicVirtualHost`/`organizationVirtualHost` (the documented older API).
+    VirtualHosts,
+    /// Neither: no gateway settings.
+    Empty,
 }
 
 impl GatewaySpec {
     /// A data plane gateway answering on `host` for both virtual hosts, on the default
     /// ports: what a single-host setup (`planelink up`, tests) registers.
     pub fn local(host: &str) -> GatewaySpec {
+        GatewaySpec::virtual_hosts(
+            host,
+            host,
+            DEFAULT_PUBLIC_HTTP_PORT,
+            DEFAULT_PUBLIC_HTTPS_PORT,
+        )
+    }
+
+    /// The older shape: two virtual hosts and their ports.
+    pub fn virtual_hosts(public: &str, organization: &str, http: i32, https: i32) -> GatewaySpec {
         GatewaySpec {
-            public_virtual_host: host.to_string(),
-            organization_virtual_host: host.to_string(),
-            public_http_port: DEFAULT_PUBLIC_HTTP_PORT,
-            public_https_port: DEFAULT_PUBLIC_HTTPS_PORT,
+            public_virtual_host: Some(public.to_string()),
+            organization_virtual_host: Some(organization.to_string()),
+            public_http_port: Some(http),
+            public_https_port: Some(https),
+            ..GatewaySpec::default()
         }
+    }
+
+    pub fn shape(&self) -> GatewayShape {
+        if self.ingress.is_some() || self.egress.is_some() {
+            GatewayShape::Endpoints
+        } else if self.public_virtual_host.is_some()
+            || self.organization_virtual_host.is_some()
+            || self.public_http_port.is_some()
+            || self.public_https_port.is_some()
+        {
+            GatewayShape::VirtualHosts
+        } else {
+            GatewayShape::Empty
+        }
+    }
+
+    pub fn http_port(&self) -> i32 {
+        self.public_http_port.unwrap_or(DEFAULT_PUBLIC_HTTP_PORT)
+    }
+
+    pub fn https_port(&self) -> i32 {
+        self.public_https_port.unwrap_or(DEFAULT_PUBLIC_HTTPS_PORT)
+    }
+
+    /// Every endpoint of the current shape, named by its field path (`ingress.external`).
+    pub fn endpoints(&self) -> Vec<(String, &GatewayEndpoint)> {
+        [("ingress", &self.ingress), ("egress", &self.egress)]
+            .into_iter()
+            .filter_map(|(direction, endpoints)| Some((direction, endpoints.as_ref()?)))
+            .flat_map(|(direction, endpoints)| {
+                [
+                    ("external", &endpoints.external),
+                    ("internal", &endpoints.internal),
+                ]
+                .into_iter()
+                .filter_map(move |(side, endpoint)| {
+                    Some((format!("{direction}.{side}"), endpoint.as_ref()?))
+                })
+            })
+            .collect()
+    }
+}
+
+impl GatewayEndpoint {
+    /// The listeners given, named by their field (`http`, `https`, `tls`).
+    pub fn listeners(&self) -> Vec<(&'static str, &GatewayListener)> {
+        [
+            ("http", &self.http),
+            ("https", &self.https),
+            ("tls", &self.tls),
+        ]
+        .into_iter()
+        .filter_map(|(name, listener)| Some((name, listener.as_ref()?)))
+        .collect()
     }
 }
 
 pub const DEFAULT_PUBLIC_HTTP_PORT: i32 = 19080;
 pub const DEFAULT_PUBLIC_HTTPS_PORT: i32 = 19443;
-
-fn default_public_http_port() -> i32 {
-    DEFAULT_PUBLIC_HTTP_PORT
-}
-
-fn default_public_https_port() -> i32 {
-    DEFAULT_PUBLIC_HTTPS_PORT
-}
 
 /// Observer API integration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
