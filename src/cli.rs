@@ -247,6 +247,9 @@ mod tests {
         };
         assert!(!a.tls_enabled);
         assert_eq!(a.reconnect_delay, std::time::Duration::from_secs(90));
-        assert_eq!(a.plane_type, crate::planes::PlaneType::BuildPlane);
+        assert_eq!(
+            (a.plane_type.plane_type, a.plane_type.wire),
+            (crate::planes::PlaneType::BuildPlane, "workflowplane")
+        );
     }
 }

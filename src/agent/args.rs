@@ -9,7 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
 use crate::config::duration;
-use crate::planes::PlaneType;
+use crate::planes::{PlaneType, PlaneTypeName};
 
 /// Which tunnel protocol the agent speaks to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,9 +38,11 @@ pub struct AgentArgs {
     #[arg(long, env = "TUNNEL_PROTOCOL", value_enum, default_value_t = TunnelProtocol::Auto, help_heading = "Gateway")]
     pub protocol: TunnelProtocol,
 
-    /// The kind of plane this agent serves.
-    #[arg(long, env = "PLANE_TYPE", value_enum, default_value_t = PlaneType::DataPlane, help_heading = "Gateway")]
-    pub plane_type: PlaneType,
+    /// The kind of plane this agent serves, sent as spelled (workflowplane is the newer
+    /// name of buildplane; a gateway that refuses it is sent buildplane once).
+    #[arg(long, env = "PLANE_TYPE", value_enum, default_value_t = PlaneTypeName::of(PlaneType::DataPlane),
+          ignore_case = true, help_heading = "Gateway")]
+    pub plane_type: PlaneTypeName,
 
     /// Logical plane identifier, matching spec.planeID (or the name) of the plane's CR.
     #[arg(long, env = "PLANE_ID", help_heading = "Gateway")]

@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::args::AgentArgs;
 use super::upstream::{self, Upstream};
 use crate::config::{self, ConfigError};
-use crate::planes::PlaneType;
+use crate::planes::{PlaneType, PlaneTypeName};
 use crate::trust::Purpose;
 use crate::tunnel::dial::{DialError, TlsIdentity};
 use crate::tunnel::protocol::Heartbeat;
@@ -45,6 +47,9 @@ pub struct Config {
     pub server_url: String,
     /// The `/ws` URL with the plane named in its query.
     pub dial_url: url::Url,
+    /// With `--plane-type workflowplane`: the same URL naming `buildplane`, dialled from
+    /// the first time a gateway refuses the newer name.
+    pub plane_type_fallback: Option<PlaneTypeFallback>,
     pub plane_type: PlaneType,
     pub plane_id: String,
     /// `None` with `--tls-enabled=false` (single-host tests only).
@@ -75,7 +80,15 @@ impl TryFrom<AgentArgs> for Config {
             }
             Some(id) => id.to_string(),
         };
-        let dial_url = dial_url(&args, &plane_id)?;
+        let server = server_url(&args)?;
+        let dial_url = dial_url_with(&server, args.plane_type.wire, &plane_id);
+        let plane_type_fallback = match args.plane_type.wire {
+            PlaneTypeName::WORKFLOW_PLANE => Some(PlaneTypeFallback {
+                url: dial_url_with(&server, PlaneType::BuildPlane.as_str(), &plane_id),
+                taken: Arc::default(),
+            }),
+            _ => None,
+        };
         let tls = args.tls_enabled.then(|| TlsFiles {
             client_cert: args.client_cert.clone(),
             client_key: args.client_key.clone(),
@@ -109,7 +122,8 @@ impl TryFrom<AgentArgs> for Config {
         Ok(Config {
             server_url: args.server_url,
             dial_url,
-            plane_type: args.plane_type,
+            plane_type_fallback,
+            plane_type: args.plane_type.plane_type,
             plane_id,
             tls,
             kubeconfig: args.kubeconfig,
@@ -130,8 +144,26 @@ impl TryFrom<AgentArgs> for Config {
     }
 }
 
-fn dial_url(args: &AgentArgs, plane_id: &str) -> Result<url::Url, ConfigError> {
-    let mut url = url::Url::parse(&args.server_url).map_err(|e| {
+/// The dial URL naming the plane type `wire` instead.
+#[derive(Debug, Clone)]
+pub struct PlaneTypeFallback {
+    pub url: url::Url,
+    /// Whether a gateway refused the newer name: later dials take `url` straight away.
+    pub taken: Arc<AtomicBool>,
+}
+
+/// `server` (`--server-url`) with the plane named in its query.
+fn dial_url_with(server: &url::Url, plane_type: &str, plane_id: &str) -> url::Url {
+    let mut url = server.clone();
+    url.query_pairs_mut()
+        .append_pair("planeType", plane_type)
+        .append_pair("planeID", plane_id);
+    url
+}
+
+/// `--server-url`, checked: a WebSocket URL with a host.
+fn server_url(args: &AgentArgs) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(&args.server_url).map_err(|e| {
         ConfigError::new(
             "--server-url",
             format!(
@@ -161,9 +193,6 @@ fn dial_url(args: &AgentArgs, plane_id: &str) -> Result<url::Url, ConfigError> {
             "the URL names no host; use wss://HOST:PORT/ws",
         ));
     }
-    url.query_pairs_mut()
-        .append_pair("planeType", args.plane_type.as_str())
-        .append_pair("planeID", plane_id);
     Ok(url)
 }
 

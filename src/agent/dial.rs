@@ -17,15 +17,44 @@ use crate::tunnel::transport::H2_UPGRADE;
 use crate::tunnel::transport::TunnelIo;
 use crate::tunnel::ws::PeerClose;
 
-/// The agent's dial: all three steps, with the identity it was given (`None`
-/// without TLS).
+/// The agent's dial: all three steps, with the identity it was given (`None` without
+/// TLS). With `--plane-type workflowplane`, a gateway that refuses that name (an older
+/// OpenChoreo gateway answers 400 naming the planeType) is dialled as `buildplane`, its
+/// older name, from then on.
 pub async fn dial_gateway(
     config: &Config,
     identity: Option<&TlsIdentity>,
     introduction: &Introduction,
 ) -> Result<Dialled, DialError> {
-    let openchoreo =
-        |stream| upgrade_openchoreo(stream, &config.dial_url, config.heartbeat, STEP_TIMEOUT);
+    use std::sync::atomic::Ordering::Relaxed;
+    let fallback = config.plane_type_fallback.as_ref();
+    if let Some(fallback) = fallback.filter(|f| f.taken.load(Relaxed)) {
+        return dial_once(config, &fallback.url, identity, introduction).await;
+    }
+    match dial_once(config, &config.dial_url, identity, introduction).await {
+        Err(DialError::Refused {
+            status: 400,
+            reason,
+        }) if reason.contains("planeType")
+            && let Some(fallback) = fallback
+            && !fallback.taken.swap(true, Relaxed) =>
+        {
+            tracing::warn!(reason = %crate::safe_text::escape(&reason),
+                "the gateway does not take planeType=workflowplane; dialling as buildplane, its older name, from now on");
+            dial_once(config, &fallback.url, identity, introduction).await
+        }
+        other => other,
+    }
+}
+
+/// One dial of `url`.
+async fn dial_once(
+    config: &Config,
+    url: &url::Url,
+    identity: Option<&TlsIdentity>,
+    introduction: &Introduction,
+) -> Result<Dialled, DialError> {
+    let openchoreo = |stream| upgrade_openchoreo(stream, url, config.heartbeat, STEP_TIMEOUT);
     if config.protocol == TunnelProtocol::Openchoreo {
         return openchoreo(connect_tls(config, identity).await?).await;
     }
@@ -43,7 +72,7 @@ pub async fn dial_gateway(
     };
     if introduction.offer_h2 {
         let stream = connect_tls(config, identity).await?;
-        match upgrade_h2(stream, &config.dial_url, introduction, STEP_TIMEOUT).await {
+        match upgrade_h2(stream, url, introduction, STEP_TIMEOUT).await {
             Err(DialError::Refused {
                 status: 400,
                 reason,
@@ -54,13 +83,12 @@ pub async fn dial_gateway(
             other => return other,
         }
         let stream = connect_tls(config, identity).await?;
-        let mut dialled =
-            fall_back(upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await).await?;
+        let mut dialled = fall_back(upgrade(stream, url, introduction, STEP_TIMEOUT).await).await?;
         dialled.h2_refused = true;
         return Ok(dialled);
     }
     let stream = connect_tls(config, identity).await?;
-    fall_back(upgrade(stream, &config.dial_url, introduction, STEP_TIMEOUT).await).await
+    fall_back(upgrade(stream, url, introduction, STEP_TIMEOUT).await).await
 }
 
 /// Steps 1 and 2: TCP, then TLS when the agent has an identity (`ws://` has none).
@@ -140,7 +168,9 @@ mod tests {
 
     /// A gateway from before the h2 transport, written here (no older planelink binary
     /// exists to run): real HTTP/1.1 and WebSocket stacks that refuse the h2 upgrade with
-    /// 400, as such a gateway does, and take planelink's WebSocket upgrade.
+    /// 400, as such a gateway does, and take planelink's WebSocket upgrade. Like the
+    /// gateways from before WorkflowPlane, it refuses `planeType=workflowplane` with 400.
+    /// It records each upgrade and the planeType it named.
     async fn websocket_only_gateway(upgrades: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -157,9 +187,27 @@ mod tests {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_string();
-                    upgrades.lock().unwrap().push(upgrade);
+                    let plane_type = req
+                        .uri()
+                        .query()
+                        .and_then(|q| {
+                            url::form_urlencoded::parse(q.as_bytes())
+                                .find(|(k, _)| k == "planeType")
+                                .map(|(_, v)| v.into_owned())
+                        })
+                        .unwrap_or_default();
+                    upgrades
+                        .lock()
+                        .unwrap()
+                        .push(format!("{upgrade} {plane_type}"));
+                    let known = plane_type != "workflowplane";
                     let response: Response<Body> =
-                        match create_response_with_body(&req, body::empty) {
+                        match create_response_with_body(&req, body::empty)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| match known {
+                                true => Ok(r),
+                                false => Err(format!("invalid planeType: {plane_type}")),
+                            }) {
                             Ok(mut switching) => {
                                 let headers = switching.headers_mut();
                                 headers.insert(
@@ -176,9 +224,8 @@ mod tests {
                                 switching
                             }
                             Err(e) => {
-                                let mut refused = Response::new(body::full(format!(
-                                    "not a WebSocket upgrade: {e}"
-                                )));
+                                let mut refused =
+                                    Response::new(body::full(format!("refused: {e}")));
                                 *refused.status_mut() = StatusCode::BAD_REQUEST;
                                 refused
                             }
@@ -195,13 +242,14 @@ mod tests {
         addr
     }
 
-    fn agent_config(addr: std::net::SocketAddr) -> Config {
+    fn agent_config(addr: std::net::SocketAddr, plane_type: &str) -> Config {
         use clap::{Args as _, FromArgMatches as _};
         let command = super::super::AgentArgs::augment_args(clap::Command::new("agent"));
         let matches = command
             .try_get_matches_from([
                 "agent".into(),
                 format!("--server-url=ws://{addr}/ws"),
+                format!("--plane-type={plane_type}"),
                 "--plane-id=p1".into(),
                 "--tls-enabled=false".into(),
             ])
@@ -213,7 +261,7 @@ mod tests {
     async fn a_gateway_that_refuses_the_h2_upgrade_gets_websocket() {
         let upgrades = Arc::new(Mutex::new(Vec::new()));
         let addr = websocket_only_gateway(upgrades.clone()).await;
-        let config = agent_config(addr);
+        let config = agent_config(addr, "dataplane");
         let introduction = Introduction {
             offer_h2: true,
             ..Introduction::default()
@@ -221,7 +269,8 @@ mod tests {
         let dialled = dial_gateway(&config, None, &introduction).await.unwrap();
         assert_eq!(dialled.io.transport(), Transport::WebSocket);
         assert!(dialled.h2_refused);
-        assert_eq!(*upgrades.lock().unwrap(), [H2_UPGRADE, "websocket"]);
+        let h2 = format!("{H2_UPGRADE} dataplane");
+        assert_eq!(*upgrades.lock().unwrap(), [&h2, "websocket dataplane"]);
 
         // Once refused, the agent dials WebSocket straight away.
         let introduction = Introduction {
@@ -233,7 +282,31 @@ mod tests {
         assert!(!dialled.h2_refused);
         assert_eq!(
             *upgrades.lock().unwrap(),
-            [H2_UPGRADE, "websocket", "websocket"]
+            [&h2, "websocket dataplane", "websocket dataplane"]
+        );
+    }
+
+    /// `--plane-type workflowplane` is sent as such; a gateway that refuses the name with
+    /// 400 gets `buildplane` once and on every later dial.
+    #[tokio::test]
+    async fn a_gateway_that_refuses_workflowplane_gets_buildplane_from_then_on() {
+        let upgrades = Arc::new(Mutex::new(Vec::new()));
+        let addr = websocket_only_gateway(upgrades.clone()).await;
+        let config = agent_config(addr, "workflowplane");
+        let introduction = Introduction::default();
+        dial_gateway(&config, None, &introduction).await.unwrap();
+        assert_eq!(
+            *upgrades.lock().unwrap(),
+            ["websocket workflowplane", "websocket buildplane"]
+        );
+        dial_gateway(&config, None, &introduction).await.unwrap();
+        assert_eq!(
+            *upgrades.lock().unwrap(),
+            [
+                "websocket workflowplane",
+                "websocket buildplane",
+                "websocket buildplane"
+            ]
         );
     }
 }

@@ -16,7 +16,7 @@ use crate::agent::AgentArgs;
 use crate::gateway::GatewayArgs;
 use crate::planes::crd::{DEFAULT_NAMESPACE, PlaneBuilder, ValueFrom};
 use crate::planes::manifest::to_yaml;
-use crate::planes::{PlaneType, Registry, directory::DirectorySource};
+use crate::planes::{PlaneType, PlaneTypeName, Registry, directory::DirectorySource};
 use crate::trust::issue::{self, CaOptions, FileKind, Issued, LeafOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -204,7 +204,7 @@ async fn start_agent(
         host_name(args.bind_address),
         gateway.public_addr.port()
     );
-    agent_args.plane_type = PlaneType::DataPlane;
+    agent_args.plane_type = PlaneTypeName::of(PlaneType::DataPlane);
     agent_args.plane_id = Some(args.plane_id.clone());
     agent_args.client_cert = state.join("agent/tls.crt");
     agent_args.client_key = state.join("agent/tls.key");

@@ -78,7 +78,7 @@ impl PlaneType {
     ];
 
     /// The name used on the wire (`planeType` query, proxy paths, metrics labels).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             PlaneType::DataPlane => "dataplane",
             PlaneType::BuildPlane => "buildplane",
@@ -140,5 +140,45 @@ impl std::str::FromStr for PlaneType {
 impl std::fmt::Display for PlaneType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A plane type as the operator named it, for the agent's `planeType` on the wire:
+/// OpenChoreo's gateway today takes `workflowplane` and no longer `buildplane`, older
+/// gateways the other way round, and planelink's either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneTypeName {
+    pub plane_type: PlaneType,
+    /// The spelling sent.
+    pub wire: &'static str,
+}
+
+impl PlaneTypeName {
+    pub const WORKFLOW_PLANE: &str = "workflowplane";
+
+    pub const fn of(plane_type: PlaneType) -> PlaneTypeName {
+        PlaneTypeName {
+            plane_type,
+            wire: plane_type.as_str(),
+        }
+    }
+}
+
+impl clap::ValueEnum for PlaneTypeName {
+    fn value_variants<'a>() -> &'a [Self] {
+        const NAMES: [PlaneTypeName; 4] = [
+            PlaneTypeName::of(PlaneType::DataPlane),
+            PlaneTypeName {
+                plane_type: PlaneType::BuildPlane,
+                wire: PlaneTypeName::WORKFLOW_PLANE,
+            },
+            PlaneTypeName::of(PlaneType::BuildPlane),
+            PlaneTypeName::of(PlaneType::ObservabilityPlane),
+        ];
+        &NAMES
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.wire))
     }
 }

@@ -28,8 +28,13 @@ pub enum RegisterCommand {
     /// Register a data plane: the whole trust exchange between the two clusters.
     #[command(name = "dataplane")]
     DataPlane(ExchangeArgs),
-    /// Register a build plane: the whole trust exchange between the two clusters.
-    #[command(name = "buildplane", alias = "workflowplane")]
+    /// Register a workflow plane (a WorkflowPlane; remote namespace
+    /// openchoreo-workflow-plane): the whole trust exchange between the two clusters.
+    #[command(name = "workflowplane")]
+    WorkflowPlane(ExchangeArgs),
+    /// Register a build plane, the older name of the workflow plane (a BuildPlane; remote
+    /// namespace openchoreo-build-plane).
+    #[command(name = "buildplane")]
     BuildPlane(ExchangeArgs),
     /// Register an observability plane: the whole trust exchange between the two clusters.
     #[command(name = "observabilityplane")]

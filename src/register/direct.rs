@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::args::ExchangeArgs;
 use super::exchange::{Failure, fail, gateway_spec, to_value};
-use crate::planes::PlaneType;
+use crate::planes::PlaneKind;
 use crate::planes::crd::{
     AnyPlane, KubernetesAuth, KubernetesClusterSpec, KubernetesTls, MtlsAuth, PlaneBuilder,
     ValueFrom,
@@ -373,7 +373,7 @@ fn is_loopback(server: &str) -> bool {
 }
 
 /// The Secret holding the credentials, and the plane referencing it.
-fn objects(plane_type: PlaneType, args: &ExchangeArgs, credentials: &Credentials) -> Vec<Value> {
+fn objects(kind: PlaneKind, args: &ExchangeArgs, credentials: &Credentials) -> Vec<Value> {
     let secret_name = format!("{}-kubernetes-cluster", args.name);
     let reference = |key: &str| ValueFrom::from_secret(Some(&args.namespace), &secret_name, key);
     let mut data = vec![(
@@ -414,7 +414,7 @@ fn objects(plane_type: PlaneType, args: &ExchangeArgs, credentials: &Credentials
         ),
         ..Secret::default()
     };
-    let mut builder = PlaneBuilder::new(plane_type, &args.namespace, &args.name)
+    let mut builder = PlaneBuilder::new(kind, &args.namespace, &args.name)
         .kubernetes_cluster(KubernetesClusterSpec {
             server: credentials.server.clone(),
             tls: KubernetesTls {
@@ -458,10 +458,7 @@ pub(super) fn redacted(objects: &[Value]) -> Vec<Value> {
 }
 
 /// Steps 1-3 for direct mode: the objects to write once every check passed.
-pub(super) async fn prepare(
-    plane_type: PlaneType,
-    args: &ExchangeArgs,
-) -> Result<Vec<Value>, Failure> {
+pub(super) async fn prepare(kind: PlaneKind, args: &ExchangeArgs) -> Result<Vec<Value>, Failure> {
     let context = args.remote_context.as_str();
     let credentials = read_credentials(args).await?;
     let how = match &credentials.auth {
@@ -491,7 +488,7 @@ pub(super) async fn prepare(
             credentials.server
         );
     }
-    Ok(objects(plane_type, args, &credentials))
+    Ok(objects(kind, args, &credentials))
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use super::args::ExchangeArgs;
 use crate::planes::crd::{AnyPlane, GatewaySpec, PlaneBuilder, ValueFrom};
 use crate::planes::kubernetes::kube_client;
 use crate::planes::manifest::{API_GROUP, to_yaml};
-use crate::planes::{PlaneType, secret_data};
-use crate::trust::{self, diagnose};
+use crate::planes::{PlaneKind, PlaneType, secret_data};
+use crate::trust::{self, Severity, diagnose};
 use crate::tunnel::dial::{self, TlsIdentity};
 
 const FIELD_MANAGER: &str = "planelink-register";
@@ -41,8 +41,10 @@ pub(super) fn fail<T>(step: &'static str, message: impl Into<String>) -> Result<
     })
 }
 
-pub fn run(plane_type: PlaneType, args: &ExchangeArgs) -> Outcome {
-    if let Err(message) = validate(plane_type, args) {
+/// Registers a plane of `kind` (a namespaced kind: DataPlane, BuildPlane, WorkflowPlane,
+/// ObservabilityPlane).
+pub fn run(kind: PlaneKind, args: &ExchangeArgs) -> Outcome {
+    if let Err(message) = validate(kind.plane_type(), args) {
         eprintln!("planelink register: {message}");
         return Outcome::Usage;
     }
@@ -50,7 +52,7 @@ pub fn run(plane_type: PlaneType, args: &ExchangeArgs) -> Outcome {
         trust::crypto_provider(),
     ));
     super::block_on(async {
-        match exchange(plane_type, args).await {
+        match exchange(kind, args).await {
             Ok(outcome) => outcome,
             Err(failure) => {
                 eprintln!("error: {}: {}", failure.step, failure.message);
@@ -60,12 +62,17 @@ pub fn run(plane_type: PlaneType, args: &ExchangeArgs) -> Outcome {
     })
 }
 
-fn remote_namespace(plane_type: PlaneType, args: &ExchangeArgs) -> String {
+fn remote_namespace(kind: PlaneKind, args: &ExchangeArgs) -> String {
     args.remote_namespace.clone().unwrap_or_else(|| {
-        match plane_type {
-            PlaneType::DataPlane => "openchoreo-data-plane",
-            PlaneType::BuildPlane => "openchoreo-build-plane",
-            PlaneType::ObservabilityPlane => "openchoreo-observability-plane",
+        match kind {
+            PlaneKind::WorkflowPlane | PlaneKind::ClusterWorkflowPlane => {
+                "openchoreo-workflow-plane"
+            }
+            _ => match kind.plane_type() {
+                PlaneType::DataPlane => "openchoreo-data-plane",
+                PlaneType::BuildPlane => "openchoreo-build-plane",
+                PlaneType::ObservabilityPlane => "openchoreo-observability-plane",
+            },
         }
         .to_string()
     })
@@ -389,6 +396,9 @@ async fn agent_ca(
         gateway_ca,
         SystemTime::now(),
     );
+    for warning in verdicts.iter().filter(|v| v.severity == Severity::Warning) {
+        eprintln!("warning: {}", warning.sentence());
+    }
     if let Some(mistake) = diagnose::first_error(verdicts) {
         return fail(STEP, mistake.sentence());
     }
@@ -397,7 +407,7 @@ async fn agent_ca(
 
 /// The plane CR (and, with `--ca-from-secret`, the Secret holding the agent's CA).
 fn plane_object(
-    plane_type: PlaneType,
+    kind: PlaneKind,
     args: &ExchangeArgs,
     agent_ca: &str,
 ) -> (AnyPlane, Option<Secret>) {
@@ -407,7 +417,7 @@ fn plane_object(
     } else {
         ValueFrom::inline(agent_ca)
     };
-    let mut builder = PlaneBuilder::new(plane_type, &args.namespace, &args.name)
+    let mut builder = PlaneBuilder::new(kind, &args.namespace, &args.name)
         .plane_id(args.plane_id.as_deref().unwrap_or(&args.name))
         .client_ca(client_ca)
         .secret_store(args.secret_store.as_deref())
@@ -459,7 +469,7 @@ pub(super) fn to_value<T: serde::Serialize>(object: &T) -> Value {
 /// Step 4: the plane (and its CA Secret) into the control plane, or a planes directory.
 async fn register_plane(
     control: Option<&Client>,
-    plane_type: PlaneType,
+    kind: PlaneKind,
     args: &ExchangeArgs,
     writes: &[Value],
 ) -> Result<(), Failure> {
@@ -470,7 +480,7 @@ async fn register_plane(
             }
             eprintln!(
                 "step 4: {} {}/{} registered in context {}",
-                plane_type.kind(),
+                kind,
                 args.namespace,
                 args.name,
                 args.control_plane_context.as_deref().unwrap_or_default()
@@ -483,8 +493,9 @@ async fn register_plane(
                     format!("{}: {e}", dir.display()),
                 )
             })?;
-            let file = dir.join(format!("{}-{}.yaml", plane_type.as_str(), args.name));
-            let tmp = dir.join(format!(".{}-{}.yaml.tmp", plane_type.as_str(), args.name));
+            let prefix = kind.plane_type().as_str();
+            let file = dir.join(format!("{prefix}-{}.yaml", args.name));
+            let tmp = dir.join(format!(".{prefix}-{}.yaml.tmp", args.name));
             std::fs::write(&tmp, to_yaml(writes))
                 .and_then(|_| std::fs::rename(&tmp, &file))
                 .or_else(|e| {
@@ -535,7 +546,7 @@ fn remote_objects(remote_ns: &str, gateway_ca: &[CertificateDer<'_>]) -> (Value,
     (namespace, config_map)
 }
 
-async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome, Failure> {
+async fn exchange(kind: PlaneKind, args: &ExchangeArgs) -> Result<Outcome, Failure> {
     let kubeconfig = args.kubeconfig.as_deref();
     let control = match &args.control_plane_context {
         Some(context) => Some(kube_client(kubeconfig, Some(context)).await.or_else(|e| {
@@ -547,14 +558,14 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         None => None,
     };
     if args.direct {
-        let writes = super::direct::prepare(plane_type, args).await?;
+        let writes = super::direct::prepare(kind, args).await?;
         if args.dry_run {
             print!("{}", to_yaml(&super::direct::redacted(&writes)));
             return Ok(Outcome::Ok);
         }
-        register_plane(control.as_ref(), plane_type, args, &writes).await?;
+        register_plane(control.as_ref(), kind, args, &writes).await?;
         if let (Some(client), Some(wait)) = (&control, args.wait) {
-            return wait_connected(client, plane_type, args, wait).await;
+            return wait_connected(client, kind, args, wait).await;
         }
         return Ok(Outcome::Ok);
     }
@@ -575,7 +586,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         check_server_url(url, &gateway_ca).await?;
     }
 
-    let remote_ns = remote_namespace(plane_type, args);
+    let remote_ns = remote_namespace(kind, args);
     let (namespace, config_map) = remote_objects(&remote_ns, &gateway_ca);
     if !args.dry_run {
         apply_object(&remote, &namespace, "step 2 (server CA for the agent)").await?;
@@ -588,11 +599,7 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
 
     let agent_ca = agent_ca(&remote, &remote_ns, args, &gateway_ca).await?;
     eprintln!("step 3: agent CA read from Secret {remote_ns}/{AGENT_TLS} and checked");
-    let (plane, secret) = plane_object(
-        plane_type,
-        args,
-        &trust::pem::certificates_to_pem(&agent_ca),
-    );
+    let (plane, secret) = plane_object(kind, args, &trust::pem::certificates_to_pem(&agent_ca));
     let mut writes: Vec<Value> = Vec::new();
     writes.extend(secret.as_ref().map(to_value));
     writes.push(to_value(&plane));
@@ -603,10 +610,10 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
         print!("{}", to_yaml(&all));
         return Ok(Outcome::Ok);
     }
-    register_plane(control.as_ref(), plane_type, args, &writes).await?;
+    register_plane(control.as_ref(), kind, args, &writes).await?;
 
     if let (Some(client), Some(wait)) = (&control, args.wait) {
-        return wait_connected(client, plane_type, args, wait).await;
+        return wait_connected(client, kind, args, wait).await;
     }
     Ok(Outcome::Ok)
 }
@@ -614,11 +621,11 @@ async fn exchange(plane_type: PlaneType, args: &ExchangeArgs) -> Result<Outcome,
 /// Step 5: until the plane's status says its agent is connected.
 async fn wait_connected(
     client: &Client,
-    plane_type: PlaneType,
+    kind: PlaneKind,
     args: &ExchangeArgs,
     wait: Duration,
 ) -> Result<Outcome, Failure> {
-    let gvk = GroupVersionKind::gvk(API_GROUP, "v1alpha1", plane_type.kind());
+    let gvk = GroupVersionKind::gvk(API_GROUP, "v1alpha1", kind.as_str());
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         &args.namespace,

@@ -12,6 +12,8 @@ pub mod args;
 
 pub use args::{CertsCommand, RegisterArgs, RegisterCommand};
 
+use crate::planes::PlaneKind;
+
 /// Outcome of a register command, mapped to the process exit code by main.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -40,11 +42,10 @@ pub fn run(args: RegisterArgs) -> Outcome {
         RegisterCommand::Certs(CertsCommand::Caller(a)) => certs::caller(&a),
         RegisterCommand::Inspect(a) => inspect::run(&a),
         RegisterCommand::Check(a) => check::run(&a),
-        RegisterCommand::DataPlane(a) => exchange::run(crate::planes::PlaneType::DataPlane, &a),
-        RegisterCommand::BuildPlane(a) => exchange::run(crate::planes::PlaneType::BuildPlane, &a),
-        RegisterCommand::ObservabilityPlane(a) => {
-            exchange::run(crate::planes::PlaneType::ObservabilityPlane, &a)
-        }
+        RegisterCommand::DataPlane(a) => exchange::run(PlaneKind::DataPlane, &a),
+        RegisterCommand::WorkflowPlane(a) => exchange::run(PlaneKind::WorkflowPlane, &a),
+        RegisterCommand::BuildPlane(a) => exchange::run(PlaneKind::BuildPlane, &a),
+        RegisterCommand::ObservabilityPlane(a) => exchange::run(PlaneKind::ObservabilityPlane, &a),
         RegisterCommand::Rotate(a) => rotate::run(&a),
     }
 }

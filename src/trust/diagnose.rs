@@ -148,20 +148,24 @@ pub fn pinned(bundle: Bundle<'_>, role: Role) -> Option<Finding> {
         return None;
     }
     let pinned = infos(bundle).into_iter().find(CertInfo::is_pinnable)?;
-    Some(Finding::new(
+    Some(pinned_certificate(bundle.origin, &pinned))
+}
+
+/// The warning for `certificate`, a pinned self-signed certificate found in `origin`.
+pub fn pinned_certificate(origin: &str, certificate: &CertInfo) -> Finding {
+    Finding::new(
         Code::PinnedSelfSigned,
         Severity::Warning,
         format!(
-            "{} holds a pinned self-signed certificate ({}, until {}): only the agent that \
+            "{origin} holds a pinned self-signed certificate ({}, until {}): only the agent that \
              presents exactly it, and proves its key, is accepted",
-            bundle.origin,
-            pinned.subject,
-            format_time(pinned.not_after)
+            certificate.subject,
+            format_time(certificate.not_after)
         ),
         "its renewal replaces it (cert-manager, under OpenChoreo's chart: on day 75 of 90), and \
          the plane pins it by value: annotate the plane planelink.dev/ca-rotation=agent so that \
          the agent carries the renewal over, or run planelink register rotate after each one",
-    ))
+    )
 }
 
 /// A certificate of `bundle` that cannot issue, where `role` wants a CA (a pinned

@@ -163,6 +163,11 @@ fn validity_findings(report: &mut Report, info: &CertInfo, at: SystemTime) {
 }
 
 fn ca_findings(report: &mut Report, first: &CertInfo, purpose: Purpose) {
+    if purpose == Purpose::ClientCa && first.is_pinnable() {
+        let pinned = diagnose::pinned_certificate("this file", first);
+        report.push(pinned.severity, pinned.sentence());
+        return;
+    }
     if !first.is_ca {
         let role = match purpose {
             Purpose::ClientCa => diagnose::Role::ClientCa,
@@ -305,6 +310,29 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_self_signed_agent_certificate_is_a_pinned_client_ca() {
+        let pinned = issue::self_signed_leaf(&LeafOptions::client("default")).unwrap();
+        let r = report(&pinned.cert_pem, Purpose::ClientCa);
+        assert_eq!(errors(&r), "");
+        let warning = &r.findings.last().unwrap();
+        assert_eq!(warning.severity, Severity::Warning);
+        assert!(
+            warning.message.starts_with(
+                "this file holds a pinned self-signed certificate (O=OpenChoreo, CN=default, until "
+            ),
+            "{}",
+            warning.message
+        );
+        // As the gateway's server CA it is still no CA.
+        let r = report(&pinned.cert_pem, Purpose::ServerCa);
+        assert!(
+            errors(&r).starts_with("this is tls.crt, the gateway's leaf certificate"),
+            "{}",
+            errors(&r)
+        );
     }
 
     fn errors(r: &Report) -> String {

@@ -469,3 +469,32 @@ fn register_direct_mode_from_a_context() {
             .is_none()
     );
 }
+
+/// `register workflowplane` writes a WorkflowPlane (OpenChoreo's current kind), and
+/// `buildplane` stays the older BuildPlane.
+#[test]
+fn register_workflowplane_writes_a_workflow_plane() {
+    let c = clusters();
+    let ns = c.namespace("register-wf");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let agent_ca = pki.agent("agent");
+    let agent_tls = std::fs::read_to_string(pki.dir.join("agent/tls.crt")).unwrap();
+    plant(c, &ns, &pki.gateway_ca.cert_pem, &agent_ca, &agent_tls);
+    for (command, kind) in [
+        ("workflowplane", "WorkflowPlane"),
+        ("buildplane", "BuildPlane"),
+    ] {
+        let mut args = register_args(c, &ns, "wf", &["--dry-run"]);
+        args[1] = command.into();
+        args.retain(|a| !a.contains("virtual-host"));
+        let out = planelink(&args);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let kinds: Vec<&str> = printed
+            .lines()
+            .filter_map(|l| l.strip_prefix("kind: "))
+            .collect();
+        assert_eq!(kinds, ["Namespace", "ConfigMap", kind], "{printed}");
+    }
+}
