@@ -15,13 +15,44 @@ pub fn escape(value: &str) -> String {
             out.push_str("…(cut)");
             break;
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+        push_printable(&mut out, c);
     }
     out
+}
+
+/// Text for the operator's terminal (a finding, a table cell) that may hold values from
+/// CRs, certificates or a remote cluster: escaped as [`escape`] does, but whole (a fix
+/// text is longer than a log's bound and must not be cut).
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        push_printable(&mut out, c);
+    }
+    out
+}
+
+/// Control characters (ESC sequences retitle windows and forge table rows) and the
+/// format characters that reorder or hide text (bidirectional overrides, zero-width
+/// marks) are written as escapes; everything else as is.
+fn push_printable(out: &mut String, c: char) {
+    let reorders = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+    if c.is_control() || reorders {
+        out.extend(c.escape_default());
+    } else {
+        out.push(c);
+    }
+}
+
+/// One word of a command printed for the operator to paste: [`printable`], then quoted
+/// for a POSIX shell when it holds anything but letters, digits and `-_./:=@,+`, so a
+/// value from a CR (`p1; curl …|sh #`) stays one inert argument.
+pub fn shell_word(value: &str) -> String {
+    let shown = printable(value);
+    match shlex::try_quote(&shown) {
+        Ok(quoted) => quoted.into_owned(),
+        // Only a NUL byte is refused, and printable() has escaped it.
+        Err(_) => format!("'{}'", shown.replace('\'', "'\\''")),
+    }
 }
 
 /// Query parameters whose values are credentials or commands: masked in logs.
@@ -96,6 +127,39 @@ mod tests {
         assert_eq!(escape("a\u{1b}[31mred"), "a\\u{1b}[31mred");
         let long = "x".repeat(10_000);
         assert_eq!(escape(&long).len(), MAX_LOGGED + "…(cut)".len());
+    }
+
+    /// What a CR's writer puts in a planeID or a name cannot retitle the window, forge a
+    /// table row or hide text, and stays one inert word in a printed command.
+    #[test]
+    fn terminal_text_and_shell_words() {
+        assert_eq!(
+            printable("p1\u{1b}]0;owned\u{7}\u{202e}txt.exe"),
+            "p1\\u{1b}]0;owned\\u{7}\\u{202e}txt.exe"
+        );
+        let long = "y".repeat(1000);
+        assert_eq!(printable(&long), long);
+        assert_eq!(shell_word("dp-1.eu"), "dp-1.eu");
+        assert_eq!(shell_word("p1; curl x|sh #"), "'p1; curl x|sh #'");
+        // A real shell reads each word back as the value itself.
+        for value in [
+            "it's",
+            "it's $(id)",
+            "$(id)",
+            "`id`",
+            "a\\b",
+            "\"q\" ; rm -rf ~",
+            "*",
+        ] {
+            let word = shell_word(value);
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {word}")])
+                .output()
+                .expect("sh runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), value, "{word}");
+        }
+        assert!(!shell_word("a\u{1b}b").contains('\u{1b}'));
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

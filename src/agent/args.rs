@@ -9,7 +9,12 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 
 use crate::config::duration;
+use crate::planes::registry::PlaneRef;
 use crate::planes::{PlaneType, PlaneTypeName};
+
+fn served_plane(value: &str) -> Result<PlaneRef, String> {
+    value.trim().parse()
+}
 
 /// Which tunnel protocol the agent speaks to the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +52,14 @@ pub struct AgentArgs {
     /// Logical plane identifier, matching spec.planeID (or the name) of the plane's CR.
     #[arg(long, env = "PLANE_ID", help_heading = "Gateway")]
     pub plane_id: Option<String>,
+
+    /// The plane CRs this agent serves, comma-separated: Kind/NAMESPACE/NAME, or
+    /// Kind/NAME for a cluster-scoped kind (DataPlane/acme/prod,ClusterDataPlane/shared).
+    /// The gateway gives the agent exactly these, whatever other CR names its planeID
+    /// and CA; unset, it serves one namespace's CRs (README: Security model).
+    #[arg(long, env = "SERVE_PLANES", value_delimiter = ',', value_parser = served_plane,
+          help_heading = "Gateway")]
+    pub serve_planes: Option<Vec<PlaneRef>>,
 
     /// Use mutual TLS to the gateway. --tls-enabled=false is for single-host tests only.
     #[arg(long, env = "TLS_ENABLED", default_value_t = true, num_args = 0..=1,

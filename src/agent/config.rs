@@ -52,6 +52,8 @@ pub struct Config {
     pub plane_type_fallback: Option<PlaneTypeFallback>,
     pub plane_type: PlaneType,
     pub plane_id: String,
+    /// `--serve-planes`: the CRs this agent serves, sent to the gateway.
+    pub serves: Option<Vec<crate::planes::registry::PlaneRef>>,
     /// `None` with `--tls-enabled=false` (single-host tests only).
     pub tls: Option<TlsFiles>,
     pub kubeconfig: Option<PathBuf>,
@@ -78,8 +80,24 @@ impl TryFrom<AgentArgs> for Config {
                      (spec.planeID, or the CR's name when unset)",
                 ));
             }
-            Some(id) => id.to_string(),
+            Some(id) => {
+                crate::planes::crd::check_plane_id(id)
+                    .map_err(|e| ConfigError::new("--plane-id", e))?;
+                id.to_string()
+            }
         };
+        if let Some(listed) = &args.serve_planes
+            && listed.len() > crate::planes::registry::MAX_SERVED_PLANES
+        {
+            return Err(ConfigError::new(
+                "--serve-planes",
+                format!(
+                    "lists {} plane CRs, more than the {} one agent may serve; run an agent per group of planes",
+                    listed.len(),
+                    crate::planes::registry::MAX_SERVED_PLANES
+                ),
+            ));
+        }
         let server = server_url(&args)?;
         let dial_url = dial_url_with(&server, args.plane_type.wire, &plane_id);
         let plane_type_fallback = match args.plane_type.wire {
@@ -125,6 +143,7 @@ impl TryFrom<AgentArgs> for Config {
             plane_type_fallback,
             plane_type: args.plane_type.plane_type,
             plane_id,
+            serves: args.serve_planes,
             tls,
             kubeconfig: args.kubeconfig,
             routes,

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use super::State;
 use super::upstream::Upstream;
 use crate::tunnel::body::{self, Body};
-use crate::tunnel::headers::end_to_end_headers;
+use crate::tunnel::headers::{end_to_end_headers, strip_caller_identity};
 use crate::tunnel::protocol::{
     CONTROL_GOING_AWAY, CONTROL_HEADER, CONTROL_MEMBERSHIP, HELLO_HEADER, REQUEST_ID_HEADER,
     STREAMING_HEADER, TARGET_HEADER, UPGRADE_HEADER, UPGRADED_HEADER,
@@ -90,30 +90,6 @@ fn target_label(state: &State, req: &Request<Incoming>) -> String {
     }
 }
 
-/// Identity is the agent's: a caller's `Authorization` never reaches an upstream that
-/// authenticates the agent (`k8s` always), and `Impersonate-*`, `X-Remote-*` (front-proxy
-/// identity) and `X-Forwarded-*` never reach any upstream, unless a route opts in to
-/// impersonation. Otherwise any caller could act as whoever the agent may impersonate.
-fn strip_caller_identity(headers: &mut http::HeaderMap, upstream: &Upstream) {
-    if upstream.drops_caller_auth {
-        headers.remove(header::AUTHORIZATION);
-    }
-    let banned: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            (name.starts_with("impersonate-") && !upstream.pass_impersonation)
-                || name.starts_with("x-remote-")
-                || name.starts_with("x-forwarded-")
-                || name == "forwarded"
-        })
-        .cloned()
-        .collect();
-    for name in banned {
-        headers.remove(name);
-    }
-}
-
 /// The upstream a request's target names.
 fn upstream(state: &State, req: &Request<Incoming>) -> Result<Option<Upstream>, ProxyError> {
     let target: Target = header(req, TARGET_HEADER)
@@ -191,7 +167,11 @@ async fn forward(
     });
     let mut headers = end_to_end_headers(&parts.headers);
     proxy::set_request_id(&mut headers, id);
-    strip_caller_identity(&mut headers, &upstream);
+    strip_caller_identity(
+        &mut headers,
+        upstream.drops_caller_auth,
+        upstream.pass_impersonation,
+    );
     let mut out = Request::new(body::empty());
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = uri;

@@ -301,6 +301,12 @@ async fn dial(state: &State) -> Result<Dial, wire::DialError> {
         held: state.renewed_replicas(),
         proposal: None,
         offer_h2: !state.h2_refused.load(std::sync::atomic::Ordering::Relaxed),
+        serves: state.config.serves.as_ref().map(|refs| {
+            refs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
     };
     let dialled = dial::dial_gateway(&state.config, identity.tls.as_ref(), &introduction).await;
     // During a gateway upgrade, replicas old and new answer: a refusal makes later dials

@@ -20,22 +20,24 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
+use kube::core::DynamicObject;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, ResourceExt as _};
+use kube::{Api, Resource as _, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 
-use crate::planes::PlaneKind;
 use crate::planes::connection::GatewayLink;
 use crate::planes::crd::{
     ClusterObservabilityPlane, Environment, ForEachKind, ObservabilityPlane, PlaneResource,
     ValueFrom,
 };
+use crate::planes::kubernetes::PlaneDecoder;
+use crate::planes::{PlaneKind, Reason};
 use clients::PlaneClients;
 use reconcile::{Context, GatewayCa};
 
@@ -248,6 +250,85 @@ impl Readiness {
     }
 }
 
+/// A watch event of untyped plane objects as one of kind `K`; `None` for an object that
+/// does not decode (reported once per version: a log line naming the field, a Warning
+/// Event and `Ready=False` with reason `SpecUndecodable` on the object).
+fn typed_event<K: PlaneResource>(
+    event: watcher::Event<DynamicObject>,
+    decoder: &PlaneDecoder,
+    client: &kube::Client,
+    recorder: &Recorder,
+) -> Option<watcher::Event<K>> {
+    use watcher::Event as E;
+    let decode = |object: DynamicObject| match decoder.decode::<K>(&object) {
+        Ok(plane) => Some(plane),
+        Err(reason) => {
+            if let Some(reason) = reason {
+                tracing::warn!("{reason}: it is not reconciled; the other planes are");
+                tokio::spawn(report_undecodable::<K>(
+                    object,
+                    reason,
+                    client.clone(),
+                    recorder.clone(),
+                ));
+            }
+            None
+        }
+    };
+    Some(match event {
+        E::Apply(object) => E::Apply(decode(object)?),
+        E::InitApply(object) => E::InitApply(decode(object)?),
+        E::Delete(object) => E::Delete(decode(object)?),
+        E::Init => E::Init,
+        E::InitDone => E::InitDone,
+    })
+}
+
+async fn report_undecodable<K: PlaneResource>(
+    object: DynamicObject,
+    reason: String,
+    client: kube::Client,
+    recorder: Recorder,
+) {
+    let resource = crate::planes::kubernetes::plane_resource(K::KIND);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: Reason::SpecUndecodable.as_str().into(),
+        note: Some(reason.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder
+        .publish(&event, &object.object_ref(&resource))
+        .await
+    {
+        tracing::debug!("cannot record an Event: {e}");
+    }
+    let mut conditions = Vec::new();
+    crate::planes::conditions::set(
+        &mut conditions,
+        crate::planes::conditions::READY,
+        crate::planes::conditions::Truth::False,
+        Reason::SpecUndecodable,
+        &reason,
+        object.metadata.generation,
+        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    let api = crate::planes::kubernetes::plane_api(&client, K::KIND, object.namespace().as_deref());
+    let patch = serde_json::json!({"status": {"conditions": conditions}});
+    let params = kube::api::PatchParams::default();
+    if let Err(e) = api
+        .patch_status(
+            &object.name_any(),
+            &params,
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::debug!("cannot write the status of an undecodable plane: {e}");
+    }
+}
+
 /// Starts the controller of each plane kind.
 struct RunKind<'a> {
     ctx: &'a Arc<Context>,
@@ -296,8 +377,17 @@ async fn run_kind<K: PlaneResource>(
             readiness.listed();
         }
     });
-    let planes = watcher(api, watcher::Config::default())
+    // Watched untyped and decoded one by one: a CR that does not decode gets a Warning
+    // Event and a log line, and the other planes of its kind are reconciled.
+    let dynamic = crate::planes::kubernetes::plane_api(&ctx.client, K::KIND, namespace.as_deref());
+    let decoder = Arc::new(PlaneDecoder::default());
+    let (client, recorder) = (ctx.client.clone(), ctx.recorder.clone());
+    let planes = watcher(dynamic, watcher::Config::default())
         .default_backoff()
+        .try_filter_map(move |event| {
+            let typed = typed_event::<K>(event, &decoder, &client, &recorder);
+            async move { Ok(typed) }
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(relevant::<K>, Default::default());

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::planes::connection::ConnectionStatus as PlaneStatus;
 use crate::planes::crd::ConnectedAgent;
+use crate::planes::registry::{Claim, PlaneRef};
 use crate::planes::{Authorisation, CrRef, PlaneKey, Snapshot};
 use crate::tunnel::{Body, Hello};
 
@@ -34,6 +35,8 @@ pub struct AgentConn {
     certificate_not_after: Option<k8s_openapi::jiff::Timestamp>,
     certificate_not_before: Option<k8s_openapi::jiff::Timestamp>,
     granted: RwLock<Vec<CrRef>>,
+    /// The CRs the agent's plane lists (`--serve-planes`), if it lists any.
+    serves: Option<Vec<PlaneRef>>,
     sender: SendRequest<Body>,
     open_streams: AtomicUsize,
     /// Set once a newer tunnel of the same agent replaced this one: no new requests.
@@ -164,6 +167,7 @@ pub struct NewAgent {
     pub protocol: &'static str,
     pub chain: Vec<CertificateDer<'static>>,
     pub granted: Vec<CrRef>,
+    pub serves: Option<Vec<PlaneRef>>,
     /// Cancelled when the gateway shuts down: the tunnel says "going away" and ends.
     pub going_away: CancellationToken,
 }
@@ -224,6 +228,8 @@ pub struct Hub {
     changes: tokio::sync::broadcast::Sender<PlaneKey>,
     /// The newest CA rollover proposed for each plane CR by an agent authorised for it.
     proposals: Mutex<HashMap<(PlaneKey, CrRef), PendingProposal>>,
+    /// Which namespace holds each plane's agents.
+    holds: super::holds::Holds,
     /// Cancelled when the gateway shuts down; every tunnel's own token is a child, so a
     /// tunnel still in its handshake then is told "going away" as soon as it starts.
     going_away: CancellationToken,
@@ -240,6 +246,7 @@ impl Hub {
             changes: tokio::sync::broadcast::channel(256).0,
             going_away: CancellationToken::new(),
             proposals: Mutex::new(HashMap::new()),
+            holds: Default::default(),
         }
     }
 
@@ -355,6 +362,7 @@ impl Hub {
             certificate_not_after,
             certificate_not_before,
             granted: RwLock::new(new.granted),
+            serves: new.serves,
             sender,
             open_streams: AtomicUsize::new(0),
             replaced: std::sync::atomic::AtomicBool::new(false),
@@ -551,17 +559,32 @@ impl Hub {
         result
     }
 
-    /// Verifies a certificate chain against the plane's CRs in `snapshot`: every
-    /// verification (on connect and on trust changes) passes here, and is counted.
+    /// Verifies a certificate chain against the plane's CRs in `snapshot`, for an agent
+    /// that lists the CRs it `serves` (or not): every verification (on connect and on
+    /// trust changes) passes here, is counted, and records the hold it establishes.
     pub fn verify(
         &self,
         snapshot: &Snapshot,
         key: &PlaneKey,
         chain: &[CertificateDer<'_>],
         at: SystemTime,
+        serves: Option<&[PlaneRef]>,
     ) -> Authorisation {
         self.metrics.certificate_verifications.inc();
-        snapshot.authorise(key, chain, at)
+        let holds = self.holds.of(snapshot, key);
+        let decision = snapshot.authorise(
+            key,
+            chain,
+            at,
+            Claim {
+                serves,
+                holds: &holds,
+            },
+        );
+        if let Some(hold) = &decision.hold {
+            self.holds.record(key, hold.clone());
+        }
+        decision
     }
 
     /// Re-verifies one agent (a newcomer: connecting costs one verification, not one per
@@ -580,7 +603,13 @@ impl Hub {
         if agent.close.is_cancelled() {
             return result;
         }
-        let decision = self.verify(snapshot, &agent.key, &agent.chain, now);
+        let decision = self.verify(
+            snapshot,
+            &agent.key,
+            &agent.chain,
+            now,
+            agent.serves.as_deref(),
+        );
         let mut granted = agent.granted.write().unwrap_or_else(|p| p.into_inner());
         let added = decision
             .granted
@@ -624,6 +653,7 @@ impl Hub {
     /// that planeIDs of departed agents do not accumulate.
     pub fn prune_last_seen(&self, snapshot: &Snapshot) {
         self.prune_proposals(snapshot);
+        self.holds.sweep(snapshot);
         // Agents just disconnected by the re-verification before this are still listed
         // until their tunnels wind down; they no longer keep their plane.
         let connected: std::collections::HashSet<PlaneKey> = self

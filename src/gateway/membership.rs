@@ -138,6 +138,19 @@ pub(crate) async fn run(core: Arc<Core>, internal_addr: SocketAddr) {
             _ = membership.leave.cancelled() => break,
             _ = renew.tick() => match lease.renew().await {
                 Ok(()) => renewed_once = true,
+                // OpenChoreo's chart grants the gateway no Leases: said once, and this
+                // replica serves alone rather than failing or logging every renewal.
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::warn!(%replica, %namespace,
+                        "the gateway may not write Leases here ({}), so replicas cannot find each other: \
+                         agents are told of this replica only; grant coordination.k8s.io leases \
+                         (packaging/kubernetes/control-plane) to run several, or set --replicas",
+                        crate::safe_text::escape(&e.message));
+                    membership.publish(vec![replica.clone()]);
+                    membership.leave.cancelled().await;
+                    membership.left.cancel();
+                    return;
+                }
                 Err(e) => tracing::warn!(%replica, "cannot renew the replica Lease {}: {e}", replicas::lease_name(&replica)),
             },
             // The watcher retries with backoff and does not end; were it to, the

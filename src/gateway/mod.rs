@@ -6,6 +6,7 @@ mod api;
 pub mod args;
 mod checks;
 pub mod config;
+mod holds;
 mod hub;
 mod internal;
 mod link;

@@ -353,7 +353,11 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body>
         }
     };
     // planelink's own tunnel headers (and any hop header) mean nothing to the agent.
-    let forwarded = crate::tunnel::headers::end_to_end_headers(&parts.headers);
+    let mut forwarded = crate::tunnel::headers::end_to_end_headers(&parts.headers);
+    // OpenChoreo's agent drops only `Authorization`, and only for `k8s`: the caller's
+    // credentials and impersonation stop here, as planelink's agent stops them there.
+    // Its one route acts as the agent's ServiceAccount, so nothing legitimate is lost.
+    crate::tunnel::headers::strip_caller_identity(&mut forwarded, true, false);
     let gateway_request_id = forwarded
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())

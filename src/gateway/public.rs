@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Core;
 use super::hub::NewAgent;
+use crate::planes::registry::PlaneRef;
 use crate::planes::{PlaneKey, PlaneType, Snapshot};
 use crate::server;
 use crate::trust::CertInfo;
@@ -211,6 +212,8 @@ fn parse_ws_request(
         ));
     };
     let plane_type: PlaneType = plane_type.parse().map_err(bad_request)?;
+    // A planeID no CR can have is refused before it reaches a key, a log line or a metric.
+    crate::planes::crd::check_plane_id(&plane_id).map_err(bad_request)?;
     let (switching, transport) = match h2_switching(req) {
         Some(switching) => (switching, Transport::H2),
         None => (
@@ -264,6 +267,7 @@ fn authorise(
     core: &Core,
     key: &PlaneKey,
     chain: &[CertificateDer<'static>],
+    serves: Option<&[PlaneRef]>,
 ) -> Result<(Vec<crate::planes::CrRef>, Arc<Snapshot>), Refused> {
     let Some(snapshot) = core.registry.current() else {
         let refusal = Refusal(
@@ -273,7 +277,9 @@ fn authorise(
         );
         return Err((refusal, None));
     };
-    let decision = core.hub.verify(&snapshot, key, chain, SystemTime::now());
+    let decision = core
+        .hub
+        .verify(&snapshot, key, chain, SystemTime::now(), serves);
     if !decision.granted.is_empty() {
         return Ok((decision.granted, snapshot));
     }
@@ -284,6 +290,16 @@ fn authorise(
     };
     let refusal = Refusal(StatusCode::UNAUTHORIZED, reason, UNVERIFIED_REFUSAL.into());
     Err((refusal, Some(decision.refusal_summary(key))))
+}
+
+/// The plane CRs an agent's hello lists (`--serve-planes`), each checked.
+fn served_planes(hello: &Hello) -> Result<Option<Vec<PlaneRef>>, Refusal> {
+    hello
+        .serves
+        .as_deref()
+        .map(crate::planes::registry::parse_plane_refs)
+        .transpose()
+        .map_err(|e| bad_request(format!("the agent's --serve-planes: {e}")))
 }
 
 /// A CA rollover the dialling agent proposes: recorded for the CRs its current
@@ -415,7 +431,8 @@ fn upgrade_request(
     let admitted = parse_ws_request(&req)
         .map_err(|refusal| (refusal, None))
         .and_then(|(key, hello, switching, transport)| {
-            let authorised = authorise(&core, &key, &chain);
+            let serves = served_planes(&hello).map_err(|refusal| (refusal, None))?;
+            let authorised = authorise(&core, &key, &chain, serves.as_deref());
             take_proposal(
                 &core,
                 &req,
@@ -426,11 +443,17 @@ fn upgrade_request(
             let (granted, verified_by) = authorised?;
             check_not_held(&core, &req).map_err(|refusal| (refusal, None))?;
             check_capacity(&core, &key).map_err(|refusal| (refusal, None))?;
-            Ok((key, hello, (switching, transport), granted, verified_by))
+            Ok((
+                key,
+                (hello, serves),
+                (switching, transport),
+                granted,
+                verified_by,
+            ))
         });
     let hello_sent = core.membership.hello();
     let our_hello = HeaderValue::from_str(&hello_sent.to_header()).ok();
-    let (key, hello, (mut response, transport), granted, verified_by) = match admitted {
+    let (key, (hello, serves), (mut response, transport), granted, verified_by) = match admitted {
         Ok(admitted) => admitted,
         Err((Refusal(StatusCode::CONFLICT, _, message), _)) => {
             // Not a refusal but the agent's search for its missing replicas: the answer
@@ -468,6 +491,7 @@ fn upgrade_request(
         protocol: transport.as_str(),
         chain: chain.as_ref().clone(),
         granted,
+        serves,
         going_away: core.hub.tunnel_going_away(),
     };
     tokio::spawn(run_agent(

@@ -20,6 +20,7 @@ use super::facts::{self, GATEWAY_CA, Mode, PlaneFacts};
 use super::{CheckArgs, CheckFormat, Style, default_remote_namespace};
 use crate::planes::crd::{DEFAULT_PUBLIC_HTTP_PORT, DEFAULT_PUBLIC_HTTPS_PORT};
 use crate::planes::{PlaneType, conditions, secret_data};
+use crate::safe_text::{printable, shell_word};
 use crate::trust::{self, CertInfo, ExpiryState, Severity, Usage, diagnose};
 
 const GATEWAY_DEPLOYMENT: &str = "cluster-gateway";
@@ -111,7 +112,7 @@ struct Context<'a> {
 }
 
 fn context_flag(context: Option<&str>) -> String {
-    context.map_or(String::new(), |c| format!("--context {c} "))
+    context.map_or(String::new(), |c| format!("--context {} ", shell_word(c)))
 }
 
 fn describe_kube_error(e: &kube::Error) -> String {
@@ -182,9 +183,10 @@ pub fn text(findings: &[Finding], style: Style) -> String {
             Verdict::Warn => style.warn("⚠"),
             Verdict::Fail => style.bad("✘"),
         };
-        out.push_str(&format!("  {mark} {}\n", finding.message));
+        // Findings quote CR fields, certificate subjects and remote-cluster data.
+        out.push_str(&format!("  {mark} {}\n", printable(&finding.message)));
         if let Some(fix) = &finding.fix {
-            out.push_str(&format!("      fix: {fix}\n"));
+            out.push_str(&format!("      fix: {}\n", printable(fix)));
         }
     }
     let count = |v: Verdict| findings.iter().filter(|f| f.verdict == v).count();
@@ -795,26 +797,28 @@ fn rollover_findings(findings: &mut Findings, plane: &PlaneFacts) {
 /// gateway CA to the remote plane, registers the agent's CA), ready to run.
 fn register_command(ctx: &Context<'_>, plane: &PlaneFacts, remote: &str) -> String {
     let kube = &ctx.args.kube;
-    let cp = kube
-        .context
-        .clone()
-        .unwrap_or_else(|| "\"$(kubectl config current-context)\"".into());
+    // Every value is one shell word: CR fields are a tenant's to write.
+    let cp = kube.context.as_deref().map_or_else(
+        || "\"$(kubectl config current-context)\"".to_string(),
+        shell_word,
+    );
     let mut command = format!(
-        "planelink register {} {} --control-plane-context {cp} --remote-context {remote} --namespace {}",
+        "planelink register {} {} --control-plane-context {cp} --remote-context {} --namespace {}",
         plane.plane.plane_type().as_str(),
-        plane.name,
-        plane.namespace
+        shell_word(&plane.name),
+        shell_word(remote),
+        shell_word(&plane.namespace)
     );
     if plane.plane_id != plane.name {
-        command += &format!(" --plane-id {}", plane.plane_id);
+        command += &format!(" --plane-id {}", shell_word(&plane.plane_id));
     }
     if let Some(ns) = &ctx.args.remote_namespace {
-        command += &format!(" --remote-namespace {ns}");
+        command += &format!(" --remote-namespace {}", shell_word(ns));
     }
     if kube.control_plane_namespace != "openchoreo-control-plane" {
         command += &format!(
             " --control-plane-namespace {}",
-            kube.control_plane_namespace
+            shell_word(&kube.control_plane_namespace)
         );
     }
     // Only the older shape has flags; register leaves a current-shape gateway as it is.
@@ -824,8 +828,11 @@ fn register_command(ctx: &Context<'_>, plane: &PlaneFacts, remote: &str) -> Stri
             &gateway.organization_virtual_host,
         )
     {
-        command +=
-            &format!(" --public-virtual-host {public} --organization-virtual-host {organization}");
+        command += &format!(
+            " --public-virtual-host {} --organization-virtual-host {}",
+            shell_word(public),
+            shell_word(organization)
+        );
         if gateway.http_port() != DEFAULT_PUBLIC_HTTP_PORT {
             command += &format!(" --public-http-port {}", gateway.http_port());
         }

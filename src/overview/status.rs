@@ -150,9 +150,11 @@ enum Tone {
     Bad,
 }
 
-fn cell(text: impl Into<String>, tone: Tone) -> Cell {
+/// Every cell is made printable: names, planeIDs and reasons come from CRs, which
+/// whoever may write them must not use to write to the operator's terminal.
+fn cell(text: impl AsRef<str>, tone: Tone) -> Cell {
     Cell {
-        text: text.into(),
+        text: crate::safe_text::printable(text.as_ref()),
         tone,
     }
 }
@@ -218,13 +220,7 @@ fn cells(row: &PlaneRow, now: SystemTime) -> Vec<Cell> {
         cell(row.plane_id.clone(), Tone::Plain),
         cell(row.mode, Tone::Plain),
         cell(row.ready.clone(), ready_tone),
-        cell(
-            // Whoever may write the CR's status must not write to the operator's terminal.
-            row.reason
-                .as_deref()
-                .map_or("-".to_string(), crate::safe_text::escape),
-            Tone::Plain,
-        ),
+        cell(row.reason.as_deref().unwrap_or("-"), Tone::Plain),
         agents,
         cell(
             if row.protocols.is_empty() {

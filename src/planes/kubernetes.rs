@@ -168,7 +168,8 @@ impl KubernetesSource {
     /// gateway that never becomes ready. Objects are watched untyped and decoded one by
     /// one, so that a CR this gateway cannot read is left out (and logged once per
     /// version) while every other plane is served.
-    fn follow(&self, kind: PlaneKind) -> (PlanesOfKind, BoxStream<'static, bool>) {
+    fn follow<K: PlaneResource>(&self) -> (PlanesOfKind, BoxStream<'static, bool>) {
+        let kind = K::KIND;
         if kind.cluster_scoped() && self.namespace.is_some() {
             // Watching one namespace: cluster-scoped planes are not in it.
             return (
@@ -178,47 +179,66 @@ impl KubernetesSource {
         }
         let api = plane_api(&self.client, kind, self.namespace.as_deref());
         let (store, stream) = reflect(api, kind, watcher::Config::default());
-        let unreadable = std::sync::Mutex::new(HashSet::new());
+        let decoder = PlaneDecoder::default();
         let planes = move || {
             store
                 .state()
                 .into_iter()
-                .filter_map(|object| decode(kind, &object, &unreadable))
+                .filter_map(|object| match decoder.decode::<K>(&object) {
+                    Ok(plane) => Some(plane.into_any()),
+                    Err(reason) => {
+                        if let Some(reason) = reason {
+                            tracing::warn!("{reason}: it is not served; the other planes are");
+                        }
+                        None
+                    }
+                })
                 .collect()
         };
         (Box::new(planes), stream)
     }
 }
 
-/// One watched object as its plane kind; `None` (logged once per resourceVersion in
-/// `unreadable`) for an object that does not decode.
-fn decode(
-    kind: PlaneKind,
-    object: &DynamicObject,
-    unreadable: &std::sync::Mutex<HashSet<(String, String)>>,
-) -> Option<AnyPlane> {
-    let value = serde_json::to_value(object).ok()?;
-    match AnyPlane::from_value(kind, value) {
-        Ok(plane) => Some(plane),
-        Err(e) => {
-            let name = match &object.metadata.namespace {
-                Some(ns) => format!("{ns}/{}", object.name_any()),
-                None => object.name_any(),
-            };
-            let version = object.metadata.resource_version.clone().unwrap_or_default();
-            let first = unreadable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((name.clone(), version));
-            if first {
-                tracing::warn!(
-                    "{kind} {} is not served: {}; its other planes are",
-                    escape(&name),
-                    escape(&redact_values(&e.to_string()))
-                );
-            }
-            None
-        }
+/// Decodes watched plane objects one by one, so that a CR that does not decode is left
+/// out on its own; each generation of such a CR is reported once.
+#[derive(Default)]
+pub struct PlaneDecoder {
+    reported: std::sync::Mutex<HashSet<(String, String)>>,
+}
+
+impl PlaneDecoder {
+    /// `object` as `K`; `None` for an object that does not decode, and the first time a
+    /// version of it fails, the reason (naming the field path, no values) for the caller
+    /// to report.
+    pub fn decode<K: PlaneResource>(&self, object: &DynamicObject) -> Result<K, Option<String>> {
+        let value = serde_json::to_value(object).map_err(|_| None)?;
+        let e = match serde_path_to_error::deserialize::<_, K>(value) {
+            Ok(plane) => return Ok(plane),
+            Err(e) => e,
+        };
+        let name = match &object.metadata.namespace {
+            Some(ns) => format!("{ns}/{}", object.name_any()),
+            None => object.name_any(),
+        };
+        // By generation, which only a spec change moves: reporting writes the status,
+        // which moves the resourceVersion, and must not report again.
+        let version = match object.metadata.generation {
+            Some(generation) => generation.to_string(),
+            None => object.metadata.resource_version.clone().unwrap_or_default(),
+        };
+        let first = self
+            .reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((name.clone(), version));
+        Err(first.then(|| {
+            format!(
+                "{} {} does not decode: {}",
+                K::KIND,
+                escape(&name),
+                escape(&redact_values(&e.to_string()))
+            )
+        }))
     }
 }
 
@@ -228,7 +248,7 @@ struct Follow<'a>(&'a KubernetesSource);
 impl ForEachKind for Follow<'_> {
     type Output = (PlanesOfKind, BoxStream<'static, bool>);
     fn kind<K: PlaneResource>(&mut self) -> Self::Output {
-        self.0.follow(K::KIND)
+        self.0.follow::<K>()
     }
 }
 
@@ -490,7 +510,7 @@ impl PlaneSource for KubernetesSource {
 }
 
 /// The API resource of a plane kind.
-fn plane_resource(kind: super::PlaneKind) -> kube::discovery::ApiResource {
+pub fn plane_resource(kind: super::PlaneKind) -> kube::discovery::ApiResource {
     let gvk =
         kube::core::GroupVersionKind::gvk(super::manifest::API_GROUP, "v1alpha1", kind.as_str());
     kube::discovery::ApiResource::from_gvk(&gvk)

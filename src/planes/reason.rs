@@ -7,12 +7,15 @@
 #[non_exhaustive]
 pub enum Reason {
     Ready,
+    SpecUndecodable,
     ClientCAMissing,
     ClientCAUnparseable,
     ClientCAIsLeaf,
     ClientCAExpired,
     ClientCAIsGatewayCA,
     SecretNotFound,
+    SecretOutsideNamespace,
+    PlaneClaimedElsewhere,
     SecretKeyNotFound,
     SecretNotReadable,
     KubernetesClusterInvalid,
@@ -50,14 +53,17 @@ pub const GATEWAY_CERT_RENEWAL: &str = "the gateway's serving certificate expire
      certs gateway`); the gateway serves the renewed files without a restart";
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 32] = [
         Reason::Ready,
         Reason::ClientCAMissing,
         Reason::ClientCAUnparseable,
         Reason::ClientCAIsLeaf,
         Reason::ClientCAExpired,
         Reason::ClientCAIsGatewayCA,
+        Reason::SpecUndecodable,
         Reason::SecretNotFound,
+        Reason::SecretOutsideNamespace,
+        Reason::PlaneClaimedElsewhere,
         Reason::SecretKeyNotFound,
         Reason::SecretNotReadable,
         Reason::KubernetesClusterInvalid,
@@ -85,12 +91,15 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Ready => "Ready",
+            Reason::SpecUndecodable => "SpecUndecodable",
             Reason::ClientCAMissing => "ClientCAMissing",
             Reason::ClientCAUnparseable => "ClientCAUnparseable",
             Reason::ClientCAIsLeaf => "ClientCAIsLeaf",
             Reason::ClientCAExpired => "ClientCAExpired",
             Reason::ClientCAIsGatewayCA => "ClientCAIsGatewayCA",
             Reason::SecretNotFound => "SecretNotFound",
+            Reason::SecretOutsideNamespace => "SecretOutsideNamespace",
+            Reason::PlaneClaimedElsewhere => "PlaneClaimedElsewhere",
             Reason::SecretKeyNotFound => "SecretKeyNotFound",
             Reason::SecretNotReadable => "SecretNotReadable",
             Reason::KubernetesClusterInvalid => "KubernetesClusterInvalid",
@@ -159,6 +168,15 @@ impl Reason {
                 "`clientCA` is the gateway's own server CA: register the agent's CA from the remote plane"
             }
             Reason::SecretNotFound => "a referenced Secret does not exist: create it",
+            Reason::SecretOutsideNamespace => {
+                "a namespaced plane names a Secret of another namespace, which planelink never reads: \
+                 put the Secret in the plane's namespace"
+            }
+            Reason::PlaneClaimedElsewhere => {
+                "another namespace's CR holds this planeID's agent (or the agent's --serve-planes \
+                 leaves this CR out): the agent is not given it; list the CR in the agent's \
+                 --serve-planes, or use a cluster-scoped plane"
+            }
             Reason::SecretKeyNotFound => {
                 "a referenced Secret lacks the key: fix the reference's `key`"
             }
@@ -178,7 +196,10 @@ impl Reason {
                 "Environments still reference this DataPlane: delete them or move them to another"
             }
             Reason::GatewaySpecInvalid => {
-                "`spec.gateway` has an invalid host or the same HTTP and HTTPS port"
+                "`spec.gateway` has an invalid host or Gateway name, or the same HTTP and HTTPS port"
+            }
+            Reason::SpecUndecodable => {
+                "planelink cannot read the CR (the Event names the field): fix that field; the other planes are served"
             }
             Reason::AgentConnected => "at least one trusted agent is connected",
             Reason::AgentNotConnected => {

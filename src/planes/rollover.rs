@@ -68,9 +68,12 @@ pub enum Step {
 
 /// The command an operator runs to roll a CR's client CA over.
 pub fn rotate_command(plane_type: PlaneType, namespace: &str, name: &str) -> String {
+    // The name and namespace are a tenant's to write: each one shell word.
     format!(
-        "planelink register rotate {} {name} --namespace {namespace}",
-        plane_type.as_str()
+        "planelink register rotate {} {} --namespace {}",
+        plane_type.as_str(),
+        crate::safe_text::shell_word(name),
+        crate::safe_text::shell_word(namespace)
     )
 }
 

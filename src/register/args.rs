@@ -10,6 +10,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::config::duration;
 use crate::planes::PlaneType;
 
+/// A `--plane-id` value: what a plane CR's planeID (or name) can be.
+fn plane_id(value: &str) -> Result<String, String> {
+    crate::planes::crd::check_plane_id(value).map(|()| value.to_string())
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RegisterArgs {
     #[command(subcommand)]
@@ -124,7 +129,7 @@ pub struct ExchangeArgs {
     pub namespace: String,
 
     /// The plane ID the agent sends; the name when unset.
-    #[arg(long)]
+    #[arg(long, value_parser = plane_id)]
     pub plane_id: Option<String>,
 
     /// The gateway URL agents dial (wss://HOST/ws); checked against the gateway certificate.
@@ -321,7 +326,7 @@ pub struct AgentCertsArgs {
     pub destination: CertsDestination,
 
     /// The plane ID this agent serves; it names the certificates.
-    #[arg(long, env = "PLANE_ID")]
+    #[arg(long, value_parser = plane_id, env = "PLANE_ID")]
     pub plane_id: String,
 
     /// Lifetime of the client certificate, in days.
@@ -401,7 +406,7 @@ pub struct CheckArgs {
     pub plane_type: PlaneType,
 
     /// With a client certificate: the plane ID to ask the gateway to authorise.
-    #[arg(long, env = "PLANE_ID")]
+    #[arg(long, value_parser = plane_id, env = "PLANE_ID")]
     pub plane_id: Option<String>,
 
     /// Give up on connecting after this long.

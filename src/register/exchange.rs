@@ -55,7 +55,11 @@ pub fn run(kind: PlaneKind, args: &ExchangeArgs) -> Outcome {
         match exchange(kind, args).await {
             Ok(outcome) => outcome,
             Err(failure) => {
-                eprintln!("error: {}: {}", failure.step, failure.message);
+                eprintln!(
+                    "error: {}: {}",
+                    failure.step,
+                    crate::safe_text::printable(&failure.message)
+                );
                 Outcome::Failed
             }
         }
@@ -195,7 +199,10 @@ fn published_copy(ns: &str, map: &ConfigMap, secret_ca: &[u8]) {
         &secret_ca,
     );
     if finding.is_error() {
-        eprintln!("warning: {}; planelink uses the Secret", finding.message);
+        eprintln!(
+            "warning: {}; planelink uses the Secret",
+            crate::safe_text::printable(&finding.message)
+        );
     }
 }
 
@@ -346,7 +353,7 @@ async fn wait_for_secret(
                          certificate -n {namespace}` and the cert-manager logs (Troubleshooting: \
                          Certificate Not Ready)",
                         wait.as_secs(),
-                        ctx = args.remote_context
+                        ctx = crate::safe_text::shell_word(&args.remote_context)
                     ),
                 );
             }
@@ -397,7 +404,10 @@ async fn agent_ca(
         SystemTime::now(),
     );
     for warning in verdicts.iter().filter(|v| v.severity == Severity::Warning) {
-        eprintln!("warning: {}", warning.sentence());
+        eprintln!(
+            "warning: {}",
+            crate::safe_text::printable(&warning.sentence())
+        );
     }
     if let Some(mistake) = diagnose::first_error(verdicts) {
         return fail(STEP, mistake.sentence());
@@ -651,9 +661,11 @@ async fn wait_connected(
                 println!(
                     "connected to the remote API server: {}: {}",
                     args.name,
-                    connected
-                        .and_then(|c| c["message"].as_str())
-                        .unwrap_or_default()
+                    crate::safe_text::printable(
+                        connected
+                            .and_then(|c| c["message"].as_str())
+                            .unwrap_or_default()
+                    )
                 );
                 return Ok(Outcome::Ok);
             }

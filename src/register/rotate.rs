@@ -31,7 +31,10 @@ pub fn run(args: &RotateArgs) -> Outcome {
         match rotate(args).await {
             Ok(()) => Outcome::Ok,
             Err(message) => {
-                eprintln!("planelink register rotate: {message}");
+                eprintln!(
+                    "planelink register rotate: {}",
+                    crate::safe_text::printable(&message)
+                );
                 Outcome::Failed
             }
         }

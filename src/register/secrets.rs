@@ -264,7 +264,8 @@ fn refuse_foreign(existing: &Secret, at: &ObjectRef) -> Result<(), Failure> {
         "Secret {at} exists and planelink did not write it{owner}; planelink never overwrites \
          another tool's Secret. Keep that tool (the cert-manager overlay), or delete the Secret \
          (kubectl delete secret -n {} {}) and run this again",
-        at.namespace, at.name
+        crate::safe_text::shell_word(&at.namespace),
+        crate::safe_text::shell_word(&at.name)
     )))
 }
 

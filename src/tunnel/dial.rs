@@ -117,6 +117,8 @@ pub struct Introduction {
     pub proposal: Option<crate::trust::rollover::Proposal>,
     /// Offer the h2 transport first (off once the gateway refused it).
     pub offer_h2: bool,
+    /// The plane CRs the agent serves (`--serve-planes`), comma-separated.
+    pub serves: Option<String>,
 }
 
 /// A connected tunnel's byte stream and what the gateway said about itself.
@@ -350,6 +352,7 @@ pub async fn ws_handshake<S: Stream>(
 fn introduce(headers: &mut http::HeaderMap, introduction: &Introduction) {
     let mut hello = Hello::ours("agent");
     hello.instance = introduction.instance.clone();
+    hello.serves = introduction.serves.clone();
     if let Ok(hello) = HeaderValue::from_str(&hello.to_header()) {
         headers.insert(HELLO_HEADER, hello);
     }

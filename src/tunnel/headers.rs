@@ -39,6 +39,35 @@ pub fn end_to_end_headers(from: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Identity is the agent's: a caller's `Authorization` never reaches an upstream that
+/// authenticates the agent (`drop_authorization`: Kubernetes always), and `Impersonate-*`,
+/// `X-Remote-*` (front-proxy identity) and `X-Forwarded-*` never reach any upstream unless
+/// a route opts in to impersonation. Otherwise any caller could act as whoever the agent
+/// may impersonate.
+pub fn strip_caller_identity(
+    headers: &mut HeaderMap,
+    drop_authorization: bool,
+    pass_impersonation: bool,
+) {
+    if drop_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let banned: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            (name.starts_with("impersonate-") && !pass_impersonation)
+                || name.starts_with("x-remote-")
+                || name.starts_with("x-forwarded-")
+                || name == "forwarded"
+        })
+        .cloned()
+        .collect();
+    for name in banned {
+        headers.remove(name);
+    }
+}
+
 /// The protocol an HTTP/1.1 request asks to upgrade to, if any.
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_upgrade = headers

@@ -71,6 +71,9 @@ pub struct Hello {
     /// A gateway's replica and the replicas it knows to be live; `None` from a gateway
     /// that predates replicas (it is the only one).
     pub membership: Option<Membership>,
+    /// The plane CRs an agent serves, as its remote plane lists them (`--serve-planes`):
+    /// comma-separated, in the format the gateway parses; `None`: the agent lists none.
+    pub serves: Option<String>,
 }
 
 /// Which gateway replica is speaking, and how many there are.
@@ -130,6 +133,7 @@ impl Hello {
             capabilities: Vec::new(),
             instance: None,
             membership: None,
+            serves: None,
         }
     }
 
@@ -150,6 +154,7 @@ impl Hello {
             .to_vec(),
             instance: None,
             membership: None,
+            serves: None,
         }
     }
 
@@ -163,6 +168,9 @@ impl Hello {
         );
         if let Some(instance) = &self.instance {
             header.push_str(&format!("; instance={instance}"));
+        }
+        if let Some(serves) = &self.serves {
+            header.push_str(&format!("; serves={serves}"));
         }
         if let Some(m) = &self.membership {
             header.push_str(&format!("; replica={}; replicas={}", m.replica, m.count));
@@ -181,6 +189,7 @@ impl Hello {
             capabilities: Vec::new(),
             instance: None,
             membership: None,
+            serves: None,
         };
         let (mut replica, mut count, mut members) = (None, None, Vec::new());
         for part in header.split(';') {
@@ -223,6 +232,7 @@ impl Hello {
                     count = Some(n);
                 }
                 "members" => members = parse_ids(value)?,
+                "serves" => hello.serves = Some(value.trim().to_string()),
                 _ => {}
             }
         }

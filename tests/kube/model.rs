@@ -201,12 +201,14 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
                 planelink::trust::load_certificates(&pki.dir.join(agent).join("tls.crt")).unwrap();
             for key in &keys {
                 let (d, k) = (
-                    directory.authorise(key, &chain, now),
-                    kubernetes.authorise(key, &chain, now),
+                    directory.authorise(key, &chain, now, Default::default()),
+                    kubernetes.authorise(key, &chain, now, Default::default()),
                 );
                 assert_eq!(d, k, "agent {agent} for {key}");
             }
-            let granted = directory.authorise(&keys[0], &chain, now).granted;
+            let granted = directory
+                .authorise(&keys[0], &chain, now, Default::default())
+                .granted;
             assert_eq!(
                 granted.len(),
                 1,
@@ -218,7 +220,7 @@ fn both_sources_give_the_same_snapshot_and_decisions() {
         };
         let granted = |key: &PlaneKey, agent: &str| -> Vec<String> {
             kubernetes
-                .authorise(key, &chain_of(agent), now)
+                .authorise(key, &chain_of(agent), now, Default::default())
                 .granted
                 .iter()
                 .map(ToString::to_string)

@@ -753,3 +753,187 @@ async fn verifications(topo: &Topology) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// What the internal listener answers for a plane CR of plane p1: the status, and the
+/// message of a refusal (a Kubernetes Status) or the body.
+async fn answer_for(topo: &Topology, namespace: &str, name: &str) -> (u16, String) {
+    let mut cmd = topo.curl();
+    cmd.args(["-o", "/dev/stdout", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "https://127.0.0.1:{}/api/proxy/dataplane/p1/{namespace}/{name}/k8s/bytes/4",
+            topo.gateway.internal_addr.port()
+        ));
+    let out = body(&curl(cmd).await);
+    let (text, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    let message = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|status| status["message"].as_str().map(String::from))
+        .unwrap_or_else(|| text.to_string());
+    (code.trim().parse().unwrap_or(0), message)
+}
+
+/// Polls (10 s at most) until `answer_for` is `wanted`; returns the last answer.
+async fn answer_becomes(
+    topo: &Topology,
+    (namespace, name): (&str, &str),
+    wanted: (u16, &str),
+) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = answer_for(topo, namespace, name).await;
+        if (answer.0, answer.1.as_str()) == wanted || tokio::time::Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn no_agent_for(cr: &str) -> String {
+    format!("no connected agent of plane dataplane/p1 is authorised for the plane CR {cr}")
+}
+
+fn owned((code, text): (u16, &str)) -> (u16, String) {
+    (code, text.to_string())
+}
+
+/// The upstream's answer to `/bytes/4`.
+const FOUR_BYTES: (u16, &str) = (200, "\0\u{1}\u{2}\u{3}");
+
+/// A tenant who copies a plane's planeID and its (public) CA into a CR of their own
+/// namespace never gets that plane's agent: not while the owner's CR is there, not while
+/// it is deleted (the agent, left with nothing it may serve, is refused), and not after
+/// it is recreated. The agent is the owner's again once its CR is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_take_over_another_namespaces_agent() {
+    let topo = Topology::start(false).await;
+    let _victim = topo.agent("a1", "p1").await;
+    let victim_ca = std::fs::read_to_string(topo.pki.dir.join("a1/ca.crt")).unwrap();
+    let steal =
+        dataplane("steal", "p1", &victim_ca).replace("namespace: org", "namespace: evil-tenant");
+    assert!(steal.contains("namespace: evil-tenant"), "{steal}");
+    write(&topo.planes.join("steal.yaml"), &steal);
+    let refused = (503, no_agent_for("evil-tenant/steal"));
+    let answer = answer_becomes(&topo, ("evil-tenant", "steal"), (503, &refused.1)).await;
+    assert_eq!(answer, refused);
+    assert_eq!(answer_for(&topo, "org", "dp1").await, owned(FOUR_BYTES));
+
+    // The owner deletes its CR: the agent may serve nothing and is let go; its redials
+    // are refused (the evil CR trusts it, but org holds its agents).
+    let dp1 = std::fs::read_to_string(topo.planes.join("dp1.yaml")).unwrap();
+    std::fs::remove_file(topo.planes.join("dp1.yaml")).unwrap();
+    topo.wait_for_agents_exactly("p1", 0).await;
+    let rejections = || async {
+        topo.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("planelink_gateway_handshake_rejections_total{reason=\"untrusted_certificate\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rejections().await < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        rejections().await >= 3,
+        "the agent's redials were not refused"
+    );
+    let p1 = planelink::planes::PlaneKey {
+        plane_type: planelink::planes::PlaneType::DataPlane,
+        plane_id: "p1".into(),
+    };
+    assert_eq!(topo.gateway.status(&p1, None).connected_agents, 0);
+    assert_eq!(
+        answer_for(&topo, "evil-tenant", "steal").await,
+        (503, "no agent connected for plane dataplane/p1".to_string())
+    );
+
+    // Recreated, the owner's CR gets its agent back; the tenant's still does not.
+    write(&topo.planes.join("dp1.yaml"), &dp1);
+    topo.wait_for_agents("p1", 1).await;
+    let answer = answer_becomes(&topo, ("org", "dp1"), FOUR_BYTES).await;
+    assert_eq!(answer, owned(FOUR_BYTES));
+    assert_eq!(answer_for(&topo, "evil-tenant", "steal").await, refused);
+}
+
+/// The remote plane decides: an agent that lists its CRs (`--serve-planes`) serves those
+/// in any namespace, and no other CR that names its planeID and CA; a list naming a kind
+/// that does not exist is refused before the agent dials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_serves_the_crs_its_plane_lists() {
+    let topo = Topology::start(false).await;
+    let ca = std::fs::read_to_string(topo.pki.dir.join("a1/ca.crt")).unwrap();
+    // One file, so that the probe plane's arrival means every CR of it is loaded.
+    let plane = |namespace: &str, name: &str, plane_id: &str| {
+        planelink::planes::crd::PlaneBuilder::new(
+            planelink::planes::PlaneType::DataPlane,
+            namespace,
+            name,
+        )
+        .plane_id(plane_id)
+        .client_ca(planelink::planes::crd::ValueFrom::inline(&ca))
+        .build()
+    };
+    write(
+        &topo.planes.join("others.yaml"),
+        &planelink::planes::manifest::to_yaml(&[
+            plane("tenant-b", "shared", "p1"),
+            plane("evil-tenant", "steal", "p1"),
+            plane("org", "probe", "probe"),
+        ]),
+    );
+    planes_become(&topo, &["p1", "probe"]).await;
+    let refused = (503, no_agent_for("evil-tenant/steal"));
+    // Without a list, three namespaces claim the agent and none is given it.
+    let mut argv = topo.agent_argv("a1", "p1");
+    let config = |argv: &[String]| {
+        let args: planelink::agent::AgentArgs = planelink::cli::args_from(argv.to_vec()).unwrap();
+        planelink::agent::Config::try_from(args)
+    };
+    let unlisted = planelink::tunnel::dial::TlsIdentity {
+        server_ca: planelink::trust::load_certificates(&topo.pki.dir.join("gateway/ca.crt"))
+            .unwrap(),
+        client: Some((
+            planelink::trust::load_certificates(&topo.pki.dir.join("a1/tls.crt")).unwrap(),
+            planelink::trust::load_private_key(&topo.pki.dir.join("a1/tls.key")).unwrap(),
+        )),
+    };
+    let url = config(&argv).unwrap().dial_url;
+    assert_eq!(
+        dial(&url, &unlisted).await.err().map(|e| e.to_string()),
+        Some(format!(
+            "the gateway refused the agent (401): {}",
+            planelink::gateway::UNVERIFIED_REFUSAL
+        ))
+    );
+
+    argv.push("--serve-planes=DataPlane/org/dp1, DataPlane/tenant-b/shared".into());
+    let agent = planelink::agent::start(config(&argv).unwrap(), None, topo.shutdown.child_token())
+        .await
+        .unwrap();
+    assert!(
+        agent
+            .wait_connected(std::time::Duration::from_secs(5))
+            .await
+    );
+    topo.wait_for_agents("p1", 1).await;
+    for (namespace, name) in [("org", "dp1"), ("tenant-b", "shared")] {
+        let answer = answer_becomes(&topo, (namespace, name), FOUR_BYTES).await;
+        assert_eq!(answer, owned(FOUR_BYTES), "{namespace}/{name}");
+    }
+    assert_eq!(answer_for(&topo, "evil-tenant", "steal").await, refused);
+
+    let mut bad = topo.agent_argv("a1", "p1");
+    bad.push("--serve-planes=Dataplane/org/dp1".into());
+    let err = planelink::cli::args_from::<planelink::agent::AgentArgs>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "invalid value 'Dataplane/org/dp1' for '--serve-planes <SERVE_PLANES>': \"Dataplane/org/dp1\": \
+             the kind must be one of DataPlane, ClusterDataPlane, BuildPlane, WorkflowPlane, \
+             ClusterWorkflowPlane, ObservabilityPlane, ClusterObservabilityPlane\n"
+        ),
+        "{err}"
+    );
+}

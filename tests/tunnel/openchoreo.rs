@@ -87,6 +87,12 @@ fn answer(request: openchoreo::TunnelRequest) -> TunnelResponse {
                 "gatewayRequestID": request.gateway_request_id,
                 "contentType": request.headers.get("Content-Type"),
                 "tunnelHeaders": request.headers.keys().filter(|k| k.starts_with("Planelink-")).collect::<Vec<_>>(),
+                "callerIdentityHeaders": request.headers.keys().filter(|k| {
+                    let k = k.to_ascii_lowercase();
+                    k == "authorization" || k == "forwarded" || k.starts_with("impersonate-")
+                        || k.starts_with("x-remote-") || k.starts_with("x-forwarded-")
+                }).collect::<Vec<_>>(),
+                "otherHeaders": request.headers.get("X-Kept").cloned().unwrap_or_default(),
                 "bodyLength": body.len(),
                 "bodySha256": sha256_hex(&body),
             });
@@ -311,8 +317,33 @@ async fn openchoreo_agents_serve_next_to_planelink_agents() {
     assert_eq!(status.agents.len(), 1);
     assert_eq!(status.agents[0].protocol, "openchoreo");
 
-    let (code, body) = call(&topo, &[], &topo.proxy_url("k8s", "/echo?x=1&y=%2F")).await;
+    // A caller's credentials and impersonation never reach an OpenChoreo agent (whose
+    // one route acts as its ServiceAccount); other headers do.
+    let (code, body) = call(
+        &topo,
+        &[
+            "-H",
+            "Authorization: Bearer the-callers-token",
+            "-H",
+            "Impersonate-User: system:admin",
+            "-H",
+            "Impersonate-Group: system:masters",
+            "-H",
+            "X-Remote-User: admin",
+            "-H",
+            "X-Forwarded-For: 192.0.2.1",
+            "-H",
+            "Forwarded: for=192.0.2.1",
+            "-H",
+            "X-Kept: yes",
+        ],
+        &topo.proxy_url("k8s", "/echo?x=1&y=%2F"),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["callerIdentityHeaders"], serde_json::json!([]));
+    assert_eq!(echo["otherHeaders"], serde_json::json!(["yes"]));
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["method"], "GET");
     assert_eq!(echo["path"], "/echo");
@@ -454,6 +485,31 @@ async fn openchoreo_agents_get_the_same_refusals_and_liveness() {
             "the /ws request must name planeType and planeID as query parameters\n"
         )
     );
+    // A planeID no CR can have (here a terminal escape and a shell command) is refused
+    // by the gateway before it is looked up, logged or counted.
+    for plane_id in [
+        "p1%1B%5D0%3Bowned%07",
+        "p1%3B%20curl%20x%7Csh%20%23",
+        "P1",
+        "-p1",
+    ] {
+        let (code, body) = refused_upgrade(
+            &topo,
+            &url(&format!("planeID={plane_id}&planeType=dataplane")),
+            Some("a1"),
+        )
+        .await;
+        assert_eq!(
+            (code, body.as_str()),
+            (
+                400,
+                "a planeID is lowercase letters, digits and '-' (dots between labels too, as a \
+                 CR name has), starts and ends with a letter or digit, and is at most 253 \
+                 characters: give the plane CR's spec.planeID (or its name)\n"
+            ),
+            "{plane_id}"
+        );
+    }
 
     let _silent = oc_agent(&topo, "a1", "p1", false).await;
     topo.wait_for_agents("p1", 1).await;

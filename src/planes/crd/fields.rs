@@ -9,6 +9,39 @@ use super::values::{
     RegistrySpec, SecretStoreRef,
 };
 
+/// OpenChoreo's pattern for `spec.planeID`, a DNS label (the CRD's `pattern`).
+const PLANE_ID_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Whether `name` is what Kubernetes takes as an object's name: a DNS subdomain (labels
+/// of lowercase letters, digits and '-' joined by dots, at most 253 characters).
+pub fn is_dns_subdomain(name: &str) -> bool {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+}
+
+/// Whether an agent's planeID can name a plane: a CR's `spec.planeID` (a DNS label, at
+/// most 63) or, where that is unset, the CR's name (a DNS subdomain: dots too, at most
+/// 253). Nothing else reaches a registry key, a log line or a printed command.
+pub fn check_plane_id(id: &str) -> Result<(), String> {
+    if !is_dns_subdomain(id) {
+        return Err(
+            "a planeID is lowercase letters, digits and '-' (dots between labels too, as a CR \
+             name has), starts and ends with a letter or digit, and is at most 253 characters: \
+             give the plane CR's spec.planeID (or its name)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// What a DataPlane or ClusterDataPlane says: a Kubernetes cluster where application
 /// workloads run, reached through its agent or directly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -17,6 +50,7 @@ pub struct DataPlaneFields {
     /// The ID agents send as planeID; the resource's name when unset (required on the
     /// cluster-scoped kind).
     #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PLANE_ID_PATTERN, "maxLength" = 63))]
     pub plane_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_agent: Option<AgentConfig>,
@@ -45,6 +79,7 @@ pub struct DataPlaneFields {
 #[serde(rename_all = "camelCase")]
 pub struct BuildPlaneFields {
     #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PLANE_ID_PATTERN, "maxLength" = 63))]
     pub plane_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_agent: Option<AgentConfig>,
@@ -67,6 +102,7 @@ pub struct BuildPlaneFields {
 #[serde(rename_all = "camelCase")]
 pub struct ObservabilityPlaneFields {
     #[serde(default, rename = "planeID", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PLANE_ID_PATTERN, "maxLength" = 63))]
     pub plane_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_agent: Option<AgentConfig>,
@@ -205,6 +241,27 @@ impl PlaneFields for ObservabilityPlaneFields {
 #[cfg(test)]
 mod tests {
     use crate::planes::crd::{BuildPlane, DataPlane, PlaneResource};
+
+    #[test]
+    fn plane_ids_are_what_a_cr_can_hold() {
+        for good in ["default", "p1", "dp-prod-eu", "prod.eu-1", &"a".repeat(63)] {
+            assert_eq!(super::check_plane_id(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "P1",
+            "p_1",
+            "-p1",
+            "p1-",
+            "p1..eu",
+            "p1; curl x|sh #",
+            "p1\u{1b}]0;owned\u{7}",
+            &"a".repeat(64),
+            &format!("{}.b", "a.".repeat(126)),
+        ] {
+            assert!(super::check_plane_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn both_spellings_and_plane_id_default() {

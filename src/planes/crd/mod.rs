@@ -13,7 +13,10 @@ mod values;
 
 pub use builder::PlaneBuilder;
 pub use environment::{DataPlaneRef, Environment, EnvironmentGateway, EnvironmentSpec};
-pub use fields::{BuildPlaneFields, CommonSpec, DataPlaneFields, ObservabilityPlaneFields};
+pub use fields::{
+    BuildPlaneFields, CommonSpec, DataPlaneFields, ObservabilityPlaneFields, check_plane_id,
+    is_dns_subdomain,
+};
 pub use kinds::{
     AnyPlane, BuildPlane, BuildPlaneSpec, ClusterDataPlane, ClusterDataPlaneSpec,
     ClusterObservabilityPlane, ClusterObservabilityPlaneSpec, ClusterWorkflowPlane,
