@@ -113,6 +113,25 @@ pub enum Command {
 
 /// Parses one role's flags from `argv` (argv[0] first) with the role's own defaults,
 /// env vars and checks: how `up` and tests configure roles they run in-process.
+/// The exit status of a command whose reader went away (`| head`): what a shell reports
+/// for a tool that SIGPIPE ended, so pipelines behave as they do with coreutils.
+pub const EXIT_CLOSED_PIPE: u8 = 141;
+
+/// Ends the process quietly with [`EXIT_CLOSED_PIPE`] when printing to standard output
+/// fails because its reader has gone (`planelink controller crds | head -1`): Rust's print
+/// macros panic there, and a pipe closed early is no bug. Every other panic is reported
+/// as before.
+pub fn quiet_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_CLOSED_PIPE.into());
+        }
+        report(info);
+    }));
+}
+
 pub fn args_from<T: Args + FromArgMatches>(argv: Vec<String>) -> Result<T, clap::Error> {
     let command = go_style(T::augment_args(clap::Command::new("planelink")));
     let matches = command.try_get_matches_from(argv)?;

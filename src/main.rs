@@ -9,6 +9,7 @@ use planelink::config::ConfigError;
 use planelink::config::EXIT_USAGE;
 
 fn main() -> ExitCode {
+    cli::quiet_when_stdout_closes();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
     if let Err(name) = cli::role_for_program(std::path::Path::new(&argv0)) {
@@ -79,7 +80,10 @@ fn run(command: Command) -> ExitCode {
         }
         Command::Completions { shell } => {
             let mut cmd = cli::command();
-            clap_complete::generate(shell, &mut cmd, "planelink", &mut std::io::stdout());
+            // Rendered first, so that a closed pipe meets print! (see quiet_when_stdout_closes).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "planelink", &mut script);
+            print!("{}", String::from_utf8_lossy(&script));
             ExitCode::SUCCESS
         }
     }

@@ -74,6 +74,23 @@ fn version_names_commit_and_provider() {
     assert!(text.contains("rustls crypto provider: ring"));
 }
 
+/// Output piped into a reader that stops early (`| head -c 10`) ends the command quietly
+/// with 141, as a shell reports for coreutils, not with a Rust panic (exit 101). The CRDs
+/// are far more than a pipe buffer, so the write after `head` exits must fail.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    let script = format!(
+        "{} controller crds 2>{} | head -c 10 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+        binary().display(),
+        stderr.display()
+    );
+    let out = output_within(Command::new("bash").args(["-c", &script]), COMMAND_LIMIT);
+    assert_eq!(stdout(&out), "141\n");
+    assert_eq!(std::fs::read_to_string(&stderr).unwrap(), "");
+}
+
 #[test]
 fn completions_for_bash_and_zsh() {
     for shell in ["bash", "zsh", "fish"] {
