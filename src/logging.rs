@@ -37,7 +37,10 @@ pub fn init(args: &LogArgs) {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // kube's client logs each failed request at error without naming server or context;
+    // planelink reports the failure itself, with both.
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},kube_client::client::builder=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

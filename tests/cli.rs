@@ -91,6 +91,44 @@ fn a_closed_pipe_ends_output_quietly() {
     assert_eq!(std::fs::read_to_string(&stderr).unwrap(), "");
 }
 
+/// An API server that refuses connections: status and check say once which server and
+/// context, the cause and the kubectl command to check it, and nothing of the client
+/// library's own retries.
+#[test]
+fn an_unreachable_api_server_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A loopback port just released: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster: {{server: 'https://127.0.0.1:{port}'}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: gone\n  context: {{cluster: gone, user: u}}\n\
+             current-context: gone\n"
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    for command in ["status", "check"] {
+        let out = planelink(&[command, "--kubeconfig", kubeconfig, "--context", "gone"]);
+        assert_eq!(code(&out), 1, "{command}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "error: cannot reach the API server https://127.0.0.1:{port}/ (context gone): \
+                 Connection refused (os error 111); is the cluster running, and is this the \
+                 context you meant? Check with `kubectl --context gone cluster-info`\n"
+            ),
+            "{command}"
+        );
+    }
+}
+
 #[test]
 fn completions_for_bash_and_zsh() {
     for shell in ["bash", "zsh", "fish"] {

@@ -203,18 +203,48 @@ fn block_on(command: impl std::future::Future<Output = u8>) -> u8 {
     }
 }
 
-/// The control plane's client: the context's, or the error naming the flag to fix.
+/// The control plane's client, once its API server has answered: the context's, or one
+/// error naming the server, the context and what to check (as kubectl says it).
 async fn control_client(kube: &KubeArgs) -> Result<kube::Client, String> {
-    crate::planes::kubernetes::kube_client(kube.kubeconfig.as_deref(), kube.context.as_deref())
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot reach the control plane ({}): {e:#}",
-                kube.context
-                    .as_deref()
-                    .map_or("the current context".to_string(), |c| format!(
-                        "context {c}"
-                    ))
-            )
-        })
+    let which = kube
+        .context
+        .as_deref()
+        .map_or("the current context".to_string(), |c| {
+            format!("context {c}")
+        });
+    let config =
+        crate::planes::kubernetes::kube_config(kube.kubeconfig.as_deref(), kube.context.as_deref())
+            .await
+            .map_err(|e| format!("cannot reach the control plane ({which}): {e:#}"))?;
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot reach the control plane ({which}): {e}"))?;
+    let answered = tokio::time::timeout(API_SERVER_PROBE, client.apiserver_version()).await;
+    let cause = match answered {
+        Ok(Ok(_)) => return Ok(client),
+        // Any answer, even a refusal, means the server is there: the command says more.
+        Ok(Err(kube::Error::Api(_))) => return Ok(client),
+        Ok(Err(e)) => innermost_cause(&e),
+        Err(_) => format!("no answer within {}s", API_SERVER_PROBE.as_secs()),
+    };
+    let context_flag = kube.context.as_deref().map_or(String::new(), |c| {
+        format!("--context {} ", crate::safe_text::shell_word(c))
+    });
+    Err(format!(
+        "cannot reach the API server {server} ({which}): {cause}; is the cluster running, \
+         and is this the context you meant? Check with `kubectl {context_flag}cluster-info`"
+    ))
+}
+
+/// How long status and check wait for the API server's first answer.
+const API_SERVER_PROBE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The deepest cause of an error (`Connection refused (os error 111)`), not the client
+/// library's wrapping of it (`ServiceError: client error (Connect)`).
+fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
